@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Prepare this checkout to run Cube: a .venv with the pinned dependencies, a Docker
+# engine that answers, and the offline images the tests and examples use.
+# Idempotent: a second run only checks what the first one did.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root apt-get update -q >/dev/null
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q "$@" >/dev/null
+}
+
+# --- Python environment -------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import cube' 2>/dev/null \
+    || [ requirements.lock -nt .venv/.cube-installed ] \
+    || [ pyproject.toml -nt .venv/.cube-installed ]; then
+    log "installing pinned dependencies"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -r requirements.lock
+    .venv/bin/python -m pip install -q --no-deps -e .
+    touch .venv/.cube-installed
+fi
+
+# --- Docker engine --------------------------------------------------------------
+docker_ok() { docker info >/dev/null 2>&1; }
+if ! docker_ok; then
+    if ! command -v dockerd >/dev/null 2>&1; then
+        log "installing Debian's docker.io"
+        apt_install docker.io
+    fi
+    if ! docker_ok; then
+        log "starting dockerd in the background (log: /var/log/cube-dockerd.log)"
+        as_root sh -c 'nohup dockerd >/var/log/cube-dockerd.log 2>&1 &'
+        for _ in $(seq 1 120); do
+            docker_ok && break
+            sleep 0.5
+        done
+        docker_ok || { log "dockerd did not answer; see /var/log/cube-dockerd.log"; exit 1; }
+    fi
+fi
+
+# --- Offline images ---------------------------------------------------------------
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+    log "installing Debian's busybox-static"
+    apt_install busybox-static
+fi
+images/build.sh
+log "ready"

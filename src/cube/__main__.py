@@ -1,0 +1,5 @@
+"""`python -m cube` is the `cube` command."""
+
+from cube.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""`cube manager`: run the control plane."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cube.cli.worker import DbType
+from cube.config import serve, setup_logging
+
+
+def register(app: typer.Typer) -> None:
+    app.command("manager")(manager)
+
+
+def manager(
+    host: Annotated[
+        str, typer.Option("-H", "--host", envvar="CUBE_MANAGER_HOST", help="Address to listen on.")
+    ] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option("-p", "--port", envvar="CUBE_MANAGER_PORT", help="Port to listen on.")
+    ] = 5555,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "-w", "--workers", envvar="CUBE_WORKERS", help="Workers as host:port,host:port,..."
+        ),
+    ] = "localhost:5556",
+    scheduler: Annotated[
+        str,
+        typer.Option("-s", "--scheduler", envvar="CUBE_SCHEDULER", help="roundrobin or epvm."),
+    ] = "epvm",
+    dbtype: Annotated[
+        DbType,
+        typer.Option(
+            "-d", "--dbType", "--dbtype", envvar="CUBE_MANAGER_DBTYPE", help="Where tasks are kept."
+        ),
+    ] = DbType.memory,
+    data_dir: Annotated[
+        Path,
+        typer.Option("--data-dir", envvar="CUBE_DATA_DIR", help="Directory for persistent state."),
+    ] = Path(".cube"),
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", help="Seconds between task polls of each worker.")
+    ] = 1.0,
+    stats_interval: Annotated[
+        float, typer.Option("--stats-interval", help="Seconds between stats polls of each worker.")
+    ] = 2.0,
+    health_interval: Annotated[
+        float, typer.Option("--health-interval", help="Seconds between task health checks.")
+    ] = 10.0,
+    health_grace: Annotated[
+        float, typer.Option("--health-grace", help="Seconds after start before health checks.")
+    ] = 5.0,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help="Restarts of a failing task, at most.")
+    ] = 3,
+    restart_backoff: Annotated[
+        float, typer.Option("--restart-backoff", help="First restart delay; doubles each time.")
+    ] = 1.0,
+    restart_backoff_max: Annotated[
+        float, typer.Option("--restart-backoff-max", help="Longest restart delay.")
+    ] = 30.0,
+    worker_timeout: Annotated[
+        float, typer.Option("--worker-timeout", help="Seconds of silence before a worker is down.")
+    ] = 10.0,
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
+    ] = "info",
+) -> None:
+    """Run a manager: accept tasks, place them on workers, keep them running."""
+    from cube.manager.api import create_app
+    from cube.manager.manager import Manager, Settings
+    from cube.scheduler import make_scheduler
+    from cube.store import CachedStore, Database, MemoryStore, Store
+    from cube.task import Task, TaskEvent
+
+    setup_logging(log_level)
+    try:
+        chosen = make_scheduler(scheduler)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
+    addresses = [w.strip() for w in workers.split(",") if w.strip()]
+    if not addresses:
+        raise typer.BadParameter("name at least one worker", param_hint="--workers")
+
+    def group(event: TaskEvent) -> str:
+        return str(event.Task.ID)
+
+    tasks: Store[Task]
+    events: Store[TaskEvent]
+    if dbtype is DbType.persistent:
+        db = Database(data_dir / "manager.db")
+        tasks = CachedStore(db.store("tasks", Task))
+        events = db.store("events", TaskEvent, group_of=group)
+    else:
+        tasks, events = MemoryStore(), MemoryStore(group_of=group)
+    settings = Settings(
+        poll_interval=poll_interval,
+        stats_interval=stats_interval,
+        health_interval=health_interval,
+        health_grace=health_grace,
+        max_restarts=max_restarts,
+        restart_backoff=restart_backoff,
+        restart_backoff_max=restart_backoff_max,
+        worker_timeout=worker_timeout,
+    )
+    node = Manager(addresses, chosen, tasks, events, settings)
+    serve(create_app(node), host, port, log_level)

@@ -1,0 +1,103 @@
+"""`cube worker`: run a worker process on this machine."""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cube.config import serve, setup_logging
+
+
+class DbType(StrEnum):
+    memory = "memory"
+    persistent = "persistent"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+
+
+def worker(
+    host: Annotated[
+        str, typer.Option("-H", "--host", envvar="CUBE_WORKER_HOST", help="Address to listen on.")
+    ] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option("-p", "--port", envvar="CUBE_WORKER_PORT", help="Port to listen on.")
+    ] = 5556,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "-n",
+            "--name",
+            envvar="CUBE_WORKER_NAME",
+            help="Worker name; labels its containers (default: <hostname>-<port>).",
+        ),
+    ] = None,
+    dbtype: Annotated[
+        DbType,
+        typer.Option("-d", "--dbtype", envvar="CUBE_WORKER_DBTYPE", help="Where tasks are kept."),
+    ] = DbType.memory,
+    data_dir: Annotated[
+        Path,
+        typer.Option("--data-dir", envvar="CUBE_DATA_DIR", help="Directory for persistent state."),
+    ] = Path(".cube"),
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Containers started at once, at most.")
+    ] = 32,
+    reconcile_interval: Annotated[
+        float,
+        typer.Option("--reconcile-interval", help="Seconds between full checks against Docker."),
+    ] = 5.0,
+    stats_interval: Annotated[
+        float, typer.Option("--stats-interval", help="Seconds between machine stats samples.")
+    ] = 2.0,
+    stop_timeout: Annotated[
+        float, typer.Option("--stop-timeout", help="Seconds a task gets to exit on stop.")
+    ] = 10.0,
+    cpus: Annotated[
+        float, typer.Option("--cpus", help="Cores offered to the scheduler (default: all).")
+    ] = 0.0,
+    memory: Annotated[
+        str, typer.Option("--memory", help="Memory offered, e.g. 2GiB (default: all).")
+    ] = "0",
+    disk: Annotated[
+        str, typer.Option("--disk", help="Disk offered, e.g. 20GiB (default: all).")
+    ] = "0",
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
+    ] = "info",
+) -> None:
+    """Run a worker: accept tasks over HTTP and run them as Docker containers."""
+    from cube.runtime.docker import DockerRuntime
+    from cube.stats import StatsSampler
+    from cube.store import Database, MemoryStore, Store
+    from cube.task import Task, parse_size
+    from cube.worker.api import create_app
+    from cube.worker.worker import Capacity, Worker
+
+    setup_logging(log_level)
+    try:
+        capacity = Capacity(cores=cpus, memory=parse_size(memory), disk=parse_size(disk))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    name = name or f"{socket.gethostname()}-{port}"
+    store: Store[Task]
+    if dbtype is DbType.persistent:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        store = Database(data_dir / f"worker-{safe}.db").store("tasks", Task)
+    else:
+        store = MemoryStore()
+    node = Worker(
+        name,
+        store,
+        DockerRuntime(max_concurrency=concurrency),
+        concurrency=concurrency,
+        reconcile_interval=reconcile_interval,
+        stop_timeout=stop_timeout,
+    )
+    sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
+    serve(create_app(node, sampler, capacity), host, port, log_level)

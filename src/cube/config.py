@@ -1,0 +1,33 @@
+"""Cross-cutting set-up shared by every Cube process: logging and serving HTTP."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "info") -> None:
+    """One line per event on stderr, so `cube up` can interleave processes readably."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # Each request line is noise at info level; failures are logged by Cube itself.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    """Run an API until SIGINT/SIGTERM; the app's lifespan starts and stops its loops."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,92 @@
+"""Errors as users see them: one JSON shape for every API, and no tracebacks.
+
+Every API answers an error with ``{"HTTPStatusCode": 400, "Message": "..."}`` (the
+book's ``ErrResponse``). Validation messages name the field and say what was wrong, so
+a person typing JSON by hand can fix it from the message alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error with the status code the API should answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"HTTPStatusCode": status, "Message": message}, status_code=status)
+
+
+def describe(exc: ValidationError) -> str:
+    """Flatten pydantic's errors into one readable line."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown field {where!r}")
+        elif error["type"] == "missing":
+            parts.append(f"missing field {where!r}")
+        elif error["type"] == "json_invalid":
+            parts.append(f"malformed JSON: {error['msg'].removeprefix('Invalid JSON: ')}")
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a request body, turning every failure into a 400 with a clear message."""
+    if not body.strip():
+        raise ApiError(400, "request body is empty: expected a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(400, describe(exc)) from None
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ApiError(400, f"invalid task ID {text!r}: expected a UUID") from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Give every error, including FastAPI's own and unexpected ones, the same JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: Any = exc.errors()
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return error_response(400, message or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")

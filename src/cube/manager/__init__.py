@@ -1,0 +1,1 @@
+"""The manager: the control plane that places tasks on workers and keeps them healthy."""

@@ -1,0 +1,607 @@
+"""The manager: accepts tasks, places them, and keeps them in the state users asked for.
+
+The flow, as in the book but event-driven:
+
+* ``submit`` stores the task (Pending) and its event, then wakes the scheduler loop; a
+  201 therefore means the task is durable, and placement starts at once.
+* The scheduler loop places every Pending task it can (feasibility, score, pick),
+  records the placement (Scheduled, on a node) and sends the task to that worker.
+  Tasks that fit nowhere stay Pending with the reason, and are retried whenever
+  capacity may have appeared (a task finished, a node came back).
+* Tracking polls each worker's ``/tasks``: the worker is the source of truth about
+  containers, so its state, container and ports are copied here.
+* A Failed or unhealthy task is restarted per its RestartPolicy with exponential
+  backoff, on the same worker when it is ready, another otherwise.
+* A worker that stops answering for ``worker_timeout`` is marked down and its tasks
+  are placed elsewhere; if it comes back, the copies it still runs are stopped.
+
+Resource bookkeeping (what each node has been promised) is kept incrementally in
+``_placed`` so a decision costs O(nodes), not O(tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cube.node import DOWN, READY, Node
+from cube.scheduler import Scheduler
+from cube.store import Store
+from cube.task import InvalidTransition, State, Task, TaskEvent, can_transition, transition
+from cube.worker.client import WorkerClient, WorkerRejected, WorkerUnreachable
+
+log = logging.getLogger(__name__)
+
+# What the tracker copies from a worker's view of a task.
+OBSERVED = ("State", "ContainerID", "HostPorts", "StartTime", "FinishTime", "Reason")
+RESTART_ALWAYS = ("always", "unless-stopped")
+
+
+class UnknownTask(KeyError):
+    """No such task (the API answers 404)."""
+
+
+class BadRequest(ValueError):
+    """A request the manager cannot act on (the API answers 400)."""
+
+
+@dataclass
+class Settings:
+    """Every interval is a flag; these are the defaults of `cube manager`."""
+
+    poll_interval: float = 1.0
+    stats_interval: float = 2.0
+    health_interval: float = 10.0
+    health_grace: float = 5.0
+    health_timeout: float = 2.0
+    max_restarts: int = 3
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 30.0
+    worker_timeout: float = 10.0
+    request_timeout: float = 5.0
+    send_concurrency: int = 64
+
+
+@dataclass
+class Member:
+    """A worker in the cluster: the node the scheduler sees plus how to reach it."""
+
+    node: Node
+    client: WorkerClient
+    last_seen: float = 0.0
+    capacity: dict[str, Any] | None = None
+
+
+class Manager:
+    def __init__(
+        self,
+        workers: list[str],
+        scheduler: Scheduler,
+        tasks: Store[Task],
+        events: Store[TaskEvent],
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.scheduler = scheduler
+        self.tasks = tasks
+        self.events = events
+        self.http = httpx.AsyncClient(
+            timeout=self.settings.request_timeout,
+            limits=httpx.Limits(max_connections=max(100, 4 * len(workers))),
+        )
+        self.members: dict[str, Member] = {}
+        for address in workers:
+            node = Node.for_worker(address)
+            self.members[node.Name] = Member(node, WorkerClient(node.Api, self.http))
+        self._placed: dict[uuid.UUID, str] = {}  # task -> node it holds resources on
+        self._pending: dict[uuid.UUID, None] = {}  # insertion-ordered set
+        self._stopping: set[uuid.UUID] = set()
+        self._restart_at: dict[uuid.UUID, float] = {}
+        self._wake = asyncio.Event()
+        self._send_slots = asyncio.Semaphore(self.settings.send_concurrency)
+        self._background: list[asyncio.Task[None]] = []
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume from the store: placements, pending work, stops and restarts in flight."""
+        last_event: dict[uuid.UUID, TaskEvent] = {}
+        for event in self.events.list():
+            last_event[event.Task.ID] = event
+        for task in self.tasks.list():
+            if task.State is State.PENDING:
+                self._pending[task.ID] = None
+            elif task.State in (State.SCHEDULED, State.RUNNING) and task.Node:
+                self._hold(task)
+            latest = last_event.get(task.ID)
+            if latest is not None and latest.State is State.COMPLETED:
+                self._stopping.add(task.ID)
+            elif task.State is State.FAILED:
+                self._note_failure(task)
+        loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            self._schedule_loop,
+            self._track_loop,
+            self._stats_loop,
+            self._health_loop,
+            self._restart_loop,
+        ]
+        self._background = [asyncio.create_task(loop()) for loop in loops]
+        # Tasks caught between placement and the worker's answer: send again (the
+        # worker ignores a repeat), and stops that were asked for but not confirmed.
+        for task in self.tasks.list():
+            if task.ID in self._stopping and task.State in (State.SCHEDULED, State.RUNNING):
+                self._spawn(self._send_stop(task))
+            elif task.State is State.SCHEDULED and task.Node:
+                self._spawn(self._send(task))
+
+    async def close(self) -> None:
+        for job in [*self._background, *self._jobs]:
+            job.cancel()
+        for job in [*self._background, *self._jobs]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        await self.http.aclose()
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        handle = asyncio.create_task(job)
+        self._jobs.add(handle)
+        handle.add_done_callback(self._jobs.discard)
+
+    # --- requests -----------------------------------------------------------------------
+
+    def list_tasks(self) -> list[Task]:
+        return self.tasks.list()
+
+    def get(self, task_id: uuid.UUID) -> Task:
+        task = self.tasks.get(str(task_id))
+        if task is None:
+            raise UnknownTask(str(task_id))
+        return task
+
+    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        self.get(task_id)
+        return self.events.list(group=str(task_id))
+
+    def nodes(self) -> list[Node]:
+        return [member.node for member in self.members.values()]
+
+    def submit(self, event: TaskEvent) -> Task:
+        """Accept a task: durable before this returns, placed as soon as the loop runs."""
+        if event.State is State.COMPLETED:
+            return self.stop(event.Task.ID)
+        if event.State not in (State.PENDING, State.SCHEDULED, State.RUNNING):
+            raise BadRequest(
+                f"a TaskEvent's State must be Scheduled, Running or Completed, "
+                f"not {event.State.label}"
+            )
+        existing = self.tasks.get(str(event.Task.ID))
+        if existing is not None:
+            return existing  # a retried submission: accepted once, acknowledged again
+        task = event.Task.model_copy(
+            update={
+                "State": State.PENDING,
+                "Node": "",
+                "ContainerID": "",
+                "HostPorts": None,
+                "StartTime": None,
+                "FinishTime": None,
+                "RestartCount": 0,
+                "Reason": "",
+            }
+        )
+        self._record(event.model_copy(update={"Task": task}))
+        self.tasks.put(str(task.ID), task)
+        self._pending[task.ID] = None
+        self._wake.set()
+        return task
+
+    def stop(self, task_id: uuid.UUID) -> Task:
+        """Stop a task through the worker that runs it; a Pending one is simply cancelled."""
+        task = self.get(task_id)
+        self._record(TaskEvent(State=State.COMPLETED, Task=task))
+        self._restart_at.pop(task.ID, None)
+        if task.State is State.PENDING:
+            self._pending.pop(task.ID, None)
+            task = self._save(
+                transition(task, State.COMPLETED, reason="cancelled before placement")
+            )
+        elif task.State in (State.SCHEDULED, State.RUNNING):
+            self._stopping.add(task.ID)
+            self._spawn(self._send_stop(task))
+        elif task.State is State.FAILED:
+            self._stopping.add(task.ID)  # no more restarts
+        return task
+
+    def _record(self, event: TaskEvent) -> None:
+        self.events.put(str(event.ID), event)
+
+    def _save(self, task: Task) -> Task:
+        self.tasks.put(str(task.ID), task)
+        if task.State not in (State.SCHEDULED, State.RUNNING):
+            self._release(task.ID)
+        return task
+
+    # --- resource bookkeeping -------------------------------------------------------------
+
+    def _hold(self, task: Task) -> None:
+        self._release(task.ID)
+        member = self.members.get(task.Node)
+        if member is None:
+            return
+        node = member.node
+        node.MemoryAllocated += -(-task.Memory // 1024)
+        node.DiskAllocated += task.Disk
+        node.CpuAllocated += task.Cpu
+        node.TaskCount += 1
+        node.PortsAllocated.update(int(p) for p in (task.PortBindings or {}).values())
+        self._placed[task.ID] = node.Name
+
+    def _release(self, task_id: uuid.UUID) -> None:
+        name = self._placed.pop(task_id, None)
+        if name is None:
+            return
+        task = self.tasks.get(str(task_id))
+        node = self.members[name].node
+        if task is not None:
+            node.MemoryAllocated = max(0, node.MemoryAllocated - -(-task.Memory // 1024))
+            node.DiskAllocated = max(0, node.DiskAllocated - task.Disk)
+            node.CpuAllocated = max(0.0, node.CpuAllocated - task.Cpu)
+            node.PortsAllocated.difference_update(
+                int(p) for p in (task.PortBindings or {}).values()
+            )
+        node.TaskCount = max(0, node.TaskCount - 1)
+        self._wake.set()  # room appeared: pending tasks may fit now
+
+    # --- scheduling -------------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self.schedule_pending()
+            except Exception:
+                log.exception("scheduling pass failed")
+
+    def schedule_pending(self) -> None:
+        """Place every Pending task that fits somewhere; record why the others wait."""
+        nodes = self.nodes()
+        placed: list[Task] = []
+        for task_id in list(self._pending):
+            task = self.tasks.get(str(task_id))
+            if task is None or task.State is not State.PENDING:
+                self._pending.pop(task_id, None)
+                continue
+            placement = self.scheduler.place(task, nodes)
+            if placement.node is None:
+                if task.Reason != placement.reason:
+                    self.tasks.put(
+                        str(task.ID), task.model_copy(update={"Reason": placement.reason})
+                    )
+                continue
+            task = transition(task, State.SCHEDULED).model_copy(
+                update={"Node": placement.node.Name}
+            )
+            self._hold(task)
+            self._pending.pop(task_id, None)
+            placed.append(task)
+        if placed:
+            self.tasks.put_many((str(t.ID), t) for t in placed)
+            for task in placed:
+                log.info("task %s: placed on %s", task.ID, task.Node)
+                self._spawn(self._send(task))
+
+    async def _send(self, task: Task) -> None:
+        """Hand a placed task to its worker, retrying with backoff while it is reachable."""
+        event = TaskEvent(State=State.SCHEDULED, Task=task)
+        self._record(event)
+        delay = 0.2
+        while True:
+            current = self.tasks.get(str(task.ID))
+            if (
+                current is None
+                or current.Node != task.Node
+                or current.RestartCount != task.RestartCount
+                or current.State is not State.SCHEDULED
+                or task.ID in self._stopping
+            ):
+                return  # superseded: stopped, moved or already reported
+            member = self.members.get(task.Node)
+            if member is None:
+                return
+            try:
+                async with self._send_slots:
+                    await member.client.submit(event)
+                return
+            except WorkerRejected as exc:
+                self._save(transition(current, State.FAILED, reason=f"worker refused: {exc}"))
+                self._note_failure(current.model_copy(update={"State": State.FAILED}))
+                return
+            except WorkerUnreachable as exc:
+                log.warning("task %s: sending to %s failed: %s", task.ID, task.Node, exc)
+                if member.node.Status == DOWN:
+                    return  # the down-node handling moves it elsewhere
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _send_stop(self, task: Task) -> None:
+        delay = 0.2
+        while task.ID in self._stopping:
+            current = self.tasks.get(str(task.ID))
+            if current is None or current.State in (State.COMPLETED, State.FAILED):
+                return
+            member = self.members.get(current.Node)
+            if member is None:
+                self._save(transition(current, State.COMPLETED, reason="stopped on request"))
+                return
+            try:
+                await member.client.stop(task.ID)
+                return
+            except WorkerRejected as exc:
+                if exc.status == 404:  # the worker never got it: nothing runs
+                    self._save(transition(current, State.COMPLETED, reason="stopped on request"))
+                    return
+                log.warning("task %s: stop refused by %s: %s", task.ID, current.Node, exc)
+                return
+            except WorkerUnreachable as exc:
+                log.warning("task %s: stop via %s failed: %s", task.ID, current.Node, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # --- tracking --------------------------------------------------------------------------
+
+    async def _every(self, interval: float, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """A periodic loop that survives a failing step (logged) and never spins."""
+        while True:
+            try:
+                await step()
+            except Exception:
+                log.exception("%s failed", getattr(step, "__name__", step))
+            await asyncio.sleep(interval)
+
+    async def _track_loop(self) -> None:
+        await self._every(self.settings.poll_interval, self._track_all)
+
+    async def _track_all(self) -> None:
+        await asyncio.gather(
+            *(self._track(m) for m in self.members.values() if m.node.Status == READY)
+        )
+
+    async def _track(self, member: Member) -> None:
+        try:
+            reported = await member.client.tasks()
+        except (WorkerUnreachable, WorkerRejected) as exc:
+            log.debug("tracking %s failed: %s", member.node.Name, exc)
+            return
+        member.last_seen = time.monotonic()
+        self.observe(member.node.Name, reported)
+
+    def observe(self, node_name: str, reported: list[Task]) -> None:
+        """Fold a worker's list of tasks into the manager's view."""
+        seen = set()
+        changed: list[Task] = []
+        for theirs in reported:
+            seen.add(theirs.ID)
+            ours = self.tasks.get(str(theirs.ID))
+            if ours is None or ours.Node != node_name:
+                # Not ours to run there (moved while the worker was away): stop that copy.
+                if theirs.State in (State.SCHEDULED, State.RUNNING):
+                    member = self.members[node_name]
+                    log.info("task %s: stopping stray copy on %s", theirs.ID, node_name)
+                    self._spawn(_quietly(member.client.stop(theirs.ID)))
+                continue
+            if theirs.RestartCount != ours.RestartCount:
+                continue  # the worker has not seen the latest incarnation yet
+            update = {
+                f: getattr(theirs, f) for f in OBSERVED if getattr(theirs, f) != getattr(ours, f)
+            }
+            if not update:
+                continue
+            if theirs.State is not ours.State and not can_transition(ours.State, theirs.State):
+                continue
+            task = ours.model_copy(update=update)
+            if task.State is not ours.State:
+                log.info("task %s: %s on %s", task.ID, task.State.label, node_name)
+            changed.append(task)
+        # Placed here and Scheduled/Running here, but the worker does not know it (it
+        # restarted without its store, or our send never arrived): send it again.
+        for task_id, name in list(self._placed.items()):
+            if name == node_name and task_id not in seen:
+                ours = self.tasks.get(str(task_id))
+                if ours is not None and ours.State is State.SCHEDULED:
+                    self._spawn(self._send(ours))
+                elif ours is not None and ours.State is State.RUNNING:
+                    lost = transition(ours, State.FAILED, reason=f"lost by worker {node_name}")
+                    changed.append(lost)
+        if changed:
+            self.tasks.put_many((str(t.ID), t) for t in changed)
+            for task in changed:
+                if task.State in (State.COMPLETED, State.FAILED):
+                    self._release(task.ID)
+                if task.State is State.COMPLETED:
+                    self._stopping.discard(task.ID)
+                elif task.State is State.FAILED:
+                    self._note_failure(task)
+
+    # --- restarts ---------------------------------------------------------------------------
+
+    def _note_failure(self, task: Task) -> None:
+        """Decide whether a Failed task is restarted, and when."""
+        if task.ID in self._stopping:
+            return
+        policy = task.RestartPolicy
+        if policy == "no":
+            return
+        if policy not in RESTART_ALWAYS and task.RestartCount >= self.settings.max_restarts:
+            log.info("task %s: not restarted, %d restarts already", task.ID, task.RestartCount)
+            return
+        delay = min(
+            self.settings.restart_backoff * 2**task.RestartCount, self.settings.restart_backoff_max
+        )
+        self._restart_at[task.ID] = time.monotonic() + delay
+
+    async def _restart_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = [tid for tid, at in self._restart_at.items() if at <= now]
+            for task_id in due:
+                self._restart_at.pop(task_id, None)
+                try:
+                    self.restart(task_id)
+                except Exception:
+                    log.exception("task %s: restart failed", task_id)
+            upcoming = min(self._restart_at.values(), default=now + 0.5)
+            await asyncio.sleep(min(max(upcoming - time.monotonic(), 0.01), 0.5))
+
+    def restart(self, task_id: uuid.UUID) -> None:
+        """Start a new incarnation: same worker when ready, another otherwise."""
+        task = self.tasks.get(str(task_id))
+        if task is None or task.ID in self._stopping:
+            return
+        if task.State is State.SCHEDULED and not task.Node:
+            self._replace(task)
+            return
+        if task.State not in (State.FAILED, State.RUNNING):
+            return
+        member = self.members.get(task.Node)
+        candidate = task.model_copy(update={"Node": ""})
+        nodes = self.nodes()
+        if member is not None and member.node.is_ready:
+            self._release(task.ID)
+            nodes = [member.node]
+        placement = self.scheduler.place(candidate, nodes)
+        if placement.node is None and member is not None and member.node.is_ready:
+            placement = self.scheduler.place(candidate, self.nodes())
+        if placement.node is None:
+            self._save(task.model_copy(update={"Reason": f"restart waits: {placement.reason}"}))
+            self._restart_at[task.ID] = time.monotonic() + self.settings.restart_backoff_max
+            return
+        restarted = transition(task, State.SCHEDULED, reason="restarting").model_copy(
+            update={"RestartCount": task.RestartCount + 1, "Node": placement.node.Name}
+        )
+        self._hold(restarted)
+        self._save(restarted)
+        log.info("task %s: restart %d on %s", task.ID, restarted.RestartCount, restarted.Node)
+        self._spawn(self._send(restarted))
+
+    # --- health checks -------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        await asyncio.sleep(self.settings.health_interval)
+        await self._every(self.settings.health_interval, self._check_all_health)
+
+    async def _check_all_health(self) -> None:
+        checks = [
+            self._check_health(t)
+            for t in self.tasks.list()
+            if t.State is State.RUNNING and t.HealthCheck and t.ID not in self._stopping
+        ]
+        await asyncio.gather(*checks)
+
+    async def _check_health(self, task: Task) -> None:
+        started = task.StartTime.timestamp() if task.StartTime else time.time()
+        if time.time() - started < self.settings.health_grace:
+            return
+        member = self.members.get(task.Node)
+        port = task.first_host_port()
+        if member is None or port is None or not member.node.is_ready:
+            return
+        url = f"http://{member.node.Ip}:{port}{task.HealthCheck}"
+        try:
+            response = await self.http.get(url, timeout=self.settings.health_timeout)
+            healthy = response.status_code == 200
+            detail = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            healthy, detail = False, type(exc).__name__
+        if healthy:
+            return
+        current = self.tasks.get(str(task.ID))
+        if current is None or current.State is not State.RUNNING:
+            return
+        if current.RestartCount != task.RestartCount:
+            return
+        log.info("task %s: health check %s failed (%s)", task.ID, url, detail)
+        self._save(current.model_copy(update={"Reason": f"health check failed: {detail}"}))
+        if task.RestartPolicy == "no":
+            return
+        self.restart(task.ID)
+
+    # --- nodes ---------------------------------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        await self._every(self.settings.stats_interval, self._poll_nodes)
+
+    async def _poll_nodes(self) -> None:
+        await asyncio.gather(*(self._poll_node(m) for m in self.members.values()))
+
+    async def _poll_node(self, member: Member) -> None:
+        node = member.node
+        try:
+            if member.capacity is None or node.Status == DOWN:
+                member.capacity = await member.client.health()
+            stats = await member.client.stats()
+        except (WorkerUnreachable, WorkerRejected) as exc:
+            silent = time.monotonic() - member.last_seen
+            if node.Status == READY and silent >= self.settings.worker_timeout:
+                log.warning("worker %s is down: %s", node.Name, exc)
+                node.Status = DOWN
+                self._worker_lost(node.Name)
+            return
+        member.last_seen = time.monotonic()
+        node.apply_stats(stats)
+        capacity = member.capacity or {}
+        for field, key in (("Cores", "Cores"), ("Memory", "Memory"), ("Disk", "Disk")):
+            value = capacity.get(key)
+            if isinstance(value, int | float) and value > 0:
+                setattr(node, field, int(value))
+        if node.Status != READY:
+            log.info("worker %s is ready", node.Name)
+            node.Status = READY
+            self._wake.set()
+
+    def _worker_lost(self, node_name: str) -> None:
+        """Move the tasks a down worker was running to ready workers (respecting policy)."""
+        for task_id, name in list(self._placed.items()):
+            if name != node_name:
+                continue
+            task = self.tasks.get(str(task_id))
+            if task is None or task.ID in self._stopping:
+                continue
+            if task.State is State.RUNNING:
+                failed = transition(task, State.FAILED, reason=f"worker {node_name} is down")
+                self._save(failed)
+                if task.RestartPolicy != "no":
+                    self._restart_at[task.ID] = time.monotonic()
+            elif task.State is State.SCHEDULED:
+                self._release(task.ID)
+                moved = transition(task, State.SCHEDULED, reason=f"worker {node_name} is down")
+                moved = moved.model_copy(update={"Node": "", "RestartCount": task.RestartCount})
+                self._save(moved)
+                self._replace(moved)
+
+    def _replace(self, task: Task) -> None:
+        placement = self.scheduler.place(task, self.nodes())
+        if placement.node is None:
+            self._restart_at[task.ID] = time.monotonic() + self.settings.restart_backoff
+            return
+        placed = task.model_copy(update={"Node": placement.node.Name, "Reason": ""})
+        self._hold(placed)
+        self._save(placed)
+        self._spawn(self._send(placed))
+
+
+async def _quietly(job: Coroutine[Any, Any, None]) -> None:
+    with contextlib.suppress(WorkerUnreachable, WorkerRejected):
+        await job
+
+
+__all__ = ["BadRequest", "InvalidTransition", "Manager", "Settings", "UnknownTask"]

@@ -1,0 +1,125 @@
+"""A worker machine as the manager sees it: capacity, what is already promised, health.
+
+The wire names are the book's (PascalCase), so ``GET /nodes`` answers what the book's
+``cube node`` expects. Capacity (``Cores``, ``Memory``, ``Disk``) comes from the worker's
+latest stats; the ``*Allocated`` fields and ``PortsAllocated`` are the manager's own
+bookkeeping of what it has placed there, because measured usage lags a burst of
+placements and the scheduler must not promise the same room twice.
+
+Units are the book's and easy to mix up: ``Memory`` and ``MemoryAllocated`` are kB
+(as /proc/meminfo reports them), ``Disk`` and ``DiskAllocated`` are bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ConfigDict, Field, TypeAdapter
+from pydantic.dataclasses import dataclass
+
+READY = "ready"
+DOWN = "down"
+WORKER = "worker"
+
+
+# A pydantic dataclass rather than a BaseModel: the scheduler reads a dozen fields of
+# every node for every decision, and BaseModel's __getattr__ hook makes each read about
+# four times slower in CPython. Validation and JSON work the same, through
+# to_wire/from_wire. Unknown fields are ignored so a CLI can read a newer manager.
+@dataclass(slots=True, config=ConfigDict(extra="ignore"))
+class Node:
+    Name: str
+    Ip: str = ""
+    Api: str = ""
+    Cores: int = Field(default=0, ge=0)
+    Memory: int = Field(default=0, ge=0)
+    MemoryAllocated: int = Field(default=0, ge=0)
+    Disk: int = Field(default=0, ge=0)
+    DiskAllocated: int = Field(default=0, ge=0)
+    Role: str = WORKER
+    TaskCount: int = Field(default=0, ge=0)
+    Stats: dict[str, Any] | None = None
+    # A node is down until it has answered once: never place work on an unknown machine.
+    Status: str = DOWN
+    CpuAllocated: float = Field(default=0.0, ge=0)
+    CpuPercent: float = Field(default=0.0, ge=0)
+    PortsAllocated: set[int] = Field(default_factory=set)
+
+    @classmethod
+    def for_worker(cls, address: str) -> Node:
+        """Build the node for a ``-w host:port`` entry (or a full ``http://`` URL)."""
+        api = address if "://" in address else f"http://{address}"
+        parts = urlsplit(api)
+        return cls(Name=parts.netloc or address, Ip=parts.hostname or "", Api=api.rstrip("/"))
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any] | str | bytes) -> Node:
+        if isinstance(data, str | bytes):
+            return _ADAPTER.validate_json(data)
+        return _ADAPTER.validate_python(data)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = _ADAPTER.dump_python(self, mode="json")
+        wire["PortsAllocated"].sort()
+        return wire
+
+    @property
+    def is_ready(self) -> bool:
+        return self.Status == READY
+
+    @property
+    def free_memory_kb(self) -> int:
+        return self.Memory - self.MemoryAllocated
+
+    @property
+    def free_disk(self) -> int:
+        return self.Disk - self.DiskAllocated
+
+    @property
+    def free_cores(self) -> float:
+        return self.Cores - self.CpuAllocated
+
+    def apply_stats(self, stats: Mapping[str, Any]) -> None:
+        """Take capacity and CPU usage from a worker's /stats body (its JSON, as a dict).
+
+        Missing or malformed parts leave the old values, so one odd answer from a
+        worker cannot wipe out capacity the scheduler relies on. ``TaskCount`` is
+        left alone: the manager's count includes placements the worker has not
+        reported yet. Whether the node is ready is the caller's call.
+        """
+        self.Stats = dict(stats)
+        cores = _number(stats, "Cores")
+        if cores is not None and cores > 0:
+            self.Cores = int(cores)
+        # goprocinfo's keys, as the book's JSON has them, or the /proc spelling.
+        mem_total = _number(_section(stats, "MemStats"), "mem_total", "MemTotal")
+        if mem_total is not None and mem_total > 0:
+            self.Memory = int(mem_total)
+        disk_total = _number(_section(stats, "DiskStats"), "all", "All")
+        if disk_total is not None and disk_total > 0:
+            self.Disk = int(disk_total)
+        cpu = _number(stats, "CpuPercent")
+        if cpu is not None:
+            self.CpuPercent = min(max(cpu, 0.0), 100.0)
+
+
+def _section(stats: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = stats.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(section: Mapping[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        value = section.get(key)
+        # bool is an int subclass, but a True in a stats body is a bug, not "1 core".
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            return float(value)
+    return None
+
+
+_ADAPTER = TypeAdapter(Node)

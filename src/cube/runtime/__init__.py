@@ -1,0 +1,28 @@
+"""Container runtimes: the edge where Cube talks to a container engine."""
+
+from cube.runtime.base import (
+    ContainerError,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    Runtime,
+    RuntimeUnavailable,
+)
+
+__all__ = [
+    "ContainerError",
+    "ContainerEvent",
+    "ContainerInfo",
+    "ContainerSpec",
+    "Runtime",
+    "RuntimeUnavailable",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on demand: the Docker SDK is heavy, and a simulated runtime never needs it.
+    if name == "DockerRuntime":
+        from cube.runtime.docker import DockerRuntime
+
+        return DockerRuntime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,132 @@
+"""The runtime contract: what the worker needs from a container engine, and nothing more.
+
+The worker turns a task into a :class:`ContainerSpec`; the runtime turns the spec into a
+running container and reports on it. Keeping the contract this small is what lets a
+simulated runtime stand in for Docker in scale tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "ContainerError",
+    "ContainerEvent",
+    "ContainerInfo",
+    "ContainerSpec",
+    "Runtime",
+    "RuntimeUnavailable",
+    "parse_docker_time",
+]
+
+
+class RuntimeUnavailable(Exception):
+    """The engine cannot be reached: nothing is wrong with the request, retry later."""
+
+
+class ContainerError(Exception):
+    """This container could not be created or started; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one container, independent of any engine's API."""
+
+    name: str
+    image: str
+    cmd: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    cpu: float = 0.0
+    memory: int = 0
+    exposed_ports: list[str] = field(default_factory=list)
+    port_bindings: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A snapshot of a container, as much as the worker needs to derive a task's state."""
+
+    id: str
+    name: str
+    image: str
+    labels: dict[str, str]
+    status: str
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+    host_ports: dict[str, list[dict[str, str]]]
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """A container's state change, so that the worker notices it at once instead of polling."""
+
+    container_id: str
+    action: str
+    labels: dict[str, str]
+    exit_code: int | None
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A container engine as seen by a worker."""
+
+    async def start(self, spec: ContainerSpec) -> ContainerInfo: ...
+
+    async def stop(self, container_id: str, timeout: float = 10.0) -> None: ...
+
+    async def remove(self, container_id: str) -> None: ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None: ...
+
+    async def list(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
+
+    def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+_TIME = re.compile(
+    r"^(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$",
+    re.IGNORECASE,
+)
+
+
+def parse_docker_time(value: str | None) -> datetime | None:
+    """Parse an engine timestamp into an aware UTC datetime.
+
+    Docker reports nanoseconds (more digits than ``datetime.fromisoformat`` reliably
+    takes) and uses Go's zero time ``0001-01-01T00:00:00Z`` for "never", which must not
+    become a real date in a task's StartTime/FinishTime. Anything unparsable is treated
+    as unknown rather than failing a whole inspect.
+    """
+    if not value:
+        return None
+    match = _TIME.match(value.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if year <= 1:
+        return None
+    fraction = (match.group(7) or "")[:6].ljust(6, "0")
+    zone = match.group(8)
+    tz: timezone = UTC
+    if zone and zone.upper() != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+    try:
+        parsed = datetime(year, month, day, hour, minute, second, int(fraction), tzinfo=tz)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC)

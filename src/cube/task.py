@@ -1,0 +1,264 @@
+"""The task: Cube's unit of work, its wire format and its state machine.
+
+The JSON is the book's (PascalCase names, UUID strings, RFC 3339 times with Go's zero
+time for "unset"), so the book's example bodies and clients work unchanged. Every
+state change goes through :func:`transition`, the one place that knows which moves
+are legal; everything else asks it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class State(IntEnum):
+    """Task states, numbered as in the book so its JSON stays valid."""
+
+    PENDING = 0
+    SCHEDULED = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.capitalize()
+
+
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.SCHEDULED, State.COMPLETED}),
+    State.SCHEDULED: frozenset({State.SCHEDULED, State.RUNNING, State.FAILED, State.COMPLETED}),
+    State.RUNNING: frozenset({State.RUNNING, State.COMPLETED, State.FAILED, State.SCHEDULED}),
+    State.FAILED: frozenset({State.SCHEDULED}),
+    State.COMPLETED: frozenset(),
+}
+
+
+class InvalidTransition(ValueError):
+    """A state change the table does not allow (the APIs answer 409)."""
+
+    def __init__(self, src: State, dst: State) -> None:
+        super().__init__(f"cannot move a task from {src.label} to {dst.label}")
+        self.src = src
+        self.dst = dst
+
+
+def can_transition(src: State, dst: State) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+def is_terminal(state: State) -> bool:
+    return not TRANSITIONS[state]
+
+
+# --- wire helpers -----------------------------------------------------------------
+
+
+def _parse_state(value: Any) -> Any:
+    """Accept the book's numbers and, for people typing JSON by hand, names in any case."""
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        try:
+            return State[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(s.label for s in State)
+            raise ValueError(f"unknown state {value!r} (expected one of {names})") from None
+    return value
+
+
+def _parse_time(value: Any) -> Any:
+    if value in (None, "", ZERO_TIME) or (
+        isinstance(value, str) and value.startswith("0001-01-01")
+    ):
+        return None
+    return value
+
+
+def _format_time(value: datetime | None) -> str:
+    if value is None:
+        return ZERO_TIME
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: Any) -> Any:
+    """Turn "256MiB" or "1GB" into bytes; numbers pass through to normal validation."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE.match(value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"invalid size {value!r} (use bytes or e.g. '256MiB', '1GiB')")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+StateField = Annotated[State, BeforeValidator(_parse_state)]
+Time = Annotated[
+    datetime | None,
+    BeforeValidator(_parse_time),
+    PlainSerializer(_format_time, return_type=str),
+]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+RestartPolicyName = Literal["", "no", "on-failure", "always", "unless-stopped"]
+HostPortList = list[dict[str, str]]
+
+
+class _Wire(BaseModel):
+    """Strict about names (unknown fields are a 400, as in the book), lenient about nulls."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+
+
+class Task(_Wire):
+    ID: uuid.UUID = Field(default_factory=uuid.uuid4)
+    Name: str = ""
+    State: StateField = State.PENDING
+    Image: str
+    Cmd: list[str] | None = None
+    Env: list[str] | None = None
+    Cpu: float = Field(default=0.0, ge=0)
+    Memory: Size = 0
+    Disk: Size = 0
+    ExposedPorts: dict[str, dict[str, Any]] | None = None
+    PortBindings: dict[str, str] | None = None
+    HostPorts: dict[str, HostPortList] | None = None
+    RestartPolicy: RestartPolicyName = ""
+    HealthCheck: str = ""
+    RestartCount: int = Field(default=0, ge=0)
+    ContainerID: str = ""
+    StartTime: Time = None
+    FinishTime: Time = None
+    # Added by Cube: why a task is Failed or still Pending, and where it runs.
+    Reason: str = ""
+    Node: str = ""
+
+    @field_validator("Image")
+    @classmethod
+    def _image_required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("Image is required")
+        return value.strip()
+
+    @field_validator("Env")
+    @classmethod
+    def _env_pairs(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            if "=" not in item or item.startswith("="):
+                raise ValueError(f"Env entries must be KEY=VALUE, got {item!r}")
+        return value
+
+    @field_validator("ExposedPorts", "PortBindings", "HostPorts")
+    @classmethod
+    def _port_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in value or {}:
+            check_port_key(key)
+        return value
+
+    @field_validator("PortBindings")
+    @classmethod
+    def _host_ports(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, port in (value or {}).items():
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"PortBindings[{key!r}] must be a port number, got {port!r}")
+        return value
+
+    @field_validator("HealthCheck")
+    @classmethod
+    def _health_path(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError("HealthCheck must be a URL path starting with '/'")
+        return value
+
+    def container_ports(self) -> list[str]:
+        """Every container port to publish: the exposed ones and the fixed bindings."""
+        ports = dict.fromkeys(self.ExposedPorts or {})
+        ports.update(dict.fromkeys(self.PortBindings or {}))
+        return list(ports)
+
+    def first_host_port(self) -> int | None:
+        """The host port health checks call: the first published one."""
+        for bindings in (self.HostPorts or {}).values():
+            for binding in bindings:
+                port = binding.get("HostPort", "")
+                if port.isdigit():
+                    return int(port)
+        return None
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def check_port_key(key: str) -> None:
+    port, _, proto = key.partition("/")
+    if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("", "tcp", "udp", "sctp"):
+        raise ValueError(f"invalid port {key!r} (expected e.g. '80/tcp')")
+
+
+class TaskEvent(_Wire):
+    """A request to move a task to a desired state (Scheduled/Running to run, Completed to stop)."""
+
+    ID: uuid.UUID = Field(default_factory=uuid.uuid4)
+    State: StateField = State.SCHEDULED
+    Timestamp: Time = Field(default_factory=now)
+    Task: Task
+
+
+def transition(task: Task, dst: State, *, reason: str = "", at: datetime | None = None) -> Task:
+    """Return a copy of ``task`` in state ``dst``, or raise :class:`InvalidTransition`.
+
+    Times follow the state: entering Running stamps StartTime, entering a final state
+    stamps FinishTime, and a restart (back to Scheduled) clears the previous run's
+    output so nobody reads a stale container ID.
+    """
+    src = task.State
+    if not can_transition(src, dst):
+        raise InvalidTransition(src, dst)
+    at = at or now()
+    changes: dict[str, Any] = {"State": dst, "Reason": reason}
+    if dst is State.RUNNING and src is not State.RUNNING:
+        changes["StartTime"] = task.StartTime or at
+        changes["FinishTime"] = None
+    elif dst in (State.COMPLETED, State.FAILED):
+        changes["FinishTime"] = task.FinishTime or at
+    elif dst is State.SCHEDULED and src in (State.RUNNING, State.FAILED):
+        changes.update(ContainerID="", HostPorts=None, StartTime=None, FinishTime=None)
+    return task.model_copy(update=changes)

@@ -1,0 +1,1 @@
+"""The worker: runs tasks as containers and serves the worker API."""

@@ -1,0 +1,399 @@
+"""The worker: keeps the containers of its tasks in the state it was asked for.
+
+As in the book, the queue holds *desired* state and the store holds *current* state.
+Every request (an API call, a Docker event, a periodic check) ends in the same place:
+the task's ID goes on the queue, and one of a bounded pool of consumers compares what
+is wanted with what is, and acts. A per-task lock keeps two consumers (or a consumer
+and a Docker event) from acting on one task at once, while different tasks start
+concurrently.
+
+The worker touches only containers labelled with its own name, so several workers can
+share one Docker engine, and a restarted worker can find what it owned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from cube.runtime.base import (
+    ContainerError,
+    ContainerInfo,
+    ContainerSpec,
+    Runtime,
+    RuntimeUnavailable,
+)
+from cube.store import Store
+from cube.task import InvalidTransition, State, Task, TaskEvent, is_terminal, transition
+
+log = logging.getLogger(__name__)
+
+LABEL_WORKER = "cube.worker"
+LABEL_TASK = "cube.task"
+LABEL_RESTART = "cube.restart"
+DEAD_ACTIONS = frozenset({"die", "oom", "destroy", "kill"})
+
+
+class UnknownTask(KeyError):
+    """No task with that ID on this worker (the API answers 404)."""
+
+
+class BadEvent(ValueError):
+    """A TaskEvent whose desired state a worker cannot act on (the API answers 400)."""
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What was last asked for a task: run this incarnation, or stop it."""
+
+    run: bool
+    restart_count: int = 0
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What this worker offers the scheduler; unset parts are the machine's own.
+
+    Like Nomad's ``memory_total_mb``: useful to share a machine between workers, or
+    to keep room for things Cube does not run.
+    """
+
+    cores: float = 0.0
+    memory: int = 0  # bytes
+    disk: int = 0  # bytes
+
+
+def container_name(task: Task) -> str:
+    """Readable, unique per task and per restart, so a restart never collides."""
+    slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", task.Name).strip("-.")[:40] or "task"
+    return f"{slug}-{task.ID.hex[:12]}-{task.RestartCount}"
+
+
+def container_spec(task: Task, worker: str) -> ContainerSpec:
+    return ContainerSpec(
+        name=container_name(task),
+        image=task.Image,
+        cmd=task.Cmd,
+        env=list(task.Env or []),
+        cpu=task.Cpu,
+        memory=task.Memory,
+        exposed_ports=task.container_ports(),
+        port_bindings=dict(task.PortBindings or {}),
+        labels={
+            LABEL_WORKER: worker,
+            LABEL_TASK: str(task.ID),
+            LABEL_RESTART: str(task.RestartCount),
+        },
+    )
+
+
+def exit_outcome(info: ContainerInfo | None) -> tuple[State, str]:
+    """Map how a container ended to a task state and a reason a person can act on."""
+    if info is None:
+        return State.FAILED, "container vanished"
+    if info.oom_killed:
+        return State.FAILED, "container was killed: out of memory"
+    if info.exit_code == 0:
+        return State.COMPLETED, "exited with code 0"
+    if info.error:
+        return State.FAILED, f"container error: {info.error}"
+    return State.FAILED, f"exited with code {info.exit_code}"
+
+
+class Worker:
+    def __init__(
+        self,
+        name: str,
+        store: Store[Task],
+        runtime: Runtime,
+        *,
+        concurrency: int = 32,
+        reconcile_interval: float = 5.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.runtime = runtime
+        self.concurrency = concurrency
+        self.reconcile_interval = reconcile_interval
+        self.stop_timeout = stop_timeout
+        self._desired: dict[uuid.UUID, Desired] = {}
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._queue: asyncio.Queue[uuid.UUID] = asyncio.Queue()
+        self._background: list[asyncio.Task[None]] = []
+        self._checks: set[asyncio.Task[None]] = set()
+        self._labels = {LABEL_WORKER: name}
+        self.docker_ok = False
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt what a previous run left behind, then start reacting."""
+        for task in self.store.list():
+            if not is_terminal(task.State):
+                self._desired[task.ID] = Desired(run=True, restart_count=task.RestartCount)
+        loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            self._watch_events,
+            self._reconcile_loop,
+        ]
+        loops += [self._consume] * self.concurrency
+        self._background = [asyncio.create_task(loop()) for loop in loops]
+
+    async def close(self) -> None:
+        for job in self._background:
+            job.cancel()
+        for job in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        self._background = []
+
+    # --- requests (sync: they only record intent, the consumers do the work) -------
+
+    def tasks(self) -> list[Task]:
+        return self.store.list()
+
+    def get(self, task_id: uuid.UUID) -> Task:
+        task = self.store.get(str(task_id))
+        if task is None:
+            raise UnknownTask(str(task_id))
+        return task
+
+    def running_count(self) -> int:
+        return sum(1 for t in self.store.list() if t.State is State.RUNNING)
+
+    def submit(self, event: TaskEvent) -> Task:
+        """Record a TaskEvent and queue the work; idempotent for a repeated event.
+
+        A run request carries the incarnation (RestartCount) the sender wants. The same
+        incarnation again is a duplicate and changes nothing, so a manager may retry a
+        send safely; a higher one is a restart.
+        """
+        if event.State is State.COMPLETED:
+            return self.stop(event.Task.ID)
+        if event.State not in (State.SCHEDULED, State.RUNNING):
+            raise BadEvent(
+                f"a TaskEvent's State must be Scheduled, Running or Completed, "
+                f"not {event.State.label}"
+            )
+        wanted = event.Task
+        current = self.store.get(str(wanted.ID))
+        if current is None:
+            task = wanted.model_copy(
+                update={
+                    "State": State.SCHEDULED,
+                    "ContainerID": "",
+                    "HostPorts": None,
+                    "StartTime": None,
+                    "FinishTime": None,
+                    "Reason": "",
+                    "Node": self.name,
+                }
+            )
+        elif current.State is State.COMPLETED:
+            raise InvalidTransition(current.State, State.SCHEDULED)
+        elif wanted.RestartCount <= current.RestartCount:
+            return current
+        else:
+            task = transition(current, State.SCHEDULED).model_copy(
+                update={"RestartCount": wanted.RestartCount}
+            )
+        self.store.put(str(task.ID), task)
+        self._want(task.ID, Desired(run=True, restart_count=task.RestartCount))
+        return task
+
+    def stop(self, task_id: uuid.UUID) -> Task:
+        task = self.get(task_id)
+        self._want(task.ID, Desired(run=False, restart_count=task.RestartCount))
+        return task
+
+    def _want(self, task_id: uuid.UUID, desired: Desired) -> None:
+        self._desired[task_id] = desired
+        self._queue.put_nowait(task_id)
+
+    # --- the consumers -----------------------------------------------------------------
+
+    def _lock(self, task_id: uuid.UUID) -> asyncio.Lock:
+        return self._locks.setdefault(task_id, asyncio.Lock())
+
+    async def _consume(self) -> None:
+        while True:
+            task_id = await self._queue.get()
+            try:
+                async with self._lock(task_id):
+                    await self._converge(task_id)
+            except RuntimeUnavailable as exc:
+                log.warning("task %s: docker unavailable: %s", task_id, exc)
+            except Exception:
+                log.exception("task %s: unexpected error", task_id)
+
+    async def _converge(self, task_id: uuid.UUID) -> None:
+        task = self.store.get(str(task_id))
+        desired = self._desired.get(task_id)
+        if task is None or desired is None:
+            return
+        if desired.run:
+            if task.State is State.SCHEDULED:
+                await self._start(task)
+        else:
+            await self._stop(task)
+
+    async def _start(self, task: Task) -> None:
+        spec = container_spec(task, self.name)
+        if task.RestartCount > 0:
+            await self._remove_other_incarnations(task)
+        try:
+            info = await self.runtime.start(spec)
+        except ContainerError as exc:
+            log.info("task %s: failed to start: %s", task.ID, exc)
+            self._save(transition(task, State.FAILED, reason=str(exc)))
+            return
+        except RuntimeUnavailable as exc:
+            self._save(transition(task, State.FAILED, reason=f"docker unavailable: {exc}"))
+            return
+        task = task.model_copy(update={"ContainerID": info.id, "HostPorts": info.host_ports})
+        if info.running:
+            self._save(transition(task, State.RUNNING, at=info.started_at))
+            log.info("task %s: running as %s", task.ID, info.name)
+        else:
+            await self._finish(task, info)
+
+    async def _remove_other_incarnations(self, task: Task) -> None:
+        """A restart replaces the previous container, which may still be running."""
+        labels = {**self._labels, LABEL_TASK: str(task.ID)}
+        for info in await self.runtime.list(labels):
+            if _stale(task, info):
+                await self.runtime.remove(info.id)
+
+    async def _stop(self, task: Task) -> None:
+        if task.ContainerID:
+            await self.runtime.stop(task.ContainerID, self.stop_timeout)
+        if task.State is State.FAILED or task.State is State.COMPLETED:
+            return
+        self._save(transition(task, State.COMPLETED, reason="stopped on request"))
+        log.info("task %s: stopped", task.ID)
+
+    async def _finish(self, task: Task, info: ContainerInfo | None) -> None:
+        """Record how a container ended and clean it away (its state is kept on the task)."""
+        state, reason = exit_outcome(info)
+        at = info.finished_at if info else None
+        self._save(transition(task, state, reason=reason, at=at))
+        log.info("task %s: %s (%s)", task.ID, state.label, reason)
+        if info is not None:
+            await self.runtime.remove(info.id)
+
+    def _save(self, task: Task) -> None:
+        self.store.put(str(task.ID), task)
+
+    # --- noticing dead containers -----------------------------------------------------
+
+    async def check(self, task_id: uuid.UUID, container_id: str | None = None) -> None:
+        """Look at a task's container and record it if it stopped behind our back."""
+        async with self._lock(task_id):
+            task = self.store.get(str(task_id))
+            if task is None or task.State is not State.RUNNING or not task.ContainerID:
+                return
+            if container_id and container_id != task.ContainerID:
+                return
+            desired = self._desired.get(task_id)
+            if desired is not None and not desired.run:
+                return  # a stop is under way; the consumer records it
+            info = await self.runtime.inspect(task.ContainerID)
+            if info is None or not info.running:
+                await self._finish(task, info)
+
+    async def _watch_events(self) -> None:
+        """Follow Docker's event stream; reconnect with backoff when the engine goes away."""
+        delay = 0.2
+        while True:
+            try:
+                await self.runtime.ping()
+                if not self.docker_ok:
+                    self.docker_ok = True
+                    await self.reconcile()
+                delay = 0.2
+                async for event in self.runtime.events(self._labels):
+                    if event.action in DEAD_ACTIONS:
+                        task_id = _task_id(event.labels.get(LABEL_TASK, ""))
+                        if task_id is not None:
+                            self._spawn(self.check(task_id, event.container_id))
+            except RuntimeUnavailable as exc:
+                if self.docker_ok:
+                    log.warning("docker unavailable, retrying: %s", exc)
+                self.docker_ok = False
+            except Exception:
+                log.exception("docker event stream failed")
+                self.docker_ok = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run a check without blocking the event stream, keeping a reference until done."""
+        handle = asyncio.create_task(job)
+        self._checks.add(handle)
+        handle.add_done_callback(self._checks.discard)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            try:
+                await self.reconcile()
+            except RuntimeUnavailable as exc:
+                log.warning("reconcile skipped: docker unavailable: %s", exc)
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def reconcile(self) -> None:
+        """Compare the store with Docker: adopt, record deaths, remove strays, resume starts.
+
+        Runs at start-up (this is how a restarted worker re-adopts its containers), after
+        Docker comes back, and periodically as a safety net under the event stream.
+        """
+        containers = await self.runtime.list(self._labels)
+        by_task: dict[str, list[ContainerInfo]] = {}
+        for info in containers:
+            by_task.setdefault(info.labels.get(LABEL_TASK, ""), []).append(info)
+            task = self.store.get(info.labels.get(LABEL_TASK, ""))
+            if task is None or task.State in (State.COMPLETED, State.FAILED) or _stale(task, info):
+                log.info("removing stray container %s", info.name)
+                await self.runtime.remove(info.id)
+        alive = {info.id for info in containers if info.running}
+        for task in self.store.list():
+            if task.State is State.RUNNING and task.ContainerID not in alive:
+                await self.check(task.ID)
+            elif task.State is State.SCHEDULED:
+                await self._adopt_or_start(task, by_task.get(str(task.ID), []))
+
+    async def _adopt_or_start(self, task: Task, containers: list[ContainerInfo]) -> None:
+        """A task caught mid-start by a crash: adopt its container if it made it, else start."""
+        async with self._lock(task.ID):
+            current = self.store.get(str(task.ID))
+            if current is None or current.State is not State.SCHEDULED:
+                return
+            mine = [c for c in containers if c.labels.get(LABEL_RESTART) == str(task.RestartCount)]
+            live = next((c for c in mine if c.running), None)
+            if live is not None:
+                adopted = current.model_copy(
+                    update={"ContainerID": live.id, "HostPorts": live.host_ports}
+                )
+                self._save(transition(adopted, State.RUNNING, at=live.started_at))
+                log.info("task %s: adopted container %s", task.ID, live.name)
+                return
+        if self._desired.get(task.ID, Desired(run=True)).run:
+            self._queue.put_nowait(task.ID)
+
+
+def _stale(task: Task, info: ContainerInfo) -> bool:
+    return info.labels.get(LABEL_RESTART) != str(task.RestartCount)
+
+
+def _task_id(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None

@@ -1,0 +1,32 @@
+"""Fixtures for real processes; every one cleans up what it started, containers included."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import WorkerProcess, remove_containers, worker_process
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `cube worker` processes; stop them and remove their containers afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(*extra: str, name: str | None = None, port: int | None = None) -> WorkerProcess:
+        worker = worker_process(tmp_path, *extra, name=name, port=port)
+        started.append(worker)
+        return worker.start().wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+    for name in {w.name for w in started}:
+        remove_containers(name)

@@ -1,0 +1,244 @@
+"""The worker API against a real `cube worker` process and a real Docker engine."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from tests.support import WorkerProcess, containers_of, task_event, wait_for
+
+pytestmark = pytest.mark.docker
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+def post(worker: WorkerProcess, body: Any) -> httpx.Response:
+    return httpx.post(f"{worker.url}/tasks", json=body, timeout=10)
+
+
+def get_task(worker: WorkerProcess, task_id: str) -> dict[str, Any]:
+    r = httpx.get(f"{worker.url}/tasks/{task_id}", timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def wait_state(
+    worker: WorkerProcess, task_id: str, state: int, timeout: float = 20
+) -> dict[str, Any]:
+    return wait_for(
+        lambda: (t := get_task(worker, task_id))["State"] == state and t,
+        timeout,
+        what=f"task {task_id} in state {state}",
+    )
+
+
+def docker_inspect(container_id: str) -> dict[str, Any]:
+    client = docker.from_env()
+    try:
+        return client.api.inspect_container(container_id)  # type: ignore[no-any-return]
+    finally:
+        client.close()
+
+
+def test_book_task_event_runs_and_serves_http(workers: StartWorker) -> None:
+    worker = workers()
+    body = task_event(ExposedPorts={"80/tcp": {}}, Memory="64MiB", Cpu=0.5)
+    r = post(worker, body)
+    assert r.status_code == 201, r.text
+    assert r.json()["ID"] == body["Task"]["ID"]
+    task = wait_state(worker, body["Task"]["ID"], 2)
+    port = task["HostPorts"]["80/tcp"][0]["HostPort"]
+    assert task["ContainerID"] and task["StartTime"] != "0001-01-01T00:00:00Z"
+    page = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2), what="httpd")
+    assert page.status_code == 200 and page.text.strip() == "ok"
+
+    # The limits are really applied to the container.
+    host_config = docker_inspect(task["ContainerID"])["HostConfig"]
+    assert host_config["Memory"] == 64 * 1024 * 1024
+    assert host_config["NanoCpus"] == 500_000_000
+    labels = docker_inspect(task["ContainerID"])["Config"]["Labels"]
+    assert labels["cube.worker"] == worker.name and labels["cube.task"] == body["Task"]["ID"]
+
+    listed = httpx.get(f"{worker.url}/tasks", timeout=5).json()
+    assert [t["ID"] for t in listed] == [body["Task"]["ID"]]
+
+
+def test_delete_stops_and_removes_the_container(workers: StartWorker) -> None:
+    worker = workers("--stop-timeout", "2")
+    body = task_event()
+    assert post(worker, body).status_code == 201
+    task = wait_state(worker, body["Task"]["ID"], 2)
+    r = httpx.delete(f"{worker.url}/tasks/{task['ID']}", timeout=5)
+    assert r.status_code == 204 and r.content == b""
+    done = wait_state(worker, task["ID"], 3)
+    assert done["FinishTime"] != "0001-01-01T00:00:00Z"
+    wait_for(lambda: not containers_of(worker.name), what="container removed")
+
+
+def test_killed_container_fails_the_task(workers: StartWorker) -> None:
+    worker = workers("--reconcile-interval", "60")  # only Docker events can notice in time
+    body = task_event()
+    post(worker, body)
+    task = wait_state(worker, body["Task"]["ID"], 2)
+    subprocess.run(["docker", "kill", task["ContainerID"]], check=True, capture_output=True)
+    failed = wait_state(worker, task["ID"], 4, timeout=2)
+    assert "exited with code 137" in failed["Reason"]
+
+
+def test_exit_zero_completes_and_nonzero_fails(workers: StartWorker) -> None:
+    worker = workers()
+    ok = task_event("cube/busybox:latest", Cmd=["sh", "-c", "echo hello"])
+    bad = task_event("cube/busybox:latest", Cmd=["sh", "-c", "exit 3"])
+    assert post(worker, ok).status_code == 201
+    assert post(worker, bad).status_code == 201
+    assert wait_state(worker, ok["Task"]["ID"], 3)["Reason"] == "exited with code 0"
+    assert wait_state(worker, bad["Task"]["ID"], 4)["Reason"] == "exited with code 3"
+
+
+def test_env_reaches_the_container(workers: StartWorker) -> None:
+    worker = workers()
+    body = task_event("cube/busybox:latest", Env=["WANT=7"], Cmd=["sh", "-c", 'test "$WANT" = 7'])
+    post(worker, body)
+    assert wait_state(worker, body["Task"]["ID"], 3)["Reason"] == "exited with code 0"
+
+
+def test_missing_image_fails_with_reason(workers: StartWorker) -> None:
+    worker = workers()
+    body = task_event("cube/does-not-exist:1")
+    assert post(worker, body).status_code == 201
+    failed = wait_state(worker, body["Task"]["ID"], 4)
+    assert "cube/does-not-exist:1" in failed["Reason"]
+
+
+def test_repeated_event_starts_one_container(workers: StartWorker) -> None:
+    worker = workers()
+    body = task_event()
+    for _ in range(3):
+        assert post(worker, body).status_code == 201
+    wait_state(worker, body["Task"]["ID"], 2)
+    assert len(containers_of(worker.name)) == 1
+
+
+def test_restart_event_replaces_the_container(workers: StartWorker) -> None:
+    worker = workers()
+    body = task_event()
+    post(worker, body)
+    first = wait_state(worker, body["Task"]["ID"], 2)
+    body["Task"]["RestartCount"] = 1
+    body["ID"] = str(uuid.uuid4())
+    assert post(worker, body).status_code == 201
+    second = wait_for(
+        lambda: (
+            (t := get_task(worker, first["ID"]))["State"] == 2
+            and t["ContainerID"] != first["ContainerID"]
+            and t
+        ),
+        what="restarted",
+    )
+    assert second["RestartCount"] == 1
+    wait_for(lambda: len(containers_of(worker.name)) == 1, what="old container removed")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"", 400, "empty"),
+        (b'{"ID": "x", "State": 2, "Task": {"Image": "a"}}', 400, "ID"),
+        (b'{"State": 2, "Task": {"Image": "a", "Colour": "red"}}', 400, "unknown field"),
+        (b'{"State": 2, "Task": {"Name": "no image"}}', 400, "Image"),
+        (b'{"State": 2}', 400, "Task"),
+        (b'{"State": 0, "Task": {"Image": "a"}}', 400, "must be Scheduled, Running or Completed"),
+        (b"[1, 2]", 400, ""),
+    ],
+)
+def test_bad_posts_are_400_with_a_message(
+    workers: StartWorker, body: bytes, status: int, message: str
+) -> None:
+    worker = workers()
+    r = httpx.post(
+        f"{worker.url}/tasks", content=body, timeout=5, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["HTTPStatusCode"] == status
+    assert message in r.json()["Message"]
+
+
+def test_bad_and_unknown_ids(workers: StartWorker) -> None:
+    worker = workers()
+    for method in ("GET", "DELETE"):
+        r = httpx.request(method, f"{worker.url}/tasks/not-a-uuid", timeout=5)
+        assert r.status_code == 400 and "UUID" in r.json()["Message"]
+        r = httpx.request(method, f"{worker.url}/tasks/{uuid.uuid4()}", timeout=5)
+        assert r.status_code == 404 and "not found" in r.json()["Message"]
+
+
+def test_run_after_completed_is_a_conflict(workers: StartWorker) -> None:
+    worker = workers()
+    body = task_event("cube/busybox:latest", Cmd=["true"])
+    post(worker, body)
+    wait_state(worker, body["Task"]["ID"], 3)
+    body["Task"]["RestartCount"] = 1
+    r = post(worker, body)
+    assert r.status_code == 409 and "Completed" in r.json()["Message"]
+
+
+def test_stats_have_real_numbers(workers: StartWorker) -> None:
+    worker = workers("--stats-interval", "0.2")
+    body = task_event()
+    post(worker, body)
+    wait_state(worker, body["Task"]["ID"], 2)
+    stats = wait_for(
+        lambda: (s := httpx.get(f"{worker.url}/stats", timeout=5).json())["TaskCount"] == 1 and s,
+        what="TaskCount 1",
+    )
+    assert stats["MemStats"]["mem_total"] > 0
+    assert stats["MemStats"]["mem_available"] <= stats["MemStats"]["mem_total"]
+    assert stats["DiskStats"]["all"] > 0
+    assert stats["CpuStats"]["idle"] > 0
+    assert stats["Cores"] >= 1
+    assert 0 <= stats["CpuPercent"] <= 100
+    assert stats["LoadStats"]["process_total"] > 0
+
+
+def test_persistent_worker_readopts_after_sigkill(workers: StartWorker) -> None:
+    worker = workers("-d", "persistent")
+    bodies = [task_event() for _ in range(3)]
+    for body in bodies:
+        post(worker, body)
+    before = {
+        b["Task"]["ID"]: wait_state(worker, b["Task"]["ID"], 2)["ContainerID"] for b in bodies
+    }
+    worker.kill()
+
+    again = workers("-d", "persistent", name=worker.name, port=worker.port)
+    after = {t["ID"]: t for t in httpx.get(f"{again.url}/tasks", timeout=5).json()}
+    assert set(after) == set(before)
+    for task_id, container_id in before.items():
+        assert after[task_id]["State"] == 2
+        assert after[task_id]["ContainerID"] == container_id
+    running = containers_of(worker.name, all=False)
+    assert sorted(c.id for c in running) == sorted(before.values())
+    # Re-sending the same events is harmless: still one container per task.
+    for body in bodies:
+        assert post(again, body).status_code == 201
+    assert len(containers_of(worker.name)) == 3
+
+
+def test_persistent_worker_marks_vanished_containers_failed(workers: StartWorker) -> None:
+    worker = workers("-d", "persistent")
+    body = task_event()
+    post(worker, body)
+    task = wait_state(worker, body["Task"]["ID"], 2)
+    worker.kill()
+    subprocess.run(["docker", "rm", "-f", task["ContainerID"]], check=True, capture_output=True)
+    again = workers("-d", "persistent", name=worker.name, port=worker.port)
+    failed = wait_state(again, task["ID"], 4)
+    assert "vanished" in failed["Reason"]
+    assert not containers_of(worker.name)

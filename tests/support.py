@@ -1,0 +1,167 @@
+"""Helpers for tests that run real Cube processes against a real Docker engine.
+
+Nothing here sleeps for a fixed time: every wait polls a condition against a deadline
+and fails with what it last saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import docker
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CUBE = [sys.executable, "-m", "cube"]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = check()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc  # not up yet: keep polling, report it if time runs out
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or check}: {last!r}"
+            )
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    """A `cube` subcommand running as a real child process, logging to a file."""
+
+    args: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [*CUBE, *self.args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        out.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class WorkerProcess(Process):
+    name: str = ""
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
+        def ready() -> bool:
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.output()}")
+            r = httpx.get(f"{self.url}/health", timeout=2)
+            return r.status_code == 200 and bool(r.json().get("Docker"))
+
+        wait_for(ready, timeout, what=f"worker {self.name} ready")
+        return self
+
+
+def worker_process(
+    tmp: Path, *extra: str, name: str | None = None, port: int | None = None
+) -> WorkerProcess:
+    """A worker not started yet: start it, register it for clean-up, then wait_ready()."""
+    name = name or f"test-{uuid.uuid4().hex[:8]}"
+    port = port or free_port()
+    args = [
+        "worker",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-n",
+        name,
+        "--data-dir",
+        str(tmp),
+        "--reconcile-interval",
+        "1",
+        *extra,
+    ]
+    return WorkerProcess(args=args, log=tmp / f"{name}.log", name=name, port=port)
+
+
+def containers_of(worker_name: str, all: bool = True) -> list[Any]:
+    client = docker.from_env()
+    try:
+        return list(
+            client.containers.list(all=all, filters={"label": f"cube.worker={worker_name}"})
+        )
+    finally:
+        client.close()
+
+
+def remove_containers(worker_name: str) -> None:
+    for container in containers_of(worker_name):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+def task_event(image: str = "cube/http:latest", **task: Any) -> dict[str, Any]:
+    """A book-style TaskEvent body."""
+    task_id = str(uuid.uuid4())
+    body: dict[str, Any] = {"ID": task_id, "Name": f"t-{task_id[:8]}", "State": 1, "Image": image}
+    body.update(task)
+    return {"ID": str(uuid.uuid4()), "State": 2, "Task": body}

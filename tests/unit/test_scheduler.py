@@ -1,0 +1,417 @@
+"""Scheduling: feasibility checks, round robin, E-PVM's costs and the Pending reasons."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from cube.node import DOWN, READY, Node
+from cube.scheduler import (
+    CHECKS,
+    CPU_CAPACITY,
+    CPU_CHECK,
+    DISK_CHECK,
+    LIEB,
+    MAX_JOBS,
+    MEMORY_CHECK,
+    PORTS_CHECK,
+    READY_CHECK,
+    Check,
+    Demand,
+    Epvm,
+    RoundRobin,
+    format_bytes,
+    make_scheduler,
+    release,
+    reserve,
+    select_candidates,
+    select_some,
+)
+from cube.task import Task
+
+MIB = 1024**2
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class FakeTask:
+    Cpu: float = 0.0
+    Memory: int = 0
+    Disk: int = 0
+    PortBindings: dict[str, str] = field(default_factory=dict)
+    ID: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+def node(name: str = "w1:5556", **fields: Any) -> Node:
+    """A ready node with room for anything, unless told otherwise."""
+    values: dict[str, Any] = {
+        "Status": READY,
+        "Cores": 8,
+        "Memory": 16 * 1024 * 1024,  # kB: 16 GiB
+        "Disk": 100 * GIB,
+    }
+    values.update(fields)
+    return Node(Name=name, **values)
+
+
+def nodes(count: int, **fields: Any) -> list[Node]:
+    return [node(f"w{i}:5556", **fields) for i in range(count)]
+
+
+# --- feasibility checks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("check", "task", "node_fields", "fits"),
+    [
+        (READY_CHECK, FakeTask(), {"Status": READY}, True),
+        (READY_CHECK, FakeTask(), {"Status": DOWN}, False),
+        (READY_CHECK, FakeTask(), {"Status": ""}, False),
+        # Node memory is kB, task memory is bytes.
+        (MEMORY_CHECK, FakeTask(Memory=512 * MIB), {"Memory": 600_000}, True),
+        (MEMORY_CHECK, FakeTask(Memory=512 * MIB), {"Memory": 500_000}, False),
+        (MEMORY_CHECK, FakeTask(Memory=1000 * 1024), {"Memory": 1000}, True),
+        (MEMORY_CHECK, FakeTask(Memory=1000 * 1024 + 1), {"Memory": 1000}, False),
+        (MEMORY_CHECK, FakeTask(Memory=1), {"Memory": 1000, "MemoryAllocated": 1000}, False),
+        (MEMORY_CHECK, FakeTask(Memory=1024), {"Memory": 1000, "MemoryAllocated": 999}, True),
+        # Disk is bytes on both sides.
+        (DISK_CHECK, FakeTask(Disk=GIB), {"Disk": 2 * GIB, "DiskAllocated": GIB}, True),
+        (DISK_CHECK, FakeTask(Disk=GIB + 1), {"Disk": 2 * GIB, "DiskAllocated": GIB}, False),
+        (DISK_CHECK, FakeTask(Disk=1), {"Disk": 0}, False),
+        # Free CPU is Cores - CpuAllocated.
+        (CPU_CHECK, FakeTask(Cpu=0.5), {"Cores": 2, "CpuAllocated": 1.5}, True),
+        (CPU_CHECK, FakeTask(Cpu=0.6), {"Cores": 2, "CpuAllocated": 1.5}, False),
+        (CPU_CHECK, FakeTask(Cpu=1), {"Cores": 0}, False),
+        (CPU_CHECK, FakeTask(Cpu=0.7), {"Cores": 1, "CpuAllocated": 0.1 + 0.2}, True),
+        # Fixed host ports must not be in use already.
+        (PORTS_CHECK, FakeTask(PortBindings={"80/tcp": "8080"}), {"PortsAllocated": {8080}}, False),
+        (PORTS_CHECK, FakeTask(PortBindings={"80/tcp": "8081"}), {"PortsAllocated": {8080}}, True),
+        (
+            PORTS_CHECK,
+            FakeTask(PortBindings={"80/tcp": "9000", "443/tcp": "8080"}),
+            {"PortsAllocated": {8080, 22}},
+            False,
+        ),
+    ],
+)
+def test_check(check: Check, task: FakeTask, node_fields: dict[str, Any], fits: bool) -> None:
+    assert check.fits(Demand.of(task), node(**node_fields)) is fits
+
+
+@pytest.mark.parametrize(
+    ("task", "applicable"),
+    [
+        (FakeTask(), {"ready"}),
+        (FakeTask(Memory=1), {"ready", "memory"}),
+        (FakeTask(Disk=1), {"ready", "disk"}),
+        (FakeTask(Cpu=0.1), {"ready", "cpu"}),
+        (FakeTask(PortBindings={"80/tcp": "8080"}), {"ready", "ports"}),
+        (FakeTask(PortBindings={"80/tcp": ""}), {"ready"}),
+    ],
+)
+def test_checks_apply_only_to_what_the_task_requests(
+    task: FakeTask, applicable: set[str]
+) -> None:
+    demand = Demand.of(task)
+    assert {check.name for check in CHECKS if check.applies(demand)} == applicable
+
+
+def test_a_task_requesting_nothing_fits_a_node_that_has_not_reported_capacity() -> None:
+    bare = node(Cores=0, Memory=0, Disk=0)
+    assert select_candidates(FakeTask(), [bare]).nodes == [bare]
+
+
+def test_memory_is_rounded_up_to_whole_kb() -> None:
+    assert Demand.of(FakeTask(Memory=1)).memory_kb == 1
+    assert Demand.of(FakeTask(Memory=1024)).memory_kb == 1
+    assert Demand.of(FakeTask(Memory=1025)).memory_kb == 2
+
+
+def test_select_candidates_keeps_order_and_counts_each_node_once() -> None:
+    ok1, ok2 = node("ok1"), node("ok2")
+    down = node("down", Status=DOWN, Memory=0)  # fails memory too: counted as not ready
+    small = node("small", Memory=1000)
+    busy_port = node("busy", PortsAllocated={8080})
+    task = FakeTask(Memory=512 * MIB, PortBindings={"80/tcp": "8080"})
+
+    found = select_candidates(task, [small, ok1, down, busy_port, ok2])
+
+    assert [n.Name for n in found.nodes] == ["ok1", "ok2"]
+    assert found.rejected == {"ready": 1, "memory": 1, "ports": 1}
+    assert found.reason() == ""
+
+
+# --- the Pending reason -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "cluster", "reason"),
+    [
+        (
+            FakeTask(Memory=512 * MIB),
+            nodes(3, Memory=100_000),
+            "no feasible node: 3 nodes lack memory (need 512 MiB)",
+        ),
+        (
+            FakeTask(Memory=512 * MIB),
+            [node("a", Status=DOWN), node("b", Memory=1), node("c", Memory=1)],
+            "no feasible node: 1 node is not ready, 2 nodes lack memory (need 512 MiB)",
+        ),
+        (
+            FakeTask(Disk=3 * GIB // 2),
+            [node(Disk=GIB)],
+            "no feasible node: 1 node lacks disk (need 1.5 GiB)",
+        ),
+        (
+            FakeTask(Cpu=2),
+            nodes(2, Cores=1),
+            "no feasible node: 2 nodes lack CPU (need 2 cores)",
+        ),
+        (
+            FakeTask(PortBindings={"80/tcp": "8080", "81/tcp": "80"}),
+            nodes(2, PortsAllocated={80}),
+            "no feasible node: 2 nodes have host port 80 or 8080 in use",
+        ),
+        (FakeTask(), nodes(2, Status=DOWN), "no feasible node: 2 nodes are not ready"),
+        (FakeTask(), [], "no feasible node: no worker nodes are known"),
+    ],
+)
+def test_no_feasible_node_reason(task: FakeTask, cluster: list[Node], reason: str) -> None:
+    for scheduler in (make_scheduler("roundrobin"), make_scheduler("epvm")):
+        placement = scheduler.place(task, cluster)
+        assert placement.node is None
+        assert placement.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1 KiB"), (512 * MIB, "512 MiB"), (5 * GIB, "5 GiB")],
+)
+def test_format_bytes(size: int, text: str) -> None:
+    assert format_bytes(size) == text
+
+
+# --- picking ------------------------------------------------------------------------------
+
+
+def test_pick_takes_the_lowest_score_and_the_first_of_equals() -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    scheduler = Epvm()
+    assert scheduler.pick({"a": 2.0, "b": 1.0, "c": 3.0}, [a, b, c]) is b
+    assert scheduler.pick({"a": 1.0, "b": 1.0, "c": 1.0}, [a, b, c]) is a
+    with pytest.raises(ValueError, match="no candidates"):
+        scheduler.pick({}, [])
+
+
+# --- round robin --------------------------------------------------------------------------
+
+
+def test_round_robin_cycles_through_the_nodes() -> None:
+    cluster = nodes(3)
+    scheduler = make_scheduler("roundrobin")
+    picks = [scheduler.place(FakeTask(), cluster).node for _ in range(7)]
+    assert [n.Name if n else None for n in picks] == [
+        "w0:5556",
+        "w1:5556",
+        "w2:5556",
+        "w0:5556",
+        "w1:5556",
+        "w2:5556",
+        "w0:5556",
+    ]
+
+
+def test_round_robin_skips_nodes_that_cannot_take_the_task() -> None:
+    cluster = [node("a"), node("b", Status=DOWN), node("c"), node("d", Memory=10)]
+    scheduler = make_scheduler("roundrobin")
+    picks = [scheduler.place(FakeTask(Memory=MIB), cluster).node for _ in range(4)]
+    assert [n.Name if n else None for n in picks] == ["a", "c", "a", "c"]
+
+
+def test_round_robin_three_phases_mark_the_turn_with_the_lowest_score() -> None:
+    cluster = nodes(3)
+    scheduler = RoundRobin()
+    candidates = scheduler.select_candidates(FakeTask(), cluster).nodes
+    assert scheduler.score(FakeTask(), candidates) == {
+        "w0:5556": 0.1,
+        "w1:5556": 1.0,
+        "w2:5556": 1.0,
+    }
+    scores = scheduler.score(FakeTask(), candidates)
+    assert scheduler.pick(scores, candidates).Name == "w1:5556"
+    assert scheduler.last_index == 1
+
+
+# --- E-PVM --------------------------------------------------------------------------------
+
+
+def rise(now: float, new: float) -> float:
+    return math.pow(LIEB, new) - math.pow(LIEB, now)
+
+
+def epvm_score(task: FakeTask, n: Node) -> float:
+    return Epvm(max_candidates=None).score(task, [n])[n.Name]
+
+
+def test_epvm_constants_are_the_books() -> None:
+    assert LIEB == 1.53960071783900203869
+    assert MAX_JOBS == 4
+    assert CPU_CAPACITY == pytest.approx(2**0.8)
+
+
+def test_epvm_cost_with_memory_and_cpu_requested() -> None:
+    n = node(
+        Memory=4_000_000,
+        MemoryAllocated=1_000_000,
+        TaskCount=2,
+        Cores=4,
+        CpuPercent=50.0,
+        CpuAllocated=1.0,
+    )
+    task = FakeTask(Memory=512 * MIB, Cpu=1.0)  # 524288 kB, a quarter of the cores
+
+    jobs = math.pow(LIEB, 3 / 4) - math.pow(LIEB, 2 / 4)
+    mem_cost = (
+        math.pow(LIEB, (1_000_000 + 524_288) / 4_000_000)
+        - math.pow(LIEB, 1_000_000 / 4_000_000)
+        + jobs
+    )
+    cpu_now = 0.5  # max(50 / 100, 1.0 / 4)
+    cpu_cost = (
+        math.pow(LIEB, (cpu_now + 1.0 / 4) / 2**0.8) - math.pow(LIEB, cpu_now / 2**0.8) + jobs
+    )
+    assert epvm_score(task, n) == pytest.approx(mem_cost + cpu_cost, rel=1e-12)
+
+
+def test_epvm_cost_counts_promised_cores_and_a_default_share_for_no_cpu_request() -> None:
+    n = node(Memory=1_000_000, TaskCount=0, Cores=4, CpuPercent=10.0, CpuAllocated=3.0)
+    task = FakeTask()  # no memory, no CPU requested
+
+    jobs = math.pow(LIEB, 1 / 4) - math.pow(LIEB, 0)
+    cpu_now = 0.75  # max(10 / 100, 3.0 / 4): promised cores not yet busy still count
+    cpu_task = 1 / 4  # 1 / MAX_JOBS of the machine
+    expected = jobs + (rise(cpu_now / 2**0.8, (cpu_now + cpu_task) / 2**0.8) + jobs)
+    assert epvm_score(task, n) == pytest.approx(expected, rel=1e-12)
+
+
+def test_epvm_cost_on_a_node_without_reported_capacity_is_the_jobs_terms() -> None:
+    n = node(Memory=0, Cores=0, TaskCount=5)
+    expected = 2 * (math.pow(LIEB, 6 / 4) - math.pow(LIEB, 5 / 4))
+    assert epvm_score(FakeTask(), n) == pytest.approx(expected, rel=1e-12)
+
+
+def test_epvm_cost_of_a_hugely_loaded_node_is_infinite_not_an_error() -> None:
+    assert epvm_score(FakeTask(), node(TaskCount=100_000)) == math.inf
+
+
+def test_epvm_cpu_term_does_not_cancel_out_as_in_the_book() -> None:
+    idle, busy = node("idle", CpuPercent=5.0), node("busy", CpuPercent=90.0)
+    for task in (FakeTask(), FakeTask(Cpu=1.0)):
+        scores = Epvm().score(task, [idle, busy])
+        assert scores["idle"] < scores["busy"]
+
+
+@pytest.mark.parametrize(
+    ("field_name", "loads"),
+    [
+        ("CpuPercent", [80.0, 20.0, 50.0]),
+        ("CpuAllocated", [6.0, 1.0, 3.0]),
+        ("MemoryAllocated", [12_000_000, 1_000_000, 6_000_000]),
+        ("TaskCount", [6, 1, 3]),
+    ],
+)
+def test_epvm_prefers_the_least_loaded_node(field_name: str, loads: list[float]) -> None:
+    cluster = [node(f"n{i}", **{field_name: load}) for i, load in enumerate(loads)]
+    placement = make_scheduler("epvm").place(FakeTask(Memory=256 * MIB, Cpu=0.5), cluster)
+    assert placement.node is cluster[1]
+
+
+@pytest.mark.parametrize("max_candidates", [None, 4])
+def test_epvm_with_reservations_spreads_a_burst_evenly(max_candidates: int | None) -> None:
+    cluster = nodes(10)
+    scheduler = make_scheduler("epvm", max_candidates)
+    for _ in range(40):
+        task = FakeTask(Memory=64 * MIB, Cpu=0.1)
+        placement = scheduler.place(task, cluster)
+        assert placement.node is not None
+        reserve(placement.node, task)
+    counts = [n.TaskCount for n in cluster]
+    assert sum(counts) == 40
+    assert max(counts) - min(counts) <= (0 if max_candidates is None else 2)
+
+
+# --- sampling large clusters --------------------------------------------------------------
+
+
+def test_select_some_stops_early_and_resumes_where_it_stopped() -> None:
+    cluster = nodes(10)
+    found, next_start = select_some(FakeTask(), cluster, limit=3, start=8)
+    assert [n.Name for n in found.nodes] == ["w8:5556", "w9:5556", "w0:5556"]
+    assert next_start == 1
+
+
+def test_select_some_scans_everything_before_giving_up() -> None:
+    cluster = nodes(9, Status=DOWN) + [node("last")]
+    found, _ = select_some(FakeTask(), cluster, limit=2)
+    assert [n.Name for n in found.nodes] == ["last"]
+    found, next_start = select_some(FakeTask(), cluster[:9], limit=2, start=4)
+    assert (found.nodes, found.rejected, next_start) == ([], {"ready": 9}, 4)
+    assert found.reason() == "no feasible node: 9 nodes are not ready"
+
+
+def test_epvm_sampling_gives_every_node_a_turn() -> None:
+    cluster = nodes(12)
+    scheduler = Epvm(max_candidates=3)
+    picked = Counter()
+    for _ in range(12):
+        placement = scheduler.place(FakeTask(), cluster)
+        assert placement.node is not None
+        picked[placement.node.Name] += 1  # no reserve: only the window decides
+    assert set(picked) == {"w0:5556", "w3:5556", "w6:5556", "w9:5556"}
+    assert set(picked.values()) == {3}
+
+
+# --- construction and bookkeeping ---------------------------------------------------------
+
+
+def test_make_scheduler() -> None:
+    assert isinstance(make_scheduler("roundrobin"), RoundRobin)
+    assert isinstance(make_scheduler("epvm"), Epvm)
+    assert make_scheduler("epvm").name == "epvm"
+    with pytest.raises(ValueError, match="unknown scheduler 'fifo': expected 'roundrobin' or"):
+        make_scheduler("fifo")
+    with pytest.raises(ValueError, match="max_candidates must be at least 1"):
+        make_scheduler("epvm", 0)
+
+
+def test_reserve_and_release_keep_the_units_straight() -> None:
+    n = node(Memory=1_000_000, Disk=10 * GIB, Cores=4)
+    task = FakeTask(Memory=512 * MIB + 1, Disk=GIB, Cpu=1.5, PortBindings={"80/tcp": "8080"})
+    reserve(n, task)
+    assert (n.TaskCount, n.MemoryAllocated, n.DiskAllocated, n.CpuAllocated) == (
+        1,
+        524_289,
+        GIB,
+        1.5,
+    )
+    assert n.PortsAllocated == {8080}
+    assert n.free_memory_kb == 1_000_000 - 524_289
+    release(n, task)
+    release(n, task)  # a second release never goes below zero
+    assert (n.TaskCount, n.MemoryAllocated, n.DiskAllocated, n.CpuAllocated) == (0, 0, 0, 0.0)
+    assert n.PortsAllocated == set()
+
+
+def test_the_real_task_model_is_a_task_request() -> None:
+    task = Task(Image="busybox", Memory="512MiB", Cpu=0.5, PortBindings={"80/tcp": "8080"})
+    taken = node("taken", PortsAllocated={8080})
+    free = node("free")
+    placement = make_scheduler("epvm").place(task, [taken, free])
+    assert placement.node is free
+    reserve(free, task)
+    assert (free.MemoryAllocated, free.PortsAllocated) == (512 * 1024, {8080})
