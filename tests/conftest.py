@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import WorkerProcess, remove_containers, worker_process
+from tests.support import (
+    ManagerProcess,
+    WorkerProcess,
+    manager_process,
+    remove_containers,
+    worker_process,
+)
 
 
 @pytest.fixture
@@ -30,3 +36,18 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
     for name in {w.name for w in started}:
         remove_containers(name)
+
+
+@pytest.fixture
+def managers(tmp_path: Path) -> Iterator[Callable[..., ManagerProcess]]:
+    """Start `cube manager` processes for given workers; stop them afterwards."""
+    started: list[ManagerProcess] = []
+
+    def start(workers: list[WorkerProcess], *extra: str, port: int | None = None) -> ManagerProcess:
+        manager = manager_process(tmp_path, workers, *extra, port=port)
+        started.append(manager)
+        return manager.start().wait_ready(len(workers))
+
+    yield start
+    for manager in started:
+        manager.stop()

@@ -165,3 +165,74 @@ def task_event(image: str = "cube/http:latest", **task: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"ID": task_id, "Name": f"t-{task_id[:8]}", "State": 1, "Image": image}
     body.update(task)
     return {"ID": str(uuid.uuid4()), "State": 2, "Task": body}
+
+
+@dataclass
+class ManagerProcess(Process):
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, workers: int = 0, timeout: float = 30.0) -> ManagerProcess:
+        """Wait until the API answers and ``workers`` nodes are ready."""
+
+        def ready() -> bool:
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"manager exited early:\n{self.output()}")
+            nodes = httpx.get(f"{self.url}/nodes", timeout=2).json()
+            return sum(n["Status"] == "ready" for n in nodes) >= workers
+
+        wait_for(ready, timeout, what="manager ready")
+        return self
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/tasks", timeout=5).json()  # type: ignore[no-any-return]
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/tasks/{task_id}", timeout=5)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = httpx.post(f"{self.url}/tasks", json=body, timeout=10)
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def wait_task(
+        self,
+        task_id: str,
+        check: Callable[[dict[str, Any]], bool],
+        timeout: float = 30,
+        what: str = "",
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            task = self.task(task_id)
+            return task if check(task) else None
+
+        return wait_for(probe, timeout, what=what or f"task {task_id}")
+
+
+def manager_process(
+    tmp: Path, workers: list[WorkerProcess], *extra: str, port: int | None = None
+) -> ManagerProcess:
+    port = port or free_port()
+    addresses = ",".join(w.address for w in workers)
+    args = [
+        "manager",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        addresses,
+        "--data-dir",
+        str(tmp),
+        "--poll-interval",
+        "0.2",
+        "--stats-interval",
+        "0.2",
+        *extra,
+    ]
+    return ManagerProcess(args=args, log=tmp / f"manager-{port}.log", port=port)

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from cube.node import DOWN, READY, Node
-from cube.scheduler import Scheduler
+from cube.scheduler import Scheduler, release, reserve
 from cube.store import Store
 from cube.task import InvalidTransition, State, Task, TaskEvent, can_transition, transition
 from cube.worker.client import WorkerClient, WorkerRejected, WorkerUnreachable
@@ -237,28 +237,15 @@ class Manager:
         member = self.members.get(task.Node)
         if member is None:
             return
-        node = member.node
-        node.MemoryAllocated += -(-task.Memory // 1024)
-        node.DiskAllocated += task.Disk
-        node.CpuAllocated += task.Cpu
-        node.TaskCount += 1
-        node.PortsAllocated.update(int(p) for p in (task.PortBindings or {}).values())
-        self._placed[task.ID] = node.Name
+        reserve(member.node, task)
+        self._placed[task.ID] = member.node.Name
 
     def _release(self, task_id: uuid.UUID) -> None:
         name = self._placed.pop(task_id, None)
-        if name is None:
-            return
         task = self.tasks.get(str(task_id))
-        node = self.members[name].node
-        if task is not None:
-            node.MemoryAllocated = max(0, node.MemoryAllocated - -(-task.Memory // 1024))
-            node.DiskAllocated = max(0, node.DiskAllocated - task.Disk)
-            node.CpuAllocated = max(0.0, node.CpuAllocated - task.Cpu)
-            node.PortsAllocated.difference_update(
-                int(p) for p in (task.PortBindings or {}).values()
-            )
-        node.TaskCount = max(0, node.TaskCount - 1)
+        if name is None or task is None:
+            return
+        release(self.members[name].node, task)
         self._wake.set()  # room appeared: pending tasks may fit now
 
     # --- scheduling -------------------------------------------------------------------------
