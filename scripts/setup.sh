@@ -21,6 +21,11 @@ apt_install() {
 }
 
 # --- Python environment -------------------------------------------------------
+# A fresh Debian has no python3, or one without venv/ensurepip (python3-venv).
+if [ ! -x .venv/bin/python ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "installing Debian's python3 and python3-venv"
+    apt_install python3 python3-venv
+fi
 if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
     python3 -m venv .venv

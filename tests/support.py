@@ -34,9 +34,14 @@ def free_port() -> int:
 
 
 def wait_for(
-    check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
+    detail: Callable[[], object] | None = None,
 ) -> T:
-    """Poll ``check`` until it returns something truthy; fail with the last value seen."""
+    """Poll ``check`` until it returns something truthy; fail with the last value seen
+    (and ``detail()``, when given, to show the state that did not converge)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -49,8 +54,9 @@ def wait_for(
                 return value
             last = value
         if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail else ""
             raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or check}: {last!r}"
+                f"timed out after {timeout}s waiting for {what or check}: {last!r}{extra}"
             )
         time.sleep(interval)
 

@@ -299,6 +299,31 @@ async def test_outside_kill_arrives_as_a_die_event(
 
 @pytest.mark.docker
 @pytest.mark.anyio
+async def test_memory_limit_is_enforced_as_an_oom_kill(
+    runtime: DockerRuntime, labels: dict[str, str]
+) -> None:
+    events = runtime.events(labels)
+    # dd fills a 64 MiB buffer: far over the 8 MiB limit.
+    cmd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    info = await runtime.start(spec(labels, cmd=cmd, memory=8 * MiB))
+
+    actions: set[str] = set()
+    try:
+        with anyio.move_on_after(20):
+            async for event in events:
+                if event.container_id == info.id:
+                    actions.add(event.action)
+                    if {"oom", "die"} <= actions:  # the engine may report them in any order
+                        break
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    done = await exited(runtime, info.id)
+    assert done.oom_killed and done.exit_code == 137, done
+    assert {"oom", "die"} <= actions, actions
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
 async def test_events_are_filtered_by_label(
     runtime: DockerRuntime, labels: dict[str, str], api: docker.APIClient
 ) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cube.cli.worker import DbType
-from cube.config import serve, setup_logging
 
 
 def register(app: typer.Typer) -> None:
@@ -71,6 +70,7 @@ def manager(
     ] = "info",
 ) -> None:
     """Run a manager: accept tasks, place them on workers, keep them running."""
+    from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.manager.api import create_app
     from cube.manager.manager import Manager, Settings
     from cube.scheduler import make_scheduler

@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from cube.config import serve, setup_logging
-
 
 class DbType(StrEnum):
     memory = "memory"
@@ -70,9 +68,22 @@ def worker(
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            hidden=True,
+            help="Development only: 'simulated' keeps containers in memory (scale tests).",
+        ),
+    ] = "docker",
+    simulated_latency: Annotated[
+        float,
+        typer.Option("--simulated-latency", hidden=True, help="Seconds per simulated start."),
+    ] = 0.0,
 ) -> None:
     """Run a worker: accept tasks over HTTP and run them as Docker containers."""
-    from cube.runtime.docker import DockerRuntime
+    from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
+    from cube.runtime.base import Runtime
     from cube.stats import StatsSampler
     from cube.store import Database, MemoryStore, Store
     from cube.task import Task, parse_size
@@ -91,10 +102,21 @@ def worker(
         store = Database(data_dir / f"worker-{safe}.db").store("tasks", Task)
     else:
         store = MemoryStore()
+    engine: Runtime
+    if runtime == "simulated":
+        from cube.runtime.simulated import SimulatedRuntime
+
+        engine = SimulatedRuntime(simulated_latency)
+    elif runtime == "docker":
+        from cube.runtime.docker import DockerRuntime
+
+        engine = DockerRuntime(max_concurrency=concurrency)
+    else:
+        raise typer.BadParameter("expected 'docker' or 'simulated'", param_hint="--runtime")
     node = Worker(
         name,
         store,
-        DockerRuntime(max_concurrency=concurrency),
+        engine,
         concurrency=concurrency,
         reconcile_interval=reconcile_interval,
         stop_timeout=stop_timeout,

@@ -8,10 +8,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
-from cube.errors import ApiError, error_response, install_error_handlers, parse_body, parse_uuid
+from cube.errors import (
+    ApiError,
+    describe,
+    error_response,
+    install_error_handlers,
+    parse_body,
+    parse_uuid,
+)
 from cube.manager.manager import BadRequest, Manager, UnknownTask
-from cube.task import TaskEvent
+from cube.task import State, Task, TaskEvent
+from cube.worker.api import tasks_json
+
+_EVENTS = TypeAdapter(list[TaskEvent])
+_SUBMITTING = frozenset({State.PENDING, State.SCHEDULED, State.RUNNING})
 
 
 def create_app(manager: Manager) -> FastAPI:
@@ -31,14 +43,36 @@ def create_app(manager: Manager) -> FastAPI:
         return error_response(404, f"task {exc.args[0]} not found")
 
     @app.get("/tasks")
-    async def list_tasks() -> list[dict[str, Any]]:
-        return [task.to_wire() for task in manager.list_tasks()]
+    async def list_tasks() -> Response:
+        return Response(tasks_json(manager.list_tasks()), media_type="application/json")
 
-    @app.post("/tasks", status_code=201)
-    async def post_task(request: Request) -> dict[str, Any]:
-        event = parse_body(TaskEvent, await request.body())
+    @app.post("/tasks", status_code=201, response_model=None)
+    async def post_task(request: Request) -> dict[str, Any] | Response:
+        """One TaskEvent (the book's body), or a JSON array of them, accepted together.
+
+        An array is all or nothing: every event is checked before any is stored, so a
+        400 means none was taken. Nomad's job ``count`` and Kubernetes' replicas play
+        the same part: a thousand tasks need not cost a thousand requests.
+        """
+        body = await request.body()
+        if body.lstrip()[:1] != b"[":
+            return _submit(parse_body(TaskEvent, body)).to_wire()
         try:
-            return manager.submit(event).to_wire()
+            events = _EVENTS.validate_json(body)
+        except ValidationError as exc:
+            raise ApiError(400, describe(exc)) from None
+        if any(event.State not in _SUBMITTING for event in events):
+            raise ApiError(
+                400,
+                "an array of TaskEvents submits tasks: each State must be Scheduled or "
+                "Running (stop a task with DELETE or a single TaskEvent)",
+            )
+        tasks = [_submit(event) for event in events]
+        return Response(tasks_json(tasks), status_code=201, media_type="application/json")
+
+    def _submit(event: TaskEvent) -> Task:
+        try:
+            return manager.submit(event)
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from cube.background import Background
 from cube.node import DOWN, READY, Node
 from cube.scheduler import Scheduler, release, reserve
 from cube.store import Store
@@ -58,6 +59,10 @@ class Settings:
     """Every interval is a flag; these are the defaults of `cube manager`."""
 
     poll_interval: float = 1.0
+    # Tracking is a long poll: a worker holds the request until a task changes, for at
+    # most this long; every resync_interval the whole list is fetched instead.
+    long_poll: float = 10.0
+    resync_interval: float = 30.0
     stats_interval: float = 2.0
     health_interval: float = 10.0
     health_grace: float = 5.0
@@ -78,6 +83,10 @@ class Member:
     client: WorkerClient
     last_seen: float = 0.0
     capacity: dict[str, Any] | None = None
+    # Where tracking left off: the worker's epoch and version of its last answer.
+    epoch: str | None = None
+    version: int | None = None
+    last_full: float = 0.0
 
 
 class Manager:
@@ -93,22 +102,25 @@ class Manager:
         self.scheduler = scheduler
         self.tasks = tasks
         self.events = events
+        # For health checks; each worker gets a connection pool of its own (see connect).
         self.http = httpx.AsyncClient(
-            timeout=self.settings.request_timeout,
-            limits=httpx.Limits(max_connections=max(100, 4 * len(workers))),
+            timeout=self.settings.request_timeout, limits=httpx.Limits(max_connections=100)
         )
         self.members: dict[str, Member] = {}
         for address in workers:
             node = Node.for_worker(address)
-            self.members[node.Name] = Member(node, WorkerClient(node.Api, self.http))
+            client = WorkerClient.connect(node.Api, self.settings.request_timeout)
+            self.members[node.Name] = Member(node, client)
         self._placed: dict[uuid.UUID, str] = {}  # task -> node it holds resources on
+        self._placed_on: dict[str, set[uuid.UUID]] = {}  # node -> tasks placed there
         self._pending: dict[uuid.UUID, None] = {}  # insertion-ordered set
         self._stopping: set[uuid.UUID] = set()
+        self._stops_in_flight: set[uuid.UUID] = set()
         self._restart_at: dict[uuid.UUID, float] = {}
         self._wake = asyncio.Event()
         self._send_slots = asyncio.Semaphore(self.settings.send_concurrency)
         self._background: list[asyncio.Task[None]] = []
-        self._jobs: set[asyncio.Task[None]] = set()
+        self._jobs = Background("manager")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -139,22 +151,19 @@ class Manager:
         # worker ignores a repeat), and stops that were asked for but not confirmed.
         for task in self.tasks.list():
             if task.ID in self._stopping and task.State in (State.SCHEDULED, State.RUNNING):
-                self._spawn(self._send_stop(task))
+                self._spawn_stop(task)
             elif task.State is State.SCHEDULED and task.Node:
-                self._spawn(self._send(task))
+                self._jobs.spawn(self._send(task))
 
     async def close(self) -> None:
-        for job in [*self._background, *self._jobs]:
+        await self._jobs.close()
+        for job in self._background:
             job.cancel()
-        for job in [*self._background, *self._jobs]:
+        for job in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         await self.http.aclose()
-
-    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
-        handle = asyncio.create_task(job)
-        self._jobs.add(handle)
-        handle.add_done_callback(self._jobs.discard)
+        await asyncio.gather(*(m.client.aclose() for m in self.members.values()))
 
     # --- requests -----------------------------------------------------------------------
 
@@ -216,7 +225,7 @@ class Manager:
             )
         elif task.State in (State.SCHEDULED, State.RUNNING):
             self._stopping.add(task.ID)
-            self._spawn(self._send_stop(task))
+            self._spawn_stop(task)
         elif task.State is State.FAILED:
             self._stopping.add(task.ID)  # no more restarts
         return task
@@ -239,9 +248,12 @@ class Manager:
             return
         reserve(member.node, task)
         self._placed[task.ID] = member.node.Name
+        self._placed_on.setdefault(member.node.Name, set()).add(task.ID)
 
     def _release(self, task_id: uuid.UUID) -> None:
         name = self._placed.pop(task_id, None)
+        if name is not None:
+            self._placed_on[name].discard(task_id)
         task = self.tasks.get(str(task_id))
         if name is None or task is None:
             return
@@ -283,14 +295,44 @@ class Manager:
             placed.append(task)
         if placed:
             self.tasks.put_many((str(t.ID), t) for t in placed)
+            by_node: dict[str, list[Task]] = {}
             for task in placed:
                 log.info("task %s: placed on %s", task.ID, task.Node)
-                self._spawn(self._send(task))
+                by_node.setdefault(task.Node, []).append(task)
+            for batch in by_node.values():
+                self._jobs.spawn(self._send_batch(batch))
 
-    async def _send(self, task: Task) -> None:
+    async def _send_batch(self, tasks: list[Task]) -> None:
+        """Hand the tasks one pass placed on a worker over in one request.
+
+        A burst of placements then costs a request per worker rather than per task. If
+        the batch does not go through as a whole, each task is sent on its own, with
+        :meth:`_send`'s checks and retries (the worker ignores a repeated event).
+        """
+        events = [TaskEvent(State=State.SCHEDULED, Task=task) for task in tasks]
+        self.events.put_many((str(event.ID), event) for event in events)
+        member = self.members.get(tasks[0].Node)
+        if member is not None and len(tasks) > 1:
+            # Only what is still to be sent: a task may have been stopped meanwhile.
+            due = [e for e in events if self._placed.get(e.Task.ID) == e.Task.Node]
+            due = [e for e in due if e.Task.ID not in self._stopping]
+            if not due:
+                return
+            try:
+                async with self._send_slots:
+                    await member.client.submit_many(due)
+                return
+            except (WorkerRejected, WorkerUnreachable) as exc:
+                name = member.node.Name
+                log.info("sending %d tasks to %s failed, one by one: %s", len(due), name, exc)
+        for task, event in zip(tasks, events, strict=True):
+            self._jobs.spawn(self._send(task, event))
+
+    async def _send(self, task: Task, event: TaskEvent | None = None) -> None:
         """Hand a placed task to its worker, retrying with backoff while it is reachable."""
-        event = TaskEvent(State=State.SCHEDULED, Task=task)
-        self._record(event)
+        if event is None:
+            event = TaskEvent(State=State.SCHEDULED, Task=task)
+            self._record(event)
         delay = 0.2
         while True:
             current = self.tasks.get(str(task.ID))
@@ -320,7 +362,20 @@ class Manager:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    def _spawn_stop(self, task: Task) -> None:
+        """One stop in flight per task, however often the tracker asks for it."""
+        if task.ID in self._stops_in_flight:
+            return
+        self._stops_in_flight.add(task.ID)
+        self._jobs.spawn(self._send_stop(task))
+
     async def _send_stop(self, task: Task) -> None:
+        try:
+            await self._stop_until_sent(task)
+        finally:
+            self._stops_in_flight.discard(task.ID)
+
+    async def _stop_until_sent(self, task: Task) -> None:
         delay = 0.2
         while task.ID in self._stopping:
             current = self.tasks.get(str(task.ID))
@@ -356,24 +411,58 @@ class Manager:
             await asyncio.sleep(interval)
 
     async def _track_loop(self) -> None:
-        await self._every(self.settings.poll_interval, self._track_all)
+        """One tracker per worker, each a long poll (see :meth:`_track`)."""
+        await asyncio.gather(*(self._track_worker(m) for m in self.members.values()))
 
-    async def _track_all(self) -> None:
-        await asyncio.gather(
-            *(self._track(m) for m in self.members.values() if m.node.Status == READY)
-        )
+    async def _track_worker(self, member: Member) -> None:
+        while True:
+            if member.node.Status != READY:
+                member.epoch = None  # when it is back, start again from the full list
+                await asyncio.sleep(self.settings.poll_interval)
+                continue
+            try:
+                waited = await self._track(member)
+            except Exception:
+                log.exception("tracking %s failed", member.node.Name)
+                waited = False
+            if not waited:
+                await asyncio.sleep(self.settings.poll_interval)
 
-    async def _track(self, member: Member) -> None:
+    async def _track(self, member: Member) -> bool:
+        """Ask a worker what changed since its last answer, and fold that in.
+
+        The worker holds the request until one of its tasks changes (up to
+        ``long_poll`` seconds), so a change is known here at once and an idle worker
+        costs one small request per ``long_poll``; a thousand workers polled every
+        second would cost a thousand full lists a second. The whole list is fetched
+        first, after a worker was down, and every ``resync_interval``. Returns whether
+        the worker long-polls (an older one answers at once: then wait poll_interval).
+        """
+        now = time.monotonic()
+        full = member.epoch is None or now - member.last_full >= self.settings.resync_interval
         try:
-            reported = await member.client.tasks()
+            if full:
+                answer = await member.client.changes()
+            else:
+                answer = await member.client.changes(
+                    member.version, member.epoch, self.settings.long_poll
+                )
         except (WorkerUnreachable, WorkerRejected) as exc:
             log.debug("tracking %s failed: %s", member.node.Name, exc)
-            return
+            return False
         member.last_seen = time.monotonic()
-        self.observe(member.node.Name, reported)
+        if answer.complete:
+            member.last_full = member.last_seen
+        member.epoch, member.version = answer.epoch, answer.version
+        self.observe(member.node.Name, answer.tasks, complete=answer.complete)
+        return answer.epoch is not None
 
-    def observe(self, node_name: str, reported: list[Task]) -> None:
-        """Fold a worker's list of tasks into the manager's view."""
+    def observe(self, node_name: str, reported: list[Task], *, complete: bool = True) -> None:
+        """Fold a worker's tasks into the manager's view.
+
+        ``complete`` says ``reported`` is every task the worker has (not only those
+        that changed), so that a task placed there but missing is known to be lost.
+        """
         seen = set()
         changed: list[Task] = []
         for theirs in reported:
@@ -384,10 +473,12 @@ class Manager:
                 if theirs.State in (State.SCHEDULED, State.RUNNING):
                     member = self.members[node_name]
                     log.info("task %s: stopping stray copy on %s", theirs.ID, node_name)
-                    self._spawn(_quietly(member.client.stop(theirs.ID)))
+                    self._jobs.spawn(_quietly(member.client.stop(theirs.ID)))
                 continue
             if theirs.RestartCount != ours.RestartCount:
                 continue  # the worker has not seen the latest incarnation yet
+            if ours.ID in self._stopping and theirs.State in (State.SCHEDULED, State.RUNNING):
+                self._spawn_stop(ours)  # the worker lost our stop (it restarted): again
             update = {
                 f: getattr(theirs, f) for f in OBSERVED if getattr(theirs, f) != getattr(ours, f)
             }
@@ -395,17 +486,21 @@ class Manager:
                 continue
             if theirs.State is not ours.State and not can_transition(ours.State, theirs.State):
                 continue
+            if ours.ID in self._stopping and theirs.State is State.FAILED:
+                # However it ended (killed at the end of a stop's grace period, or found
+                # dead by a worker that restarted mid-stop), the user asked for a stop.
+                update.update(State=State.COMPLETED, Reason="stopped on request")
             task = ours.model_copy(update=update)
             if task.State is not ours.State:
                 log.info("task %s: %s on %s", task.ID, task.State.label, node_name)
             changed.append(task)
         # Placed here and Scheduled/Running here, but the worker does not know it (it
         # restarted without its store, or our send never arrived): send it again.
-        for task_id, name in list(self._placed.items()):
-            if name == node_name and task_id not in seen:
+        for task_id in list(self._placed_on.get(node_name, ())) if complete else ():
+            if task_id not in seen:
                 ours = self.tasks.get(str(task_id))
                 if ours is not None and ours.State is State.SCHEDULED:
-                    self._spawn(self._send(ours))
+                    self._jobs.spawn(self._send(ours))
                 elif ours is not None and ours.State is State.RUNNING:
                     lost = transition(ours, State.FAILED, reason=f"lost by worker {node_name}")
                     changed.append(lost)
@@ -478,7 +573,7 @@ class Manager:
         self._hold(restarted)
         self._save(restarted)
         log.info("task %s: restart %d on %s", task.ID, restarted.RestartCount, restarted.Node)
-        self._spawn(self._send(restarted))
+        self._jobs.spawn(self._send(restarted))
 
     # --- health checks -------------------------------------------------------------------------
 
@@ -583,7 +678,7 @@ class Manager:
         placed = task.model_copy(update={"Node": placement.node.Name, "Reason": ""})
         self._hold(placed)
         self._save(placed)
-        self._spawn(self._send(placed))
+        self._jobs.spawn(self._send(placed))
 
 
 async def _quietly(job: Coroutine[Any, Any, None]) -> None:

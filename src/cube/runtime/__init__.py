@@ -1,5 +1,9 @@
 """Container runtimes: the edge where Cube talks to a container engine."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from cube.runtime.base import (
     ContainerError,
     ContainerEvent,
@@ -9,11 +13,15 @@ from cube.runtime.base import (
     RuntimeUnavailable,
 )
 
+if TYPE_CHECKING:
+    from cube.runtime.docker import DockerRuntime
+
 __all__ = [
     "ContainerError",
     "ContainerEvent",
     "ContainerInfo",
     "ContainerSpec",
+    "DockerRuntime",
     "Runtime",
     "RuntimeUnavailable",
 ]

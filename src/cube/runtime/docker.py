@@ -478,6 +478,12 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
     raw_code = state.get("ExitCode")
     if not running and status not in _NOT_FINISHED and isinstance(raw_code, int):
         exit_code = raw_code
+    started_at = parse_docker_time(state.get("StartedAt"))
+    finished_at = parse_docker_time(state.get("FinishedAt"))
+    if started_at is not None and finished_at is not None and finished_at < started_at:
+        # Docker stamps StartedAt after the process runs: a command that exits at once
+        # can "finish" a millisecond before it "started". Keep Finish >= Start for users.
+        finished_at = started_at
     return ContainerInfo(
         id=str(data.get("Id") or ""),
         name=str(data.get("Name") or "").lstrip("/"),
@@ -489,8 +495,8 @@ def _container_info(data: Mapping[str, Any]) -> ContainerInfo:
         oom_killed=bool(state.get("OOMKilled")),
         error=str(state.get("Error") or ""),
         host_ports=_host_ports(network.get("Ports")),
-        started_at=parse_docker_time(state.get("StartedAt")),
-        finished_at=parse_docker_time(state.get("FinishedAt")),
+        started_at=started_at,
+        finished_at=finished_at,
     )
 
 

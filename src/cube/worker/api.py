@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
 from cube.errors import (
     ApiError,
+    describe,
     error_response,
     install_error_handlers,
     parse_body,
@@ -19,8 +22,17 @@ from cube.errors import (
 )
 from cube.runtime.base import RuntimeUnavailable
 from cube.stats import StatsSampler
-from cube.task import InvalidTransition, TaskEvent
+from cube.task import InvalidTransition, Task, TaskEvent
 from cube.worker.worker import BadEvent, Capacity, UnknownTask, Worker
+
+# The longest a GET /tasks?since=... may wait for a change.
+MAX_WAIT = 60.0
+_EVENTS = TypeAdapter(list[TaskEvent])
+
+
+def tasks_json(tasks: Iterable[Task]) -> bytes:
+    """A JSON array of tasks, serialised by pydantic's core in one pass per task."""
+    return b"[" + b",".join(task.model_dump_json().encode() for task in tasks) + b"]"
 
 
 def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None = None) -> FastAPI:
@@ -48,14 +60,45 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         return error_response(503, f"docker engine unavailable: {exc}")
 
     @app.get("/tasks")
-    async def list_tasks() -> list[dict[str, Any]]:
-        return [task.to_wire() for task in worker.tasks()]
+    async def list_tasks(
+        since: int | None = None, epoch: str | None = None, wait: float = 0.0
+    ) -> Response:
+        """Every task; or, with ``since`` and ``epoch`` from a previous answer, the changes.
 
-    @app.post("/tasks", status_code=201)
-    async def post_task(request: Request) -> dict[str, Any]:
-        event = parse_body(TaskEvent, await request.body())
+        Each answer's ``X-Cube-Epoch`` and ``X-Cube-Version`` headers say where it left
+        off; asking again with them as ``epoch`` and ``since`` returns only the tasks
+        changed since, and ``wait`` (seconds) holds the request until there is one (a
+        long poll), so a manager learns of a change at once without polling.
+        ``X-Cube-Complete: 1`` marks an answer listing every task (always the case
+        without ``since``, or when the worker restarted since ``epoch``).
+        """
+        if since is not None:
+            limit = min(wait, MAX_WAIT) if math.isfinite(wait) else 0.0
+            await worker.wait_for_change(since, epoch, limit)
+        complete, tasks = worker.changes(since, epoch)
+        headers = {
+            "X-Cube-Epoch": worker.epoch,
+            "X-Cube-Version": str(worker.version),
+            "X-Cube-Complete": "1" if complete else "0",
+        }
+        return Response(tasks_json(tasks), media_type="application/json", headers=headers)
+
+    @app.post("/tasks", status_code=201, response_model=None)
+    async def post_task(request: Request) -> dict[str, Any] | Response:
+        """One TaskEvent (the book's body), or a JSON array of them (a manager's batch)."""
+        body = await request.body()
+        if body.lstrip()[:1] == b"[":
+            try:
+                events = _EVENTS.validate_json(body)
+            except ValidationError as exc:
+                raise ApiError(400, describe(exc)) from None
+            tasks = [_submit(event) for event in events]
+            return Response(tasks_json(tasks), status_code=201, media_type="application/json")
+        return _submit(parse_body(TaskEvent, body)).to_wire()
+
+    def _submit(event: TaskEvent) -> Task:
         try:
-            return worker.submit(event).to_wire()
+            return worker.submit(event)
         except InvalidTransition as exc:
             raise ApiError(409, str(exc)) from None
         except BadEvent as exc:

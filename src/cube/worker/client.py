@@ -7,12 +7,20 @@ Every call has a timeout, and every failure surfaces as :class:`WorkerUnreachabl
 
 from __future__ import annotations
 
+import ssl
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 
 from cube.task import Task, TaskEvent
+
+_TASKS = TypeAdapter(list[Task])
+_JSON = {"Content-Type": "application/json"}
 
 
 class WorkerUnreachable(Exception):
@@ -27,14 +35,64 @@ class WorkerRejected(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class TaskChanges:
+    """A worker's answer to "what changed": the tasks, and where to ask from next time.
+
+    ``complete`` says the list holds every task of the worker (not just changes), so a
+    task missing from it is not there. ``epoch`` and ``version`` are None when the
+    worker does not track changes (then every answer is complete).
+    """
+
+    tasks: list[Task]
+    complete: bool
+    epoch: str | None
+    version: int | None
+
+
+@cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every client: building one loads the CA bundle (milliseconds)."""
+    return httpx.create_ssl_context()
+
+
 class WorkerClient:
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = client
 
+    @classmethod
+    def connect(cls, base_url: str, timeout: float, max_connections: int = 16) -> WorkerClient:
+        """A client with a connection pool of its own, closed by :meth:`aclose`.
+
+        One pool per worker, not one for the whole cluster: httpcore's pool scans every
+        connection it holds on each request (with a readability syscall for each), so a
+        shared pool over a thousand workers makes every request cost a thousand checks.
+        """
+        client = httpx.AsyncClient(
+            timeout=timeout,
+            verify=_tls(),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+        return cls(base_url, client)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        response = await self._request(method, path, json=body)
+        if response.status_code == 204 or not response.content:
+            return None
         try:
-            response = await self._http.request(method, f"{self.base_url}{path}", json=body)
+            return response.json()
+        except ValueError:
+            raise WorkerUnreachable(f"{self.base_url}: answer is not JSON") from None
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, f"{self.base_url}{path}", **kwargs)
         except httpx.HTTPError as exc:
             raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
         if response.status_code >= 500:
@@ -47,23 +105,58 @@ class WorkerClient:
             except ValueError:
                 message = response.text
             raise WorkerRejected(response.status_code, message)
-        if response.status_code == 204 or not response.content:
-            return None
+        return response
+
+    def _tasks(self, response: httpx.Response) -> list[Task]:
         try:
-            return response.json()
-        except ValueError:
-            raise WorkerUnreachable(f"{self.base_url}: answer is not JSON") from None
+            return _TASKS.validate_json(response.content)
+        except ValidationError:
+            raise WorkerUnreachable(f"{self.base_url}: answer is not a list of tasks") from None
 
     async def submit(self, event: TaskEvent) -> Task:
-        return Task.model_validate(
-            await self._call("POST", "/tasks", event.model_dump(mode="json"))
-        )
+        body = event.model_dump_json().encode()
+        response = await self._request("POST", "/tasks", content=body, headers=_JSON)
+        try:
+            return Task.model_validate_json(response.content)
+        except ValidationError:
+            raise WorkerUnreachable(f"{self.base_url}: answer is not a task") from None
 
     async def stop(self, task_id: uuid.UUID) -> None:
         await self._call("DELETE", f"/tasks/{task_id}")
 
+    async def submit_many(self, events: Sequence[TaskEvent]) -> list[Task]:
+        """Several TaskEvents in one request (a JSON array).
+
+        A 4xx names the first event refused; the ones before it were taken (sending
+        them again is harmless: a worker ignores a repeated event).
+        """
+        body = b"[" + b",".join(e.model_dump_json().encode() for e in events) + b"]"
+        return self._tasks(await self._request("POST", "/tasks", content=body, headers=_JSON))
+
     async def tasks(self) -> list[Task]:
-        return [Task.model_validate(t) for t in await self._call("GET", "/tasks")]
+        return self._tasks(await self._request("GET", "/tasks"))
+
+    async def changes(
+        self, since: int | None = None, epoch: str | None = None, wait: float = 0.0
+    ) -> TaskChanges:
+        """The tasks changed since an earlier answer, waiting up to ``wait`` s for one.
+
+        Without ``since``/``epoch`` (or when the worker restarted since) every task.
+        """
+        params: dict[str, Any] = {}
+        timeout: Any = httpx.USE_CLIENT_DEFAULT
+        if since is not None and epoch is not None:
+            params = {"since": since, "epoch": epoch, "wait": wait}
+            base = self._http.timeout.read or 5.0
+            timeout = httpx.Timeout(base + wait, connect=self._http.timeout.connect)
+        response = await self._request("GET", "/tasks", params=params, timeout=timeout)
+        tasks = self._tasks(response)
+        epoch_seen = response.headers.get("X-Cube-Epoch")
+        version = response.headers.get("X-Cube-Version", "")
+        if epoch_seen is None or not version.isdigit():
+            return TaskChanges(tasks, True, None, None)
+        complete = response.headers.get("X-Cube-Complete", "1") != "0"
+        return TaskChanges(tasks, complete, epoch_seen, int(version))
 
     async def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = await self._call("GET", "/stats")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from cube.background import Background
 from cube.runtime.base import (
     ContainerError,
     ContainerInfo,
@@ -127,9 +128,17 @@ class Worker:
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._queue: asyncio.Queue[uuid.UUID] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
-        self._checks: set[asyncio.Task[None]] = set()
+        self._checks = Background(f"worker {name}")
         self._labels = {LABEL_WORKER: name}
         self.docker_ok = False
+        # Change tracking, so a manager can ask for what changed since it last looked
+        # and wait for the next change instead of polling every task: each stored
+        # change gets the next version number; tasks are kept in the order of their
+        # latest change. The epoch names this process's numbering.
+        self.epoch = uuid.uuid4().hex
+        self.version = 0
+        self._versions: dict[uuid.UUID, int] = {}
+        self._changed = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -146,6 +155,7 @@ class Worker:
         self._background = [asyncio.create_task(loop()) for loop in loops]
 
     async def close(self) -> None:
+        await self._checks.close()
         for job in self._background:
             job.cancel()
         for job in self._background:
@@ -203,7 +213,7 @@ class Worker:
             task = transition(current, State.SCHEDULED).model_copy(
                 update={"RestartCount": wanted.RestartCount}
             )
-        self.store.put(str(task.ID), task)
+        self._save(task)
         self._want(task.ID, Desired(run=True, restart_count=task.RestartCount))
         return task
 
@@ -254,7 +264,10 @@ class Worker:
             self._save(transition(task, State.FAILED, reason=str(exc)))
             return
         except RuntimeUnavailable as exc:
-            self._save(transition(task, State.FAILED, reason=f"docker unavailable: {exc}"))
+            # Not the task's fault: it stays Scheduled and starts when Docker is back
+            # (the reconcile after reconnecting picks up every Scheduled task).
+            log.warning("task %s: docker unavailable, will start when it is back: %s", task.ID, exc)
+            self._save(task.model_copy(update={"Reason": f"waiting for docker: {exc}"}))
             return
         task = task.model_copy(update={"ContainerID": info.id, "HostPorts": info.host_ports})
         if info.running:
@@ -289,6 +302,39 @@ class Worker:
 
     def _save(self, task: Task) -> None:
         self.store.put(str(task.ID), task)
+        self.version += 1
+        self._versions.pop(task.ID, None)
+        self._versions[task.ID] = self.version
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- what changed (for the manager's tracking) --------------------------------------
+
+    def changes(self, since: int | None, epoch: str | None) -> tuple[bool, list[Task]]:
+        """The tasks changed after version ``since`` of ``epoch``, or all of them.
+
+        The first value says whether the list is complete: it is whenever the caller's
+        numbering is not this process's (no ``since``, another epoch: the worker
+        restarted) or is ahead of it, so a caller never misses a task.
+        """
+        if since is None or epoch != self.epoch or not 0 <= since <= self.version:
+            return True, self.store.list()
+        changed: list[Task] = []
+        for task_id in reversed(self._versions):
+            if self._versions[task_id] <= since:
+                break
+            task = self.store.get(str(task_id))
+            if task is not None:
+                changed.append(task)
+        changed.reverse()
+        return False, changed
+
+    async def wait_for_change(self, since: int, epoch: str | None, timeout: float) -> None:
+        """Return once something changed after ``since`` (at once if it already has)."""
+        if epoch != self.epoch or since != self.version or timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
 
     # --- noticing dead containers -----------------------------------------------------
 
@@ -321,7 +367,7 @@ class Worker:
                     if event.action in DEAD_ACTIONS:
                         task_id = _task_id(event.labels.get(LABEL_TASK, ""))
                         if task_id is not None:
-                            self._spawn(self.check(task_id, event.container_id))
+                            self._checks.spawn(self.check(task_id, event.container_id))
             except RuntimeUnavailable as exc:
                 if self.docker_ok:
                     log.warning("docker unavailable, retrying: %s", exc)
@@ -331,12 +377,6 @@ class Worker:
                 self.docker_ok = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
-        """Run a check without blocking the event stream, keeping a reference until done."""
-        handle = asyncio.create_task(job)
-        self._checks.add(handle)
-        handle.add_done_callback(self._checks.discard)
 
     async def _reconcile_loop(self) -> None:
         while True:

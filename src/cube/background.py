@@ -1,0 +1,47 @@
+"""Background jobs that cannot die silently and are all cancelled on shutdown.
+
+Both the manager and the worker fire off work they do not await (a send to a worker,
+a check of a container). A bare ``asyncio.create_task`` can be garbage collected
+mid-flight and swallows its exception until exit; this keeps a reference, logs a
+failure when it happens, and lets ``close`` cancel whatever is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Background:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        handle = asyncio.create_task(self._logged(job))
+        self._jobs.add(handle)
+        handle.add_done_callback(self._jobs.discard)
+
+    async def _logged(self, job: Coroutine[Any, Any, None]) -> None:
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: background job failed", self.name)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    async def close(self) -> None:
+        jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job

@@ -1,0 +1,312 @@
+"""A local cluster as `cube up` runs it: a manager and N workers as child processes.
+
+Each member is a real ``cube manager`` or ``cube worker`` process, exactly what a user
+would start by hand, so `cube up` exercises the same code as a real deployment. The
+cluster is described by two files in the data directory:
+
+- ``cluster.json``: what was created (names, ports), kept until ``cube down --purge``
+  so the containers and state of a stopped cluster can still be found;
+- ``up.pid``: the processes running now, with their start times, so that ``cube down``
+  never signals an unrelated process that happens to have reused a PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cube.cli.errors import CliError
+from cube.manager.client import ManagerClient, ManagerError
+
+PID_FILE = "up.pid"
+CLUSTER_FILE = "cluster.json"
+LOG_DIR = "logs"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Member:
+    """One process of the cluster: what to run, where it listens, where it logs."""
+
+    role: str
+    name: str
+    port: int
+    args: list[str]
+    log: str
+    pid: int = 0
+    started: float = 0.0
+
+    def url(self, host: str) -> str:
+        return f"http://{host}:{self.port}"
+
+
+@dataclass
+class Cluster:
+    """The shape of a local cluster, derived entirely from `cube up`'s flags."""
+
+    data_dir: Path
+    workers: int = 3
+    port: int = 5555
+    worker_port: int = 5556
+    host: str = "127.0.0.1"
+    name: str = "up"
+    scheduler: str = "epvm"
+    log_level: str = "info"
+    members: list[Member] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise CliError(f"invalid cluster name {self.name!r}: use letters, digits, - _ .")
+        if self.workers < 1:
+            raise CliError("a cluster needs at least one worker")
+        if not self.members:
+            self.members = self._plan()
+
+    @property
+    def dial_host(self) -> str:
+        """Where clients connect: a wildcard listen address is reached on loopback."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def manager(self) -> Member:
+        return self.members[0]
+
+    @property
+    def worker_members(self) -> list[Member]:
+        return self.members[1:]
+
+    @property
+    def manager_url(self) -> str:
+        return self.manager.url(self.dial_host)
+
+    def _plan(self) -> list[Member]:
+        data = str(self.data_dir)
+        logs = self.data_dir / LOG_DIR
+        common = ["-H", self.host, "--data-dir", data, "--log-level", self.log_level]
+        workers = []
+        for i in range(self.workers):
+            name, port = f"{self.name}-{i + 1}", self.worker_port + i
+            args = ["worker", "-n", name, "-p", str(port), "-d", "persistent", *common]
+            workers.append(Member("worker", name, port, args, str(logs / f"{name}.log")))
+        addresses = ",".join(f"{self.dial_host}:{w.port}" for w in workers)
+        manager_args = ["manager", "-p", str(self.port), "-w", addresses, "-s", self.scheduler]
+        manager_args += ["-d", "persistent", *common]
+        manager = Member("manager", "manager", self.port, manager_args, str(logs / "manager.log"))
+        return [manager, *workers]
+
+    # --- files ---------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "manager": self.manager_url,
+            "members": [asdict(m) for m in self.members],
+        }
+
+    def save(self, supervisor: int | None) -> None:
+        """Record the running processes (and what was created) for `cube down`."""
+        (self.data_dir / CLUSTER_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
+        record = self.describe()
+        record["supervisor"] = _identity(supervisor) if supervisor else None
+        _write_atomic(self.data_dir / PID_FILE, json.dumps(record, indent=2) + "\n")
+
+    # --- running -------------------------------------------------------------------
+
+    def check_free(self) -> None:
+        """Fail early, with a hint, rather than let a child die on 'address in use'."""
+        for member in self.members:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.host, member.port))
+                except OSError:
+                    raise CliError(
+                        f"port {member.port} (for the {member.role} {member.name}) is in use: "
+                        "is a cluster already up? Stop it with `cube down`, or pick other "
+                        "ports with --port and --worker-port"
+                    ) from None
+
+    def start(self, detach: bool) -> list[subprocess.Popen[bytes]]:
+        """Start every member as ``python -m cube ...``; each logs to its own file.
+
+        Children get their own session, so Ctrl-C reaches only `cube up`, which then
+        stops them in order. In the foreground they also get SIGTERM if `cube up`
+        dies without cleaning up (even SIGKILL), so nothing is left behind.
+        """
+        (self.data_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
+        started: list[subprocess.Popen[bytes]] = []
+        for member in [*self.worker_members, self.manager]:
+            with open(member.log, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "cube", *member.args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=None if detach else _die_with_parent(),
+                )
+            started.append(proc)
+            member.pid = proc.pid
+            with contextlib.suppress(psutil.Error):
+                member.started = psutil.Process(proc.pid).create_time()
+        return started
+
+    def wait_ready(self, procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
+        """Poll until the manager reports every worker ready, or a member dies, or time is up."""
+        by_pid = {m.pid: m for m in self.members}
+        procs = list(procs)
+        deadline = time.monotonic() + timeout
+        last = "the manager did not answer yet"
+        with ManagerClient(self.manager_url, timeout=2.0) as client:
+            while True:
+                for proc in procs:
+                    code = proc.poll()
+                    if code is not None:
+                        member = by_pid[proc.pid]
+                        raise CliError(
+                            f"the {member.role} {member.name} exited with code {code} before "
+                            f"the cluster was ready: {last_line(member.log)} (log: {member.log})"
+                        )
+                try:
+                    nodes = client.nodes()
+                except ManagerError as exc:
+                    last = str(exc)
+                else:
+                    ready = sum(n.is_ready for n in nodes)
+                    if ready >= len(self.worker_members):
+                        return
+                    last = f"{ready} of {len(self.worker_members)} workers ready"
+                if time.monotonic() >= deadline:
+                    raise CliError(f"the cluster was not ready after {timeout:g}s: {last}")
+                time.sleep(0.1)
+
+
+# --- stopping ------------------------------------------------------------------------
+
+
+def stop_members(
+    members: list[Member],
+    timeout: float,
+    say: Callable[[str], None] = lambda _: None,
+) -> None:
+    """SIGTERM the manager first (so it does not reschedule as workers leave), then workers.
+
+    Each group gets ``timeout`` seconds to exit before SIGKILL. Only processes whose
+    start time matches the record are signalled.
+    """
+    managers = [m for m in members if m.role == "manager"]
+    workers = [m for m in members if m.role != "manager"]
+    for group in (managers, workers):
+        procs = {m.name: p for m in group if (p := find_process(m.pid, m.started))}
+        terminate(list(procs.values()), timeout)
+        for name in procs:
+            say(name)
+
+
+def terminate(procs: list[psutil.Process], timeout: float) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def find_process(pid: int, started: float) -> psutil.Process | None:
+    """The process with this PID if it is still the one we started, else None."""
+    if pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if started and abs(proc.create_time() - started) > 0.5:
+            return None  # the PID was reused by something else
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+# --- records -------------------------------------------------------------------------
+
+
+def load_record(data_dir: Path, name: str = PID_FILE) -> dict[str, Any] | None:
+    path = data_dir / name
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"cannot read {path}: not a Cube cluster record")
+    return data
+
+
+def members_of(record: dict[str, Any]) -> list[Member]:
+    try:
+        return [Member(**m) for m in record.get("members", [])]
+    except TypeError as exc:
+        raise CliError(f"not a Cube cluster record: {exc}") from None
+
+
+def running_processes(record: dict[str, Any]) -> list[psutil.Process]:
+    found = [find_process(m.pid, m.started) for m in members_of(record)]
+    supervisor = record.get("supervisor") or {}
+    found.append(find_process(supervisor.get("pid", 0), supervisor.get("started", 0.0)))
+    return [p for p in found if p is not None]
+
+
+def last_line(path: str) -> str:
+    """The last thing a dead child said: usually why it died."""
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "nothing logged"
+
+
+def _identity(pid: int) -> dict[str, Any]:
+    started = 0.0
+    with contextlib.suppress(psutil.Error):
+        started = psutil.Process(pid).create_time()
+    return {"pid": pid, "started": started}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Ask Linux to SIGTERM the child when `cube up` dies, however it dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def arrange() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return arrange

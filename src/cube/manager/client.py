@@ -1,0 +1,178 @@
+"""The manager API as the CLI (and any other Python program) calls it.
+
+Every call has a timeout, and every failure becomes a :class:`ManagerError` whose
+message is one line a person can act on: the CLI prints it as it is, so nothing a
+user can cause here ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import ValidationError
+
+from cube.node import Node
+from cube.task import Task, TaskEvent
+
+DEFAULT_MANAGER = "localhost:5555"
+DEFAULT_PORT = 5555
+
+
+class ManagerError(Exception):
+    """A call to the manager failed; ``str()`` is the one line to show the user."""
+
+
+class ManagerUnreachable(ManagerError):
+    """No answer at all (refused, timed out, name unknown) or the manager broke (5xx)."""
+
+
+class ManagerRejected(ManagerError):
+    """The manager answered with a 4xx: the request itself was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def manager_url(address: str) -> str:
+    """Accept what people type: ``host``, ``host:port`` or a URL; give a base URL.
+
+    A bare host gets Cube's port, because "localhost" alone almost certainly means
+    the manager on its default port, not a web server on port 80.
+    """
+    text = address.strip()
+    if not text:
+        raise ManagerError("the manager address is empty (expected host:port or a URL)")
+    explicit = "://" in text
+    try:
+        parts = urlsplit(text if explicit else f"http://{text}")
+        port = parts.port
+    except ValueError as exc:
+        raise ManagerError(f"invalid manager address {text!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ManagerError(f"invalid manager address {text!r} (expected host:port or a URL)")
+    netloc = parts.netloc if port is not None or explicit else f"{parts.netloc}:{DEFAULT_PORT}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    """Say why a connection failed in words, not as an exception class and errno."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    if "]" in text and text.startswith("[Errno"):
+        text = text.split("]", 1)[1].strip()  # "[Errno 111] Connection refused"
+    return text[:1].lower() + text[1:]
+
+
+class ManagerClient:
+    """A small synchronous client: the CLI does one thing at a time."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_MANAGER,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = manager_url(address)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0), transport=transport
+        )
+
+    def __enter__(self) -> ManagerClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise ManagerUnreachable(
+                f"cannot reach manager at {self.url}: {_reason(exc)}"
+            ) from None
+        message = _message(response)
+        if response.status_code >= 500:
+            raise ManagerUnreachable(
+                f"manager at {self.url} failed: HTTP {response.status_code}: {message}"
+            )
+        if response.status_code >= 400:
+            raise ManagerRejected(response.status_code, message)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ManagerError(
+                f"{self.url} did not answer with JSON: is it a Cube manager?"
+            ) from None
+
+    def _parse(self, parse: Any, data: Any) -> Any:
+        try:
+            return parse(data)
+        except (ValidationError, TypeError, AttributeError) as exc:
+            raise ManagerError(
+                f"{self.url} answered something that is not a Cube task or node: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def tasks(self) -> list[Task]:
+        data = self._call("GET", "/tasks")
+        return [self._parse(Task.model_validate, t) for t in _list(data, self.url)]
+
+    def task(self, task_id: uuid.UUID | str) -> Task:
+        task: Task = self._parse(Task.model_validate, self._call("GET", f"/tasks/{task_id}"))
+        return task
+
+    def events(self, task_id: uuid.UUID | str) -> list[TaskEvent]:
+        data = self._call("GET", f"/tasks/{task_id}/events")
+        return [self._parse(TaskEvent.model_validate, e) for e in _list(data, self.url)]
+
+    def submit(self, event: Mapping[str, Any] | TaskEvent) -> Task:
+        """Send a TaskEvent as given; the manager validates it, so its 400 says what is wrong."""
+        body = event.model_dump(mode="json") if isinstance(event, TaskEvent) else dict(event)
+        try:
+            data = self._call("POST", "/tasks", body)
+        except ManagerRejected as exc:
+            raise ManagerRejected(exc.status, f"invalid task: {exc.message}") from None
+        task: Task = self._parse(Task.model_validate, data)
+        return task
+
+    def stop(self, task_id: uuid.UUID | str) -> None:
+        self._call("DELETE", f"/tasks/{task_id}")
+
+    # --- nodes -----------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        data = self._call("GET", "/nodes")
+        return [self._parse(Node.from_wire, n) for n in _list(data, self.url)]
+
+
+def _message(response: httpx.Response) -> str:
+    """The API's ``Message`` when there is one, else the body, on one line."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, Mapping) and isinstance(data.get("Message"), str):
+        text = data["Message"]
+    else:
+        text = response.text or response.reason_phrase
+    return " ".join(text.split())
+
+
+def _list(data: Any, url: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise ManagerError(f"{url} answered something that is not a list: is it a Cube manager?")
+    return data

@@ -1,0 +1,364 @@
+"""The `cube` command as users run it: a real process against a real cluster and Docker."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import psutil
+import pytest
+
+from tests.support import (
+    CUBE,
+    ROOT,
+    ManagerProcess,
+    WorkerProcess,
+    containers_of,
+    free_port,
+    remove_containers,
+    task_event,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+StartWorker = Callable[..., WorkerProcess]
+StartManager = Callable[..., ManagerProcess]
+
+RUNNING, COMPLETED = 2, 3
+STATUS_HEADERS = ["ID", "NAME", "CREATED", "STATE", "CONTAINERNAME", "IMAGE", "RESTARTS", "NODE"]
+NODE_HEADERS = ["NAME", "MEMORY (MiB)", "DISK (GiB)", "ROLE", "TASKS", "CPU %", "STATUS"]
+
+
+def cube(
+    *args: str, manager: ManagerProcess | str | None = None, timeout: float = 90, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `cube ...` as a user would; the caller's CUBE_* variables never leak in."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CUBE_")}
+    if manager is not None:
+        clean["CUBE_MANAGER"] = manager if isinstance(manager, str) else manager.url
+    return subprocess.run(
+        [*CUBE, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**clean, **env},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The contract for every user error: exit 1, one `cube: ...` line, no traceback."""
+    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cube: "), result.stderr
+    return lines[0]
+
+
+def columns(output: str) -> list[str]:
+    """Header names of a table (they contain single spaces, columns are split by two+)."""
+    return [c.strip() for c in output.splitlines()[0].split("  ") if c.strip()]
+
+
+def row_of(output: str, task_id: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(task_id[:8]))
+
+
+def write(tmp: Path, name: str, text: str) -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+# --- commands against a cluster started by the test ---------------------------------------
+
+
+def test_run_wait_status_and_json_match_the_api(
+    workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([workers(), workers()])
+    result = cube("run", "-f", "examples/web.yaml", "--wait", manager=manager)
+    out = ok(result)
+    task_id = out.split()[1]
+    assert "Pending" in out and "Running" in out, out
+    task = manager.task(task_id)
+    assert task["State"] == RUNNING and task["Name"] == "web"
+
+    table = ok(cube("status", manager=manager))
+    assert columns(table) == STATUS_HEADERS
+    row = row_of(table, task_id)
+    container = docker.from_env().containers.get(task["ContainerID"])
+    assert container.name in row.split()  # CONTAINERNAME is Docker's real name
+    assert "Running" in row and "cube/http:latest" in row and task["Node"] in row
+
+    def same_as_api() -> bool:
+        cli = json.loads(ok(cube("status", "-o", "json", manager=manager)))
+        return bool(cli == manager.tasks())
+
+    wait_for(same_as_api, timeout=30, what="`cube status -o json` equal to GET /tasks")
+    one = json.loads(ok(cube("status", task_id[:8], "--output", "json", manager=manager)))
+    assert one == manager.task(task_id)
+
+    detail = ok(cube("status", task_id[:6], manager=manager))
+    assert task_id in detail and "->80/tcp" in detail
+
+
+def test_run_takes_the_books_task_event_json(workers: StartWorker, managers: StartManager) -> None:
+    manager = managers([workers()])
+    out = ok(cube("run", "-f", "examples/hello.json", "--wait", manager=manager))
+    task = manager.task(out.split()[1])
+    assert task["State"] == RUNNING and task["HealthCheck"] == "/health"
+    port = task["HostPorts"]["80/tcp"][0]["HostPort"]
+    assert f"ports 0.0.0.0:{port}->80/tcp" in out
+    page = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=2))
+    assert "Hello from Cube" in page.text
+
+
+def test_run_wait_reports_completion_and_failure(
+    tmp_path: Path, workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([workers("--memory", "512MiB")])
+    ok(cube("run", "-f", "examples/batch.json", "--wait", manager=manager))
+
+    broken = write(tmp_path, "broken.yaml", "Image: cube/busybox:latest\nCmd: [/no/such/cmd]\n")
+    failed = one_line_error(cube("run", "-f", broken, "--wait", manager=manager))
+    assert "failed:" in failed
+
+    big = write(tmp_path, "big.json", '{"Image": "cube/busybox:latest", "Memory": "64GiB"}')
+    waited = one_line_error(cube("run", "-f", big, "--wait", "--timeout", "3", manager=manager))
+    assert "not running after 3s: still Pending: no feasible node" in waited
+
+
+def test_node_table_and_json_match_the_api(workers: StartWorker, managers: StartManager) -> None:
+    nodes = [workers("--memory", "1GiB"), workers("--memory", "2GiB")]
+    manager = managers(nodes)
+    table = ok(cube("node", manager=manager))
+    assert columns(table) == NODE_HEADERS
+    for worker, mib in zip(nodes, ("1024", "2048"), strict=True):
+        row = next(line for line in table.splitlines() if line.startswith(worker.address))
+        assert row.split()[1] == mib and row.split()[3] == "worker" and "ready" in row
+
+    def comparable(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in n.items() if k not in ("Stats", "CpuPercent")} for n in nodes]
+
+    def same_as_api() -> bool:
+        cli = json.loads(ok(cube("node", "-o", "json", manager=manager)))
+        api = httpx.get(f"{manager.url}/nodes", timeout=5).json()
+        return bool(comparable(cli) == comparable(api) and all(n["Stats"] for n in cli))
+
+    wait_for(same_as_api, timeout=30, what="`cube node -o json` equal to GET /nodes")
+
+
+def test_stop_by_unique_prefix_and_refuse_an_ambiguous_one(
+    workers: StartWorker, managers: StartManager
+) -> None:
+    worker = workers()
+    manager = managers([worker])
+    stem = uuid.uuid4().hex[:7]
+    ids = [f"{stem}0-0000-4000-8000-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    ids[1] = f"{stem}1" + ids[1][8:]
+    for task_id in ids:
+        body = task_event("cube/busybox:latest", Cmd=["sleep", "300"])
+        body["Task"]["ID"] = task_id
+        manager.submit(body)
+    for task_id in ids:
+        manager.wait_task(task_id, lambda t: t["State"] == RUNNING)
+
+    ambiguous = one_line_error(cube("stop", stem, manager=manager))
+    assert "ambiguous" in ambiguous and ids[0][:13] in ambiguous and ids[1][:13] in ambiguous
+
+    out = ok(cube("stop", f"{stem}1", manager=manager))
+    assert ids[1] in out
+    manager.wait_task(ids[1], lambda t: t["State"] == COMPLETED, what="stopped")
+    assert manager.task(ids[0])["State"] == RUNNING
+    assert [c.labels["cube.task"] for c in containers_of(worker.name, all=False)] == [ids[0]]
+    again = ok(cube("stop", ids[1], manager=manager))
+    assert "already Completed" in again
+
+
+# --- errors: one line, exit 1, never a traceback ----------------------------------------
+
+
+def test_user_errors_without_a_manager_are_one_line(tmp_path: Path) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    for command in (["status"], ["node"], ["stop", "abc"], ["run", "-f", "examples/web.yaml"]):
+        line = one_line_error(cube(*command, "-m", nobody))
+        assert line == f"cube: cannot reach manager at http://{nobody}: connection refused"
+    line = one_line_error(cube("status", manager=nobody))  # from CUBE_MANAGER
+    assert nobody in line
+
+    missing = one_line_error(cube("run", "-f", str(tmp_path / "nope.json"), "-m", nobody))
+    assert "no such file" in missing
+    bad_json = write(tmp_path, "bad.json", '{"Name": "x",\n "Image": }\n')
+    assert "invalid JSON" in one_line_error(cube("run", "-f", bad_json, "-m", nobody))
+    bad_yaml = write(tmp_path, "bad.yaml", "Name: x\n  Image: [oops\n")
+    assert "invalid YAML" in one_line_error(cube("run", "-f", bad_yaml, "-m", nobody))
+    listed = write(tmp_path, "list.yaml", "- Image: x\n")
+    assert "one object" in one_line_error(cube("run", "-f", listed, "-m", nobody))
+
+
+def test_user_errors_from_the_manager_are_one_line(
+    tmp_path: Path, workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([workers()])
+    no_image = write(tmp_path, "no-image.yaml", "Name: lonely\n")
+    line = one_line_error(cube("run", "-f", no_image, manager=manager))
+    assert "invalid task" in line and "Image" in line
+    typo = write(tmp_path, "typo.json", '{"Image": "cube/busybox:latest", "Memroy": 5}')
+    assert "unknown field" in one_line_error(cube("run", "-f", typo, manager=manager))
+
+    unknown = str(uuid.uuid4())
+    for command in (["stop", unknown], ["status", unknown], ["stop", "fffff"]):
+        line = one_line_error(cube(*command, manager=manager))
+        assert "not found" in line or "no task" in line, line
+
+
+# --- cube up / down -------------------------------------------------------------------------
+
+
+def port_block(count: int) -> int:
+    """A first port with ``count`` free ports after it, for a cluster's workers."""
+
+    def find() -> int | None:
+        base = free_port()
+        if base + count >= 65535:
+            return None
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    return None
+        return base
+
+    return wait_for(find, timeout=10, what="a block of free ports")
+
+
+@pytest.fixture
+def cluster_name() -> Iterator[str]:
+    """A unique cluster name; its workers' containers are removed afterwards, whatever happens."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    for i in range(1, 4):
+        remove_containers(f"{name}-{i}")
+
+
+def recorded_pids(data_dir: Path) -> list[int]:
+    record = json.loads((data_dir / "up.pid").read_text())
+    return [m["pid"] for m in record["members"]]
+
+
+def gone(pids: list[int]) -> bool:
+    def dead(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    return all(dead(pid) for pid in pids)
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_cube_up_runs_a_cluster_and_stops_it_on_sigterm(tmp_path: Path, cluster_name: str) -> None:
+    data_dir = tmp_path / "cluster"
+    port, first_worker = free_port(), port_block(2)
+    args = ["up", "-n", "2", "--port", str(port), "--worker-port", str(first_worker)]
+    args += ["--data-dir", str(data_dir), "--name", cluster_name]
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([*CUBE, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    pids: list[int] = []
+    try:
+        output = tmp_path / "up.log"
+        wait_for(lambda: "Ctrl-C" in output.read_text(), timeout=90, what="cube up ready")
+        pids = recorded_pids(data_dir)
+        assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+        text = output.read_text()
+        assert f"http://127.0.0.1:{port}" in text and f"{cluster_name}-2" in text
+        assert f"cube status -m 127.0.0.1:{port}" in text
+
+        manager = f"127.0.0.1:{port}"
+        nodes = json.loads(ok(cube("node", "-o", "json", manager=manager)))
+        assert sorted(n["Status"] for n in nodes) == ["ready", "ready"]
+        out = ok(cube("run", "-f", "examples/hello.json", "--wait", manager=manager))
+        assert "Running" in out
+
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0, output.read_text()
+        wait_for(lambda: gone(pids), timeout=10, what="children gone")
+        assert not (data_dir / "up.pid").exists()
+        assert "stopped manager" in output.read_text()
+        # Workers keep their containers when stopped, like a Nomad client restart.
+        assert containers_of(f"{cluster_name}-1", all=False) or containers_of(
+            f"{cluster_name}-2", all=False
+        )
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+        kill_all(pids)
+        log.close()
+
+
+def test_quick_start_script_then_cube_down(tmp_path: Path, cluster_name: str) -> None:
+    """What README's first command does, on ports and a directory of the test's own."""
+    data_dir = tmp_path / "quick"
+    port, first_worker = free_port(), port_block(3)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CUBE_")},
+        "CUBE_DATA_DIR": str(data_dir),
+        "CUBE_MANAGER_PORT": str(port),
+        "CUBE_WORKER_PORT": str(first_worker),
+        "CUBE_CLUSTER_NAME": cluster_name,
+    }
+    pids: list[int] = []
+    try:
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "up.sh")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        pids = recorded_pids(data_dir)
+        assert "Running" in result.stdout and "curl http://127.0.0.1:" in result.stdout
+        tasks = httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5).json()
+        assert [(t["Name"], t["State"]) for t in tasks] == [("hello", RUNNING)]
+
+        again = one_line_error(cube("up", "-d", "--data-dir", str(data_dir)))
+        assert "already running" in again
+
+        down = ok(cube("down", "--purge", "--data-dir", str(data_dir)))
+        assert "stopped manager" in down and "removed 1 container" in down
+        wait_for(lambda: gone(pids), timeout=10, what="cluster processes gone")
+        assert not any(containers_of(f"{cluster_name}-{i}") for i in (1, 2, 3))
+        assert not data_dir.exists()
+        assert "No cluster is running" in ok(cube("down", "--data-dir", str(data_dir)))
+    finally:
+        if data_dir.exists():
+            cube("down", "--data-dir", str(data_dir))
+        kill_all(pids)
