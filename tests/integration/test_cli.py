@@ -169,7 +169,7 @@ def test_node_table_and_json_match_the_api(workers: StartWorker, managers: Start
 def test_stop_by_unique_prefix_and_refuse_an_ambiguous_one(
     workers: StartWorker, managers: StartManager
 ) -> None:
-    worker = workers()
+    worker = workers("--stop-timeout", "1")  # sleep ignores SIGTERM: do not wait 10 s for it
     manager = managers([worker])
     stem = uuid.uuid4().hex[:7]
     ids = [f"{stem}0-0000-4000-8000-{uuid.uuid4().hex[:12]}" for _ in range(2)]
@@ -186,7 +186,7 @@ def test_stop_by_unique_prefix_and_refuse_an_ambiguous_one(
 
     out = ok(cube("stop", f"{stem}1", manager=manager))
     assert ids[1] in out
-    manager.wait_task(ids[1], lambda t: t["State"] == COMPLETED, what="stopped")
+    manager.wait_task(ids[1], lambda t: t["State"] == COMPLETED, timeout=60, what="stopped")
     assert manager.task(ids[0])["State"] == RUNNING
     assert [c.labels["cube.task"] for c in containers_of(worker.name, all=False)] == [ids[0]]
     again = ok(cube("stop", ids[1], manager=manager))

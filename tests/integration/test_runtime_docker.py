@@ -303,8 +303,10 @@ async def test_memory_limit_is_enforced_as_an_oom_kill(
     runtime: DockerRuntime, labels: dict[str, str]
 ) -> None:
     events = runtime.events(labels)
-    # dd fills a 64 MiB buffer: far over the 8 MiB limit.
-    cmd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    # dd fills a 64 MiB buffer, far over the 8 MiB limit. It waits a second first: the
+    # engine only notices OOM kills once it watches the container's cgroup, and a process
+    # killed within milliseconds of starting dies with no "oom" event at all.
+    cmd = ["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1"]
     info = await runtime.start(spec(labels, cmd=cmd, memory=8 * MiB))
 
     actions: set[str] = set()
@@ -313,13 +315,15 @@ async def test_memory_limit_is_enforced_as_an_oom_kill(
             async for event in events:
                 if event.container_id == info.id:
                     actions.add(event.action)
-                    if {"oom", "die"} <= actions:  # the engine may report them in any order
+                    if {"oom", "die"} <= actions:  # the engine reports them in either order
                         break
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-    done = await exited(runtime, info.id)
-    assert done.oom_killed and done.exit_code == 137, done
     assert {"oom", "die"} <= actions, actions
+    done = await exited(runtime, info.id)
+    # State.OOMKilled is not asserted: Docker 20.10 leaves it false when the "oom" event
+    # is processed after the exit. The event and the SIGKILL exit code are what count.
+    assert done.exit_code == 137, done
 
 
 @pytest.mark.docker

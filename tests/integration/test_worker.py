@@ -179,14 +179,29 @@ def test_bad_and_unknown_ids(workers: StartWorker) -> None:
         assert r.status_code == 404 and "not found" in r.json()["Message"]
 
 
-def test_run_after_completed_is_a_conflict(workers: StartWorker) -> None:
+def test_rerunning_a_completed_run_is_a_conflict(workers: StartWorker) -> None:
     worker = workers()
     body = task_event("cube/busybox:latest", Cmd=["true"])
     post(worker, body)
     wait_state(worker, body["Task"]["ID"], 3)
-    body["Task"]["RestartCount"] = 1
+    body["ID"] = str(uuid.uuid4())  # a new event for the same, finished, incarnation
     r = post(worker, body)
     assert r.status_code == 409 and "Completed" in r.json()["Message"]
+
+
+def test_a_new_incarnation_of_a_completed_task_runs(workers: StartWorker) -> None:
+    """A manager that moved a task away (its copy here was stopped) may move it back."""
+    worker = workers("--stop-timeout", "1")
+    body = task_event()
+    post(worker, body)
+    first = wait_state(worker, body["Task"]["ID"], 2)
+    assert httpx.delete(f"{worker.url}/tasks/{first['ID']}", timeout=5).status_code == 204
+    wait_state(worker, first["ID"], 3)
+    body["Task"]["RestartCount"] = 1
+    assert post(worker, body).status_code == 201
+    again = wait_state(worker, first["ID"], 2)
+    assert again["RestartCount"] == 1 and again["ContainerID"] != first["ContainerID"]
+    assert len(containers_of(worker.name)) == 1
 
 
 def test_stats_have_real_numbers(workers: StartWorker) -> None:

@@ -91,6 +91,9 @@ def test_ports_use_dockers_notation() -> None:
     ports = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "49153"}, {"HostPort": "49154"}]}
     assert format_ports(ports) == "0.0.0.0:49153->80/tcp, 0.0.0.0:49154->80/tcp"
     assert format_ports(None) == "-"
+    twins = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}, {"HostIp": "::", "HostPort": "2"}]}
+    assert format_ports(twins) == "0.0.0.0:1->80/tcp"
+    assert format_ports({"80/tcp": [{"HostIp": "::", "HostPort": "2"}]}) == ":::2->80/tcp"
 
 
 def test_short_id_is_the_first_block_of_the_uuid() -> None:

@@ -70,7 +70,9 @@ def format_ports(host_ports: Mapping[str, Sequence[Mapping[str, str]]] | None) -
     """Docker's notation, ``0.0.0.0:49153->80/tcp``, so people know what to curl."""
     parts = []
     for container_port, bindings in (host_ports or {}).items():
-        for binding in bindings:
+        # Docker adds an IPv6 twin ("::") of each binding; the IPv4 one is the one to use.
+        ipv4 = [b for b in bindings if ":" not in (b.get("HostIp") or "")]
+        for binding in ipv4 or bindings:
             host = binding.get("HostIp") or "0.0.0.0"
             parts.append(f"{host}:{binding.get('HostPort', '?')}->{container_port}")
     return ", ".join(parts) or MISSING

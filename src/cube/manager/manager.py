@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # What the tracker copies from a worker's view of a task.
 OBSERVED = ("State", "ContainerID", "HostPorts", "StartTime", "FinishTime", "Reason")
 RESTART_ALWAYS = ("always", "unless-stopped")
+# Placements made between two looks at the event loop (about 20-50 ms of work).
+SCHEDULE_SLICE = 256
 
 
 class UnknownTask(KeyError):
@@ -64,6 +66,9 @@ class Settings:
     long_poll: float = 10.0
     resync_interval: float = 30.0
     stats_interval: float = 2.0
+    # Stats polls per second over the whole cluster, at most: a large cluster's workers
+    # are each polled less often (1,000 workers: every 5 s), as Nomad caps heartbeats.
+    max_stats_rate: float = 200.0
     health_interval: float = 10.0
     health_grace: float = 5.0
     health_timeout: float = 2.0
@@ -267,15 +272,33 @@ class Manager:
             await self._wake.wait()
             self._wake.clear()
             try:
-                self.schedule_pending()
+                await self._schedule_pass()
             except Exception:
                 log.exception("scheduling pass failed")
 
+    async def _schedule_pass(self) -> None:
+        """:meth:`schedule_pending`, a slice at a time, letting other work run between.
+
+        Placing ten thousand tasks takes a second or more; an event loop blocked that
+        long would time out its own requests and take silent workers for dead. The
+        sends wait for the end of the pass, so that each worker gets one request.
+        """
+        queue = list(self._pending)
+        placed: list[Task] = []
+        for start in range(0, len(queue), SCHEDULE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            placed += self._place(queue[start : start + SCHEDULE_SLICE])
+        self._dispatch(placed)
+
     def schedule_pending(self) -> None:
         """Place every Pending task that fits somewhere; record why the others wait."""
+        self._dispatch(self._place(list(self._pending)))
+
+    def _place(self, task_ids: list[uuid.UUID]) -> list[Task]:
         nodes = self.nodes()
         placed: list[Task] = []
-        for task_id in list(self._pending):
+        for task_id in task_ids:
             task = self.tasks.get(str(task_id))
             if task is None or task.State is not State.PENDING:
                 self._pending.pop(task_id, None)
@@ -295,6 +318,11 @@ class Manager:
             placed.append(task)
         if placed:
             self.tasks.put_many((str(t.ID), t) for t in placed)
+        return placed
+
+    def _dispatch(self, placed: list[Task]) -> None:
+        """Log the placements and send them, one request per worker."""
+        if placed:
             by_node: dict[str, list[Task]] = {}
             for task in placed:
                 log.info("task %s: placed on %s", task.ID, task.Node)
@@ -352,6 +380,8 @@ class Manager:
                     await member.client.submit(event)
                 return
             except WorkerRejected as exc:
+                if exc.status == 409:
+                    return  # it already ran to completion there; tracking records that
                 self._save(transition(current, State.FAILED, reason=f"worker refused: {exc}"))
                 self._note_failure(current.model_copy(update={"State": State.FAILED}))
                 return
@@ -396,6 +426,8 @@ class Manager:
                 return
             except WorkerUnreachable as exc:
                 log.warning("task %s: stop via %s failed: %s", task.ID, current.Node, exc)
+                if not member.node.is_ready:
+                    return  # marked down: the stop is recorded then, see _worker_lost
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -468,8 +500,9 @@ class Manager:
         for theirs in reported:
             seen.add(theirs.ID)
             ours = self.tasks.get(str(theirs.ID))
-            if ours is None or ours.Node != node_name:
-                # Not ours to run there (moved while the worker was away): stop that copy.
+            if ours is None or _stray(ours, theirs, node_name):
+                # Not to run there (moved while the worker was away, or finished here
+                # while it was unreachable): stop that copy.
                 if theirs.State in (State.SCHEDULED, State.RUNNING):
                     member = self.members[node_name]
                     log.info("task %s: stopping stray copy on %s", theirs.ID, node_name)
@@ -620,7 +653,32 @@ class Manager:
     # --- nodes ---------------------------------------------------------------------------------
 
     async def _stats_loop(self) -> None:
-        await self._every(self.settings.stats_interval, self._poll_nodes)
+        """Poll every worker's stats once per round, spread evenly over the round.
+
+        A round lasts ``stats_interval``, or longer on a cluster so large that this
+        would exceed ``max_stats_rate`` polls a second; spreading the polls keeps a
+        thousand requests from landing in the same instant.
+        """
+        members = list(self.members.values())
+        in_flight: set[str] = set()
+
+        async def poll(member: Member) -> None:
+            try:
+                await self._poll_node(member)
+            finally:
+                in_flight.discard(member.node.Name)
+
+        while True:
+            period = max(self.settings.stats_interval, len(members) / self.settings.max_stats_rate)
+            step = period / max(len(members), 1)
+            started = time.monotonic()
+            for index, member in enumerate(members):
+                if member.node.Name not in in_flight:  # a slow answer is not asked twice
+                    in_flight.add(member.node.Name)
+                    self._jobs.spawn(poll(member))
+                await asyncio.sleep(max(started + (index + 1) * step - time.monotonic(), 0))
+            if not members:
+                await asyncio.sleep(period)
 
     async def _poll_nodes(self) -> None:
         await asyncio.gather(*(self._poll_node(m) for m in self.members.values()))
@@ -656,7 +714,12 @@ class Manager:
             if name != node_name:
                 continue
             task = self.tasks.get(str(task_id))
-            if task is None or task.ID in self._stopping:
+            if task is None:
+                continue
+            if task.ID in self._stopping:
+                # Nothing can reach it to stop it; if the worker comes back, the tracker
+                # stops the copy it still runs.
+                self._save(transition(task, State.COMPLETED, reason="stopped (worker down)"))
                 continue
             if task.State is State.RUNNING:
                 failed = transition(task, State.FAILED, reason=f"worker {node_name} is down")
@@ -679,6 +742,16 @@ class Manager:
         self._hold(placed)
         self._save(placed)
         self._jobs.spawn(self._send(placed))
+
+
+def _stray(ours: Task, theirs: Task, node_name: str) -> bool:
+    """Is the worker's copy one that should not run: moved away, or already over?"""
+    if ours.Node != node_name:
+        return True
+    over = ours.State is State.COMPLETED or (
+        ours.State is State.FAILED and theirs.RestartCount == ours.RestartCount
+    )
+    return over and theirs.State in (State.SCHEDULED, State.RUNNING)
 
 
 async def _quietly(job: Coroutine[Any, Any, None]) -> None:

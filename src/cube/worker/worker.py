@@ -70,6 +70,17 @@ class Capacity:
     disk: int = 0  # bytes
 
 
+# A task as it arrives for a new run: no trace of an earlier container.
+_FRESH: dict[str, Any] = {
+    "State": State.SCHEDULED,
+    "ContainerID": "",
+    "HostPorts": None,
+    "StartTime": None,
+    "FinishTime": None,
+    "Reason": "",
+}
+
+
 def container_name(task: Task) -> str:
     """Readable, unique per task and per restart, so a restart never collides."""
     slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", task.Name).strip("-.")[:40] or "task"
@@ -182,7 +193,8 @@ class Worker:
 
         A run request carries the incarnation (RestartCount) the sender wants. The same
         incarnation again is a duplicate and changes nothing, so a manager may retry a
-        send safely; a higher one is a restart.
+        send safely; a higher one is a restart. Re-running a Completed incarnation is
+        refused (409): a finished run is final.
         """
         if event.State is State.COMPLETED:
             return self.stop(event.Task.ID)
@@ -194,21 +206,17 @@ class Worker:
         wanted = event.Task
         current = self.store.get(str(wanted.ID))
         if current is None:
-            task = wanted.model_copy(
-                update={
-                    "State": State.SCHEDULED,
-                    "ContainerID": "",
-                    "HostPorts": None,
-                    "StartTime": None,
-                    "FinishTime": None,
-                    "Reason": "",
-                    "Node": self.name,
-                }
-            )
+            task = wanted.model_copy(update=_FRESH | {"Node": self.name})
+        elif wanted.RestartCount < current.RestartCount:
+            return current  # an old incarnation, superseded
+        elif wanted.RestartCount == current.RestartCount:
+            if current.State is State.COMPLETED:
+                raise InvalidTransition(current.State, State.SCHEDULED)
+            return current  # a repeat: already accepted
         elif current.State is State.COMPLETED:
-            raise InvalidTransition(current.State, State.SCHEDULED)
-        elif wanted.RestartCount <= current.RestartCount:
-            return current
+            # A finished run stays finished; a manager that moved the task away and
+            # back asks for a new incarnation, which starts as a new run.
+            task = wanted.model_copy(update=_FRESH | {"Node": self.name})
         else:
             task = transition(current, State.SCHEDULED).model_copy(
                 update={"RestartCount": wanted.RestartCount}
