@@ -192,6 +192,8 @@ def main(
     if configure is not None:
         configure(parser)
     args = parser.parse_args()
+    # A benchmark stopped with SIGTERM (a timeout) still stops its processes and containers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_file_limit()
     started = time.monotonic()
     result = run(args)
@@ -282,6 +284,11 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         return _status_kb(self.pid, "VmRSS") / 1024

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> Result:
 
             bodies = [task_event(IMAGE, ["sleep", "3600"]) for _ in range(tasks)]
             ids = {b["Task"]["ID"] for b in bodies}
+            cpu_before = manager.cpu_seconds(), fleet.cpu_seconds()
             first = time.time()
             accepted = asyncio.run(
                 submit_all(cluster.manager_url, bodies, args.clients, args.batch)
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace) -> Result:
             wait_for(all_running, 600, f"{tasks} tasks Running", interval=0.2)
             placed_at, running_at = read_log(manager.log)
             peak_rss = manager.peak_rss_mb()
+            manager_cpu = manager.cpu_seconds() - cpu_before[0]
+            fleet_cpu = fleet.cpu_seconds() - cpu_before[1]
             fleet_rss = fleet.rss_mb()
         finally:
             cluster.stop()
@@ -177,6 +180,8 @@ def run(args: argparse.Namespace) -> Result:
         {"measure": "end to end (tasks/s)", "value": rate},
         {"measure": "scheduling latency p50 (ms)", "value": percentile(latencies, 50)},
         {"measure": "scheduling latency p99 (ms)", "value": percentile(latencies, 99)},
+        {"measure": "manager CPU time (s)", "value": manager_cpu},
+        {"measure": "simulated workers' CPU time (s)", "value": fleet_cpu},
         {"measure": "manager RSS idle (MB)", "value": idle_rss},
         {"measure": "manager peak RSS (MB)", "value": peak_rss},
         {"measure": "fleet process RSS (MB)", "value": fleet_rss},

@@ -362,3 +362,29 @@ def test_quick_start_script_then_cube_down(tmp_path: Path, cluster_name: str) ->
         if data_dir.exists():
             cube("down", "--data-dir", str(data_dir))
         kill_all(pids)
+
+
+def test_cube_up_stops_everything_when_a_member_dies(tmp_path: Path, cluster_name: str) -> None:
+    data_dir = tmp_path / "cluster"
+    args = ["up", "-n", "1", "--port", str(free_port()), "--worker-port", str(free_port())]
+    args += ["--data-dir", str(data_dir), "--name", cluster_name]
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        up = subprocess.Popen([*CUBE, *args], cwd=ROOT, stdout=stdout, stderr=stderr)
+    pids: list[int] = []
+    try:
+        wait_for(lambda: "Ctrl-C" in out.read_text(), timeout=90, what="cube up ready")
+        pids = recorded_pids(data_dir)
+        os.kill(pids[1], signal.SIGKILL)  # the worker
+        assert up.wait(60) == 1
+        lines = err.read_text().splitlines()
+        assert lines == [
+            f"cube: the worker {cluster_name}-1 was killed by SIGKILL; the cluster was stopped"
+            f" (log: {data_dir}/logs/{cluster_name}-1.log)"
+        ]
+        wait_for(lambda: gone(pids), timeout=10, what="children gone")
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+        kill_all(pids)

@@ -54,6 +54,11 @@ class Member:
     def url(self, host: str) -> str:
         return f"http://{host}:{self.port}"
 
+    @property
+    def title(self) -> str:
+        """How messages name it: "the manager", "the worker up-2"."""
+        return f"the {self.role}" if self.name == self.role else f"the {self.role} {self.name}"
+
 
 @dataclass
 class Cluster:
@@ -137,7 +142,7 @@ class Cluster:
                     s.bind((self.host, member.port))
                 except OSError:
                     raise CliError(
-                        f"port {member.port} (for the {member.role} {member.name}) is in use: "
+                        f"port {member.port} (for {member.title}) is in use: "
                         "is a cluster already up? Stop it with `cube down`, or pick other "
                         "ports with --port and --worker-port"
                     ) from None
@@ -180,7 +185,7 @@ class Cluster:
                     if code is not None:
                         member = by_pid[proc.pid]
                         raise CliError(
-                            f"the {member.role} {member.name} exited with code {code} before "
+                            f"{member.title} exited with code {code} before "
                             f"the cluster was ready: {last_line(member.log)} (log: {member.log})"
                         )
                 try:

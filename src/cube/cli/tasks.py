@@ -142,7 +142,12 @@ def run(
 
 
 def watch(client: ManagerClient, task: Task, timeout: float, quiet: bool = False) -> Task:
-    """Poll until Running (or Completed, for a task that finishes first), with a deadline."""
+    """Follow a task to Running, with a deadline.
+
+    Completed counts as success too: a short batch task can finish between two polls
+    and never be seen Running. Failed ends the wait at once, even if the manager will
+    restart the task, because a first run that fails is what the user needs to hear.
+    """
     deadline = time.monotonic() + timeout
     seen = ""
     while True:

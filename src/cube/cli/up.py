@@ -157,7 +157,7 @@ def member_died(cluster: Cluster) -> str:
     if info is None:
         return "a cluster process exited"
     member = next((m for m in cluster.members if m.pid == info.si_pid), None)
-    what = f"the {member.role} {member.name}" if member else f"process {info.si_pid}"
+    what = member.title if member else f"process {info.si_pid}"
     if info.si_code == os.CLD_EXITED:
         how = f"exited with code {info.si_status}"
     else:
@@ -250,6 +250,8 @@ def down(
         supervisor = running_processes({"supervisor": record.get("supervisor")})
         # A foreground `cube up` stops its own children in order; give it the time to.
         terminate(supervisor, stop_timeout * 2 + 5)
+        for proc in supervisor:
+            print(f"  stopped `cube up` (pid {proc.pid}), which stopped its cluster")
         members = members_of(record)
         stop_members(members, stop_timeout, say=lambda n: print(f"  stopped {n}"))
         (data_dir / PID_FILE).unlink(missing_ok=True)

@@ -65,6 +65,14 @@ def worker(
     disk: Annotated[
         str, typer.Option("--disk", help="Disk offered, e.g. 20GiB (default: all).")
     ] = "0",
+    init: Annotated[
+        bool,
+        typer.Option(
+            "--init/--no-init",
+            help="Run tasks under Docker's init (docker run --init), so a stop's SIGTERM "
+            "reaches programs that ignore it as PID 1, and zombies are reaped.",
+        ),
+    ] = True,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -110,7 +118,7 @@ def worker(
     elif runtime == "docker":
         from cube.runtime.docker import DockerRuntime
 
-        engine = DockerRuntime(max_concurrency=concurrency)
+        engine = DockerRuntime(max_concurrency=concurrency, init=init)
     else:
         raise typer.BadParameter("expected 'docker' or 'simulated'", param_hint="--runtime")
     node = Worker(

@@ -197,7 +197,14 @@ def main(argv: list[str] | None = None) -> None:
         log.info("serving %d simulated workers", len(fleet.apps))
         await serving
 
-    asyncio.run(serve())
+    try:
+        import uvloop  # uvicorn's own choice when it runs the loop itself
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve())
 
 
 if __name__ == "__main__":
