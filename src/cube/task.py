@@ -124,7 +124,10 @@ def parse_size(value: Any) -> Any:
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
         raise ValueError(f"invalid size {value!r} (use bytes or e.g. '256MiB', '1GiB')")
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    if size > MAX_SIZE:
+        raise ValueError(f"size {value!r} is too large")
+    return int(size)
 
 
 def now() -> datetime:
@@ -137,7 +140,9 @@ Time = Annotated[
     BeforeValidator(_parse_time),
     PlainSerializer(_format_time, return_type=str),
 ]
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+# SQLite and Docker both stop at signed 64 bits; refuse more up front, not deep inside.
+MAX_SIZE = 2**63 - 1
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0, le=MAX_SIZE)]
 RestartPolicyName = Literal["", "no", "on-failure", "always", "unless-stopped"]
 HostPortList = list[dict[str, str]]
 
@@ -155,7 +160,7 @@ class Task(_Wire):
     Image: str
     Cmd: list[str] | None = None
     Env: list[str] | None = None
-    Cpu: float = Field(default=0.0, ge=0)
+    Cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
     Memory: Size = 0
     Disk: Size = 0
     ExposedPorts: dict[str, dict[str, Any]] | None = None
@@ -163,7 +168,7 @@ class Task(_Wire):
     HostPorts: dict[str, HostPortList] | None = None
     RestartPolicy: RestartPolicyName = ""
     HealthCheck: str = ""
-    RestartCount: int = Field(default=0, ge=0)
+    RestartCount: int = Field(default=0, ge=0, le=MAX_SIZE)
     ContainerID: str = ""
     StartTime: Time = None
     FinishTime: Time = None

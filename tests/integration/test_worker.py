@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -97,7 +98,12 @@ def test_exit_zero_completes_and_nonzero_fails(workers: StartWorker) -> None:
     bad = task_event("cube/busybox:latest", Cmd=["sh", "-c", "exit 3"])
     assert post(worker, ok).status_code == 201
     assert post(worker, bad).status_code == 201
-    assert wait_state(worker, ok["Task"]["ID"], 3)["Reason"] == "exited with code 0"
+    done = wait_state(worker, ok["Task"]["ID"], 3)
+    assert done["Reason"] == "exited with code 0"
+    # Even a run too short to be seen running has both times.
+    assert "0001-01-01T00:00:00Z" not in (done["StartTime"], done["FinishTime"])
+    started, finished = (datetime.fromisoformat(done[k]) for k in ("StartTime", "FinishTime"))
+    assert started <= finished
     assert wait_state(worker, bad["Task"]["ID"], 4)["Reason"] == "exited with code 3"
 
 

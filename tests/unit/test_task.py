@@ -128,6 +128,10 @@ def test_state_accepts_numbers_and_names(text: object, state: State) -> None:
         ({"Image": "x", "HealthCheck": "health"}, "URL path"),
         ({"Image": "x", "RestartPolicy": "sometimes"}, "RestartPolicy"),
         ({"Image": "x", "ID": "not-a-uuid"}, "ID"),
+        ({"Image": "x", "Cpu": float("inf")}, "finite"),
+        ({"Image": "x", "Cpu": float("nan")}, "finite"),
+        ({"Image": "x", "Memory": "99999999999999999999GiB"}, "too large"),
+        ({"Image": "x", "Disk": 2**70}, "less than or equal"),
     ],
 )
 def test_bad_values_are_rejected_with_the_field_named(

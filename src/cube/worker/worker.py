@@ -277,10 +277,19 @@ class Worker:
             log.warning("task %s: docker unavailable, will start when it is back: %s", task.ID, exc)
             self._save(task.model_copy(update={"Reason": f"waiting for docker: {exc}"}))
             return
-        task = task.model_copy(update={"ContainerID": info.id, "HostPorts": info.host_ports})
+        # StartTime even for a run too short to be seen running: it did start.
+        task = task.model_copy(
+            update={
+                "ContainerID": info.id,
+                "HostPorts": info.host_ports,
+                "StartTime": info.started_at,
+            }
+        )
         if info.running:
-            self._save(transition(task, State.RUNNING, at=info.started_at))
-            log.info("task %s: running as %s", task.ID, info.name)
+            if self._save(transition(task, State.RUNNING, at=info.started_at)):
+                log.info("task %s: running as %s", task.ID, info.name)
+            else:
+                await self.runtime.remove(info.id)  # started for an incarnation now gone
         else:
             await self._finish(task, info)
 
@@ -308,13 +317,26 @@ class Worker:
         if info is not None:
             await self.runtime.remove(info.id)
 
-    def _save(self, task: Task) -> None:
+    def _save(self, task: Task) -> bool:
+        """Store a task unless a newer incarnation arrived while we were busy with it.
+
+        ``submit`` records a restart without waiting for the per-task lock (it must
+        answer at once), so whoever holds the lock may be working on a stale copy;
+        the incarnation only ever moves forward.
+        """
+        current = self.store.get(str(task.ID))
+        if current is not None and current.RestartCount > task.RestartCount:
+            log.info(
+                "task %s: dropping a stale update of incarnation %d", task.ID, task.RestartCount
+            )
+            return False
         self.store.put(str(task.ID), task)
         self.version += 1
         self._versions.pop(task.ID, None)
         self._versions[task.ID] = self.version
         self._changed.set()
         self._changed = asyncio.Event()
+        return True
 
     # --- what changed (for the manager's tracking) --------------------------------------
 
