@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import time
@@ -131,7 +132,13 @@ def run(args: argparse.Namespace) -> Result:
                 return addresses_file.read_text().split(",") if addresses_file.exists() else None
 
             addresses = wait_for(fleet_up, 120, "simulated workers listening", interval=0.1)
-            cluster.start_manager("-s", args.scheduler, "--log-level", "info", addresses=addresses)
+            cluster.start_manager(
+                "-s",
+                args.scheduler,
+                "--log-level",
+                os.environ.get("BENCH_MANAGER_LOG", "info"),
+                addresses=addresses,
+            )
             assert cluster.manager is not None
             manager = cluster.manager
             cluster.wait_manager(workers, timeout=120)

@@ -38,5 +38,9 @@ def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # Longer than clients keep idle connections (WorkerClient: 60 s), so a client
+        # never reuses a connection the server is closing; the manager polls each
+        # worker every few seconds and should not reconnect every time.
+        timeout_keep_alive=75,
     )
     uvicorn.Server(config).run()

@@ -168,6 +168,7 @@ def test_unhealthy_task_is_restarted(workers: StartWorker, managers: StartManage
     healed = manager.wait_task(
         task["ID"], lambda t: running(t) and t["RestartCount"] == 1, what="restarted"
     )
+    assert healed["Reason"] == "restarting after: health check failed: HTTP 404"
     new_port = healed["HostPorts"]["80/tcp"][0]["HostPort"]
     ok = wait_for(lambda: httpx.get(f"http://127.0.0.1:{new_port}/health", timeout=2))
     assert ok.status_code == 200  # a fresh container is healthy again

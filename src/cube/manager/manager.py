@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from dataclasses import field as default
 from typing import Any
 
 import httpx
@@ -61,9 +62,9 @@ class Settings:
     """Every interval is a flag; these are the defaults of `cube manager`."""
 
     poll_interval: float = 1.0
-    # Tracking is a long poll: a worker holds the request until a task changes, for at
-    # most this long; every resync_interval the whole list is fetched instead.
-    long_poll: float = 10.0
+    # Tracking follows each worker's stream of changes; a worker sends a line at least
+    # this often, and the whole list is fetched again every resync_interval.
+    watch_heartbeat: float = 10.0
     resync_interval: float = 30.0
     stats_interval: float = 2.0
     # Stats polls per second over the whole cluster, at most: a large cluster's workers
@@ -92,6 +93,10 @@ class Member:
     epoch: str | None = None
     version: int | None = None
     last_full: float = 0.0
+    # Placed tasks waiting to be sent, and whether a send to this worker is under way.
+    outbox: list[TaskEvent] = default(default_factory=list)
+    sending: bool = False
+    stats_at: float = 0.0  # when the watch stream last brought stats
 
 
 class Manager:
@@ -158,7 +163,7 @@ class Manager:
             if task.ID in self._stopping and task.State in (State.SCHEDULED, State.RUNNING):
                 self._spawn_stop(task)
             elif task.State is State.SCHEDULED and task.Node:
-                self._jobs.spawn(self._send(task))
+                self._jobs.spawn(self._send(task, again=True))
 
     async def close(self) -> None:
         await self._jobs.close()
@@ -321,46 +326,68 @@ class Manager:
         return placed
 
     def _dispatch(self, placed: list[Task]) -> None:
-        """Log the placements and send them, one request per worker."""
-        if placed:
-            by_node: dict[str, list[Task]] = {}
-            for task in placed:
-                log.info("task %s: placed on %s", task.ID, task.Node)
-                by_node.setdefault(task.Node, []).append(task)
-            for batch in by_node.values():
-                self._jobs.spawn(self._send_batch(batch))
-
-    async def _send_batch(self, tasks: list[Task]) -> None:
-        """Hand the tasks one pass placed on a worker over in one request.
-
-        A burst of placements then costs a request per worker rather than per task. If
-        the batch does not go through as a whole, each task is sent on its own, with
-        :meth:`_send`'s checks and retries (the worker ignores a repeated event).
-        """
-        events = [TaskEvent(State=State.SCHEDULED, Task=task) for task in tasks]
+        """Record and log the placements, and queue them for their workers."""
+        events = [TaskEvent(State=State.SCHEDULED, Task=task) for task in placed]
         self.events.put_many((str(event.ID), event) for event in events)
-        member = self.members.get(tasks[0].Node)
-        if member is not None and len(tasks) > 1:
-            # Only what is still to be sent: a task may have been stopped meanwhile.
-            due = [e for e in events if self._placed.get(e.Task.ID) == e.Task.Node]
-            due = [e for e in due if e.Task.ID not in self._stopping]
-            if not due:
-                return
-            try:
-                async with self._send_slots:
-                    await member.client.submit_many(due)
-                return
-            except (WorkerRejected, WorkerUnreachable) as exc:
-                name = member.node.Name
-                log.info("sending %d tasks to %s failed, one by one: %s", len(due), name, exc)
-        for task, event in zip(tasks, events, strict=True):
-            self._jobs.spawn(self._send(task, event))
+        for event in events:
+            log.info("task %s: placed on %s", event.Task.ID, event.Task.Node)
+            member = self.members.get(event.Task.Node)
+            if member is None:
+                continue
+            member.outbox.append(event)
+            if not member.sending:
+                member.sending = True
+                self._jobs.spawn(self._drain(member))
 
-    async def _send(self, task: Task, event: TaskEvent | None = None) -> None:
-        """Hand a placed task to its worker, retrying with backoff while it is reachable."""
+    async def _drain(self, member: Member) -> None:
+        """Send a worker what was placed on it, one request at a time.
+
+        Whatever is placed there while a request is in flight goes out in the next one,
+        so a burst costs a request per worker rather than per task, and a busy manager
+        sends bigger batches instead of more requests.
+        """
+        try:
+            while member.outbox:
+                batch, member.outbox = member.outbox, []
+                await self._send_batch(member, batch)
+        finally:
+            member.sending = False
+
+    async def _send_batch(self, member: Member, events: list[TaskEvent]) -> None:
+        """Hand placed tasks to their worker in one request.
+
+        If that fails, each task is sent on its own, with :meth:`_send`'s checks and
+        retries (a worker ignores an event it already has).
+        """
+        # Only what is still to be sent: a task may have been stopped or moved meanwhile.
+        due = [e for e in events if self._placed.get(e.Task.ID) == member.node.Name]
+        due = [e for e in due if e.Task.ID not in self._stopping]
+        if not due:
+            return
+        try:
+            async with self._send_slots:
+                if len(due) == 1:
+                    await member.client.submit(due[0])
+                else:
+                    await member.client.submit_many(due)
+            return
+        except (WorkerRejected, WorkerUnreachable) as exc:
+            log.info("sending %d tasks to %s failed: %s", len(due), member.node.Name, exc)
+        for event in due:
+            self._jobs.spawn(self._send(event.Task, event))
+
+    async def _send(
+        self, task: Task, event: TaskEvent | None = None, *, again: bool = False
+    ) -> None:
+        """Hand a placed task to its worker, retrying with backoff while it is reachable.
+
+        The history gets one event per placement; sending the same placement ``again``
+        (after a restart of the manager, or to a worker that lost it) adds none.
+        """
         if event is None:
             event = TaskEvent(State=State.SCHEDULED, Task=task)
-            self._record(event)
+            if not again:
+                self._record(event)
         delay = 0.2
         while True:
             current = self.tasks.get(str(task.ID))
@@ -461,33 +488,46 @@ class Manager:
                 await asyncio.sleep(self.settings.poll_interval)
 
     async def _track(self, member: Member) -> bool:
-        """Ask a worker what changed since its last answer, and fold that in.
+        """Follow a worker's changes as they happen, and fold each into our view.
 
-        The worker holds the request until one of its tasks changes (up to
-        ``long_poll`` seconds), so a change is known here at once and an idle worker
-        costs one small request per ``long_poll``; a thousand workers polled every
-        second would cost a thousand full lists a second. The whole list is fetched
-        first, after a worker was down, and every ``resync_interval``. Returns whether
-        the worker long-polls (an older one answers at once: then wait poll_interval).
+        The worker streams its tasks' changes (``GET /tasks?watch=true``, as
+        Kubernetes' watch does), so a change is known here at once and costs no
+        request of its own: polling a thousand workers' task lists every second would
+        cost a thousand requests a second. The stream starts from where the last one
+        left off, or from the whole list at first, after the worker was down, and every
+        ``resync_interval``; a line at least every ``watch_heartbeat`` seconds shows the
+        worker is alive, and the stream brings the worker's stats every
+        ``stats_interval`` too, so they need no polling of their own. Returns whether
+        the worker streams (an older one answers with its list once: then wait
+        ``poll_interval`` before asking again).
         """
         now = time.monotonic()
         full = member.epoch is None or now - member.last_full >= self.settings.resync_interval
+        since, epoch = (None, None) if full else (member.version, member.epoch)
+        streams = False
+        changes = member.client.watch(
+            since, epoch, self.settings.watch_heartbeat, self.settings.stats_interval
+        )
         try:
-            if full:
-                answer = await member.client.changes()
-            else:
-                answer = await member.client.changes(
-                    member.version, member.epoch, self.settings.long_poll
-                )
+            async with contextlib.aclosing(changes):
+                async for answer in changes:
+                    if member.node.Status != READY:
+                        break  # marked down meanwhile: start again from the whole list
+                    member.last_seen = time.monotonic()
+                    if answer.complete:
+                        member.last_full = member.last_seen
+                    member.epoch, member.version = answer.epoch, answer.version
+                    streams = answer.epoch is not None
+                    self.observe(member.node.Name, answer.tasks, complete=answer.complete)
+                    if answer.stats is not None:
+                        member.stats_at = member.last_seen
+                        self._took_stats(member, answer.stats)
+                    if member.last_seen - member.last_full >= self.settings.resync_interval:
+                        break
         except (WorkerUnreachable, WorkerRejected) as exc:
             log.debug("tracking %s failed: %s", member.node.Name, exc)
             return False
-        member.last_seen = time.monotonic()
-        if answer.complete:
-            member.last_full = member.last_seen
-        member.epoch, member.version = answer.epoch, answer.version
-        self.observe(member.node.Name, answer.tasks, complete=answer.complete)
-        return answer.epoch is not None
+        return streams
 
     def observe(self, node_name: str, reported: list[Task], *, complete: bool = True) -> None:
         """Fold a worker's tasks into the manager's view.
@@ -500,7 +540,11 @@ class Manager:
         for theirs in reported:
             seen.add(theirs.ID)
             ours = self.tasks.get(str(theirs.ID))
-            if ours is None or _stray(ours, theirs, node_name):
+            if ours is None:
+                # Never heard of it: what a second manager, or one restarted without
+                # its store, would see. Stopping it could take a working cluster down.
+                continue
+            if _stray(ours, theirs, node_name):
                 # Not to run there (moved while the worker was away, or finished here
                 # while it was unreachable): stop that copy.
                 if theirs.State in (State.SCHEDULED, State.RUNNING):
@@ -515,6 +559,8 @@ class Manager:
             update = {
                 f: getattr(theirs, f) for f in OBSERVED if getattr(theirs, f) != getattr(ours, f)
             }
+            if not theirs.Reason and ours.Reason.startswith("restarting"):
+                update.pop("Reason", None)  # keep why it restarted visible while it runs
             if not update:
                 continue
             if theirs.State is not ours.State and not can_transition(ours.State, theirs.State):
@@ -533,7 +579,7 @@ class Manager:
             if task_id not in seen:
                 ours = self.tasks.get(str(task_id))
                 if ours is not None and ours.State is State.SCHEDULED:
-                    self._jobs.spawn(self._send(ours))
+                    self._jobs.spawn(self._send(ours, again=True))
                 elif ours is not None and ours.State is State.RUNNING:
                     lost = transition(ours, State.FAILED, reason=f"lost by worker {node_name}")
                     changed.append(lost)
@@ -559,9 +605,8 @@ class Manager:
         if policy not in RESTART_ALWAYS and task.RestartCount >= self.settings.max_restarts:
             log.info("task %s: not restarted, %d restarts already", task.ID, task.RestartCount)
             return
-        delay = min(
-            self.settings.restart_backoff * 2**task.RestartCount, self.settings.restart_backoff_max
-        )
+        doublings = min(task.RestartCount, 32)  # "always" may restart forever: no overflow
+        delay = min(self.settings.restart_backoff * 2**doublings, self.settings.restart_backoff_max)
         self._restart_at[task.ID] = time.monotonic() + delay
 
     async def _restart_loop(self) -> None:
@@ -600,7 +645,8 @@ class Manager:
             self._save(task.model_copy(update={"Reason": f"restart waits: {placement.reason}"}))
             self._restart_at[task.ID] = time.monotonic() + self.settings.restart_backoff_max
             return
-        restarted = transition(task, State.SCHEDULED, reason="restarting").model_copy(
+        why = f"restarting after: {task.Reason}" if task.Reason else "restarting"
+        restarted = transition(task, State.SCHEDULED, reason=why).model_copy(
             update={"RestartCount": task.RestartCount + 1, "Node": placement.node.Name}
         )
         self._hold(restarted)
@@ -645,10 +691,13 @@ class Manager:
         if current.RestartCount != task.RestartCount:
             return
         log.info("task %s: health check %s failed (%s)", task.ID, url, detail)
-        self._save(current.model_copy(update={"Reason": f"health check failed: {detail}"}))
-        if task.RestartPolicy == "no":
-            return
-        self.restart(task.ID)
+        # Unhealthy is a failure like any other: the same policy, backoff and limit.
+        # The container stays until its replacement starts (or, with no restart due,
+        # until the tracker stops the copy that should no longer run).
+        failed = self._save(
+            transition(current, State.FAILED, reason=f"health check failed: {detail}")
+        )
+        self._note_failure(failed)
 
     # --- nodes ---------------------------------------------------------------------------------
 
@@ -673,7 +722,9 @@ class Manager:
             step = period / max(len(members), 1)
             started = time.monotonic()
             for index, member in enumerate(members):
-                if member.node.Name not in in_flight:  # a slow answer is not asked twice
+                # Not a worker whose watch stream brings its stats; not one still answering.
+                streamed = time.monotonic() - member.stats_at < 2 * self.settings.stats_interval
+                if not streamed and member.node.Name not in in_flight:
                     in_flight.add(member.node.Name)
                     self._jobs.spawn(poll(member))
                 await asyncio.sleep(max(started + (index + 1) * step - time.monotonic(), 0))
@@ -696,6 +747,11 @@ class Manager:
                 node.Status = DOWN
                 self._worker_lost(node.Name)
             return
+        self._took_stats(member, stats)
+
+    def _took_stats(self, member: Member, stats: dict[str, Any]) -> None:
+        """A worker's stats arrived (polled, or in its watch stream): it is alive."""
+        node = member.node
         member.last_seen = time.monotonic()
         node.apply_stats(stats)
         capacity = member.capacity or {}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
 from cube.errors import (
@@ -28,6 +29,10 @@ from cube.worker.worker import BadEvent, Capacity, UnknownTask, Worker
 # The longest a GET /tasks?since=... may wait for a change.
 MAX_WAIT = 60.0
 _EVENTS = TypeAdapter(list[TaskEvent])
+
+
+def _seconds(value: float, default: float) -> float:
+    return min(value, MAX_WAIT) if math.isfinite(value) and value > 0 else default
 
 
 def tasks_json(tasks: Iterable[Task]) -> bytes:
@@ -61,7 +66,11 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
 
     @app.get("/tasks")
     async def list_tasks(
-        since: int | None = None, epoch: str | None = None, wait: float = 0.0
+        since: int | None = None,
+        epoch: str | None = None,
+        wait: float = 0.0,
+        watch: bool = False,
+        stats: float = 0.0,
     ) -> Response:
         """Every task; or, with ``since`` and ``epoch`` from a previous answer, the changes.
 
@@ -71,7 +80,19 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         long poll), so a manager learns of a change at once without polling.
         ``X-Cube-Complete: 1`` marks an answer listing every task (always the case
         without ``since``, or when the worker restarted since ``epoch``).
+
+        ``watch=true`` streams instead (as Kubernetes' watch does): one JSON line per
+        change, ``{"Epoch", "Version", "Complete", "Tasks"}``, starting with the tasks
+        changed since ``since`` (all of them without it) and with an empty line of
+        news at least every ``wait`` seconds (default 10) to show the worker is alive.
+        With ``stats`` (seconds), a line carries this worker's ``Stats`` (as GET /stats)
+        that often. A manager tracking a thousand workers then pays for no request per
+        change, nor for polling their stats.
         """
+        if watch:
+            beat = _seconds(wait, 10.0)
+            stream = _watch(since, epoch, beat, _seconds(stats, 0.0))
+            return StreamingResponse(stream, media_type="application/x-ndjson")
         if since is not None:
             limit = min(wait, MAX_WAIT) if math.isfinite(wait) else 0.0
             await worker.wait_for_change(since, epoch, limit)
@@ -82,6 +103,35 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
             "X-Cube-Complete": "1" if complete else "0",
         }
         return Response(tasks_json(tasks), media_type="application/json", headers=headers)
+
+    async def _watch(
+        since: int | None, epoch: str | None, beat: float, every: float
+    ) -> AsyncIterator[bytes]:
+        stats_due = 0.0
+        while True:
+            complete, tasks = worker.changes(since, epoch)
+            since, epoch = worker.version, worker.epoch
+            extra = b""
+            now = time.monotonic()
+            if every and now >= stats_due:
+                stats_due = now + every
+                extra = b',"Stats":' + sampler.current().model_dump_json(by_alias=True).encode()
+            yield b"".join(
+                (
+                    b'{"Epoch":"',
+                    epoch.encode(),
+                    b'","Version":',
+                    str(since).encode(),
+                    b',"Complete":',
+                    b"true" if complete else b"false",
+                    b',"Tasks":',
+                    tasks_json(tasks),
+                    extra,
+                    b"}\n",
+                )
+            )
+            wait_for = min(beat, stats_due - time.monotonic()) if every else beat
+            await worker.wait_for_change(since, epoch, max(wait_for, 0.0))
 
     @app.post("/tasks", status_code=201, response_model=None)
     async def post_task(request: Request) -> dict[str, Any] | Response:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cube.task import Task, TaskEvent
 
 _TASKS = TypeAdapter(list[Task])
+_NDJSON = "application/x-ndjson"
+# Idle connections are kept this long (workers keep theirs longer: cube.config.serve).
+KEEPALIVE = 60.0
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -48,6 +51,17 @@ class TaskChanges:
     complete: bool
     epoch: str | None
     version: int | None
+    stats: dict[str, Any] | None = None
+
+
+class _Change(BaseModel):
+    """One line of a worker's watch stream."""
+
+    Epoch: str
+    Version: int
+    Complete: bool
+    Tasks: list[Task]
+    Stats: dict[str, Any] | None = None
 
 
 @cache
@@ -73,7 +87,9 @@ class WorkerClient:
             timeout=timeout,
             verify=_tls(),
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=KEEPALIVE,
             ),
         )
         return cls(base_url, client)
@@ -95,6 +111,9 @@ class WorkerClient:
             response = await self._http.request(method, f"{self.base_url}{path}", **kwargs)
         except httpx.HTTPError as exc:
             raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
+        return self._checked(response)
+
+    def _checked(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 500:
             raise WorkerUnreachable(
                 f"{self.base_url}: HTTP {response.status_code}: {response.text}"
@@ -121,17 +140,64 @@ class WorkerClient:
         except ValidationError:
             raise WorkerUnreachable(f"{self.base_url}: answer is not a task") from None
 
+    async def watch(
+        self,
+        since: int | None = None,
+        epoch: str | None = None,
+        heartbeat: float = 10.0,
+        stats: float = 0.0,
+    ) -> AsyncGenerator[TaskChanges, None]:
+        """Follow a worker's changes as they happen (``GET /tasks?watch=true``).
+
+        Yields the changes since ``since`` of ``epoch`` (every task without them), then
+        each change as the worker reports it, and an empty change at least every
+        ``heartbeat`` seconds; with ``stats`` (seconds), the worker's stats come along
+        that often. Raises :class:`WorkerUnreachable` when the stream breaks or stays
+        silent past the heartbeat. A worker that cannot stream answers with its whole
+        list once (``epoch`` None) and the iteration ends.
+        """
+        params: dict[str, Any] = {"watch": "true", "wait": heartbeat, "stats": stats}
+        if since is not None and epoch is not None:
+            params |= {"since": since, "epoch": epoch}
+        base = self._http.timeout.read or 5.0
+        timeout = httpx.Timeout(base, read=min(heartbeat, stats or heartbeat) + base)
+        url = f"{self.base_url}/tasks"
+        try:
+            async with self._http.stream("GET", url, params=params, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._checked(response)
+                if not response.headers.get("content-type", "").startswith(_NDJSON):
+                    await response.aread()
+                    yield TaskChanges(self._tasks(response), True, None, None)
+                    return
+                async for line in response.aiter_lines():
+                    if line:
+                        yield self._change(line)
+        except httpx.HTTPError as exc:
+            raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
+
+    def _change(self, line: str) -> TaskChanges:
+        try:
+            change = _Change.model_validate_json(line)
+        except ValidationError:
+            raise WorkerUnreachable(f"{self.base_url}: malformed change: {line[:200]}") from None
+        return TaskChanges(
+            change.Tasks, change.Complete, change.Epoch, change.Version, change.Stats
+        )
+
     async def stop(self, task_id: uuid.UUID) -> None:
         await self._call("DELETE", f"/tasks/{task_id}")
 
-    async def submit_many(self, events: Sequence[TaskEvent]) -> list[Task]:
+    async def submit_many(self, events: Sequence[TaskEvent]) -> None:
         """Several TaskEvents in one request (a JSON array).
 
         A 4xx names the first event refused; the ones before it were taken (sending
         them again is harmless: a worker ignores a repeated event).
         """
         body = b"[" + b",".join(e.model_dump_json().encode() for e in events) + b"]"
-        return self._tasks(await self._request("POST", "/tasks", content=body, headers=_JSON))
+        # The answer (the tasks as stored) is not read: the watch stream reports them.
+        await self._request("POST", "/tasks", content=body, headers=_JSON)
 
     async def tasks(self) -> list[Task]:
         return self._tasks(await self._request("GET", "/tasks"))

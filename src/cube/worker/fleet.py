@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -85,6 +87,7 @@ class Fleet:
         self.sockets: list[socket.socket] = []
         self.apps: dict[int, FastAPI] = {}
         self.workers: dict[int, Worker] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
         for index in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -115,6 +118,10 @@ class Fleet:
         app = self.apps.get(int(server[1]))
         if app is None:
             raise RuntimeError(f"no simulated worker on port {server[1]}")
+        path = scope.get("path", "")
+        self.requests[
+            f"{scope.get('method', '')} {'/tasks' if path.startswith('/tasks') else path}"
+        ] += 1
         await app(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -132,6 +139,8 @@ class Fleet:
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
             assert message["type"] == "lifespan.shutdown"
+            # What the manager asked of the workers, for the benchmark's report.
+            log.warning("requests served: %s", json.dumps(dict(self.requests)))
         await send({"type": "lifespan.shutdown.complete"})
 
 
@@ -179,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=75,  # as cube.config.serve
         backlog=4096,
     )
     server = uvicorn.Server(config)

@@ -221,7 +221,7 @@ class Worker:
             task = transition(current, State.SCHEDULED).model_copy(
                 update={"RestartCount": wanted.RestartCount}
             )
-        self._save(task)
+        self._save(task, notify=False)
         self._want(task.ID, Desired(run=True, restart_count=task.RestartCount))
         return task
 
@@ -317,12 +317,16 @@ class Worker:
         if info is not None:
             await self.runtime.remove(info.id)
 
-    def _save(self, task: Task) -> bool:
+    def _save(self, task: Task, *, notify: bool = True) -> bool:
         """Store a task unless a newer incarnation arrived while we were busy with it.
 
         ``submit`` records a restart without waiting for the per-task lock (it must
         answer at once), so whoever holds the lock may be working on a stale copy;
         the incarnation only ever moves forward.
+
+        ``notify=False`` records the change without waking long polls: the next change
+        reports it too. A submission is such a change, since its sender already has
+        the answer; waking a manager's poll for it would cost a request for no news.
         """
         current = self.store.get(str(task.ID))
         if current is not None and current.RestartCount > task.RestartCount:
@@ -334,8 +338,9 @@ class Worker:
         self.version += 1
         self._versions.pop(task.ID, None)
         self._versions[task.ID] = self.version
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if notify:
+            self._changed.set()
+            self._changed = asyncio.Event()
         return True
 
     # --- what changed (for the manager's tracking) --------------------------------------
