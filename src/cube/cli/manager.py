@@ -42,28 +42,68 @@ def manager(
         typer.Option("--data-dir", envvar="CUBE_DATA_DIR", help="Directory for persistent state."),
     ] = Path(".cube"),
     poll_interval: Annotated[
-        float, typer.Option("--poll-interval", help="Seconds between task polls of each worker.")
+        float,
+        typer.Option(
+            "--poll-interval",
+            envvar="CUBE_MANAGER_POLL_INTERVAL",
+            help="Seconds between task polls of each worker.",
+        ),
     ] = 1.0,
     stats_interval: Annotated[
-        float, typer.Option("--stats-interval", help="Seconds between stats polls of each worker.")
+        float,
+        typer.Option(
+            "--stats-interval",
+            envvar="CUBE_MANAGER_STATS_INTERVAL",
+            help="Seconds between stats polls of each worker.",
+        ),
     ] = 2.0,
     health_interval: Annotated[
-        float, typer.Option("--health-interval", help="Seconds between task health checks.")
+        float,
+        typer.Option(
+            "--health-interval",
+            envvar="CUBE_MANAGER_HEALTH_INTERVAL",
+            help="Seconds between task health checks.",
+        ),
     ] = 10.0,
     health_grace: Annotated[
-        float, typer.Option("--health-grace", help="Seconds after start before health checks.")
+        float,
+        typer.Option(
+            "--health-grace",
+            envvar="CUBE_MANAGER_HEALTH_GRACE",
+            help="Seconds after start before health checks.",
+        ),
     ] = 5.0,
     max_restarts: Annotated[
-        int, typer.Option("--max-restarts", help="Restarts of a failing task, at most.")
+        int,
+        typer.Option(
+            "--max-restarts",
+            envvar="CUBE_MANAGER_MAX_RESTARTS",
+            help="Restarts of a failing task, at most.",
+        ),
     ] = 3,
     restart_backoff: Annotated[
-        float, typer.Option("--restart-backoff", help="First restart delay; doubles each time.")
+        float,
+        typer.Option(
+            "--restart-backoff",
+            envvar="CUBE_MANAGER_RESTART_BACKOFF",
+            help="First restart delay; doubles each time.",
+        ),
     ] = 1.0,
     restart_backoff_max: Annotated[
-        float, typer.Option("--restart-backoff-max", help="Longest restart delay.")
+        float,
+        typer.Option(
+            "--restart-backoff-max",
+            envvar="CUBE_MANAGER_RESTART_BACKOFF_MAX",
+            help="Longest restart delay.",
+        ),
     ] = 30.0,
     worker_timeout: Annotated[
-        float, typer.Option("--worker-timeout", help="Seconds of silence before a worker is down.")
+        float,
+        typer.Option(
+            "--worker-timeout",
+            envvar="CUBE_MANAGER_WORKER_TIMEOUT",
+            help="Seconds of silence before a worker is down.",
+        ),
     ] = 10.0,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")

@@ -44,31 +44,65 @@ def worker(
         typer.Option("--data-dir", envvar="CUBE_DATA_DIR", help="Directory for persistent state."),
     ] = Path(".cube"),
     concurrency: Annotated[
-        int, typer.Option("--concurrency", help="Containers started at once, at most.")
+        int,
+        typer.Option(
+            "--concurrency",
+            envvar="CUBE_WORKER_CONCURRENCY",
+            help="Containers started at once, at most.",
+        ),
     ] = 32,
     reconcile_interval: Annotated[
         float,
-        typer.Option("--reconcile-interval", help="Seconds between full checks against Docker."),
+        typer.Option(
+            "--reconcile-interval",
+            envvar="CUBE_WORKER_RECONCILE_INTERVAL",
+            help="Seconds between full checks against Docker.",
+        ),
     ] = 5.0,
     stats_interval: Annotated[
-        float, typer.Option("--stats-interval", help="Seconds between machine stats samples.")
+        float,
+        typer.Option(
+            "--stats-interval",
+            envvar="CUBE_WORKER_STATS_INTERVAL",
+            help="Seconds between machine stats samples.",
+        ),
     ] = 2.0,
     stop_timeout: Annotated[
-        float, typer.Option("--stop-timeout", help="Seconds a task gets to exit on stop.")
+        float,
+        typer.Option(
+            "--stop-timeout",
+            envvar="CUBE_WORKER_STOP_TIMEOUT",
+            help="Seconds a task gets to exit on stop.",
+        ),
     ] = 10.0,
     cpus: Annotated[
-        float, typer.Option("--cpus", help="Cores offered to the scheduler (default: all).")
-    ] = 0.0,
+        int,
+        typer.Option(
+            "--cpus",
+            envvar="CUBE_WORKER_CPUS",
+            help="Whole cores offered to the scheduler (default: all).",
+            min=0,
+        ),
+    ] = 0,
     memory: Annotated[
-        str, typer.Option("--memory", help="Memory offered, e.g. 2GiB (default: all).")
+        str,
+        typer.Option(
+            "--memory",
+            envvar="CUBE_WORKER_MEMORY",
+            help="Memory offered, e.g. 2GiB (default: all).",
+        ),
     ] = "0",
     disk: Annotated[
-        str, typer.Option("--disk", help="Disk offered, e.g. 20GiB (default: all).")
+        str,
+        typer.Option(
+            "--disk", envvar="CUBE_WORKER_DISK", help="Disk offered, e.g. 20GiB (default: all)."
+        ),
     ] = "0",
     init: Annotated[
         bool,
         typer.Option(
             "--init/--no-init",
+            envvar="CUBE_WORKER_INIT",
             help="Run tasks under Docker's init (docker run --init), so a stop's SIGTERM "
             "reaches programs that ignore it as PID 1, and zombies are reaped.",
         ),
