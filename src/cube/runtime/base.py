@@ -76,6 +76,20 @@ class ContainerEvent:
 
 
 @runtime_checkable
+class EventStream(Protocol):
+    """Container events as they happen; ``aclose`` ends the subscription.
+
+    Closing matters: a stream may hold a thread and a connection to the engine, which
+    merely abandoning (or cancelling the reader of) the iterator would leak.
+    """
+
+    def __aiter__(self) -> AsyncIterator[ContainerEvent]: ...
+
+    async def __anext__(self) -> ContainerEvent: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Runtime(Protocol):
     """A container engine as seen by a worker."""
 
@@ -89,7 +103,7 @@ class Runtime(Protocol):
 
     async def list(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
 
-    def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]: ...
+    def events(self, labels: dict[str, str]) -> EventStream: ...
 
     async def ping(self) -> None: ...
 

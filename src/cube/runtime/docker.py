@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from cube.runtime.base import (
     ContainerEvent,
     ContainerInfo,
     ContainerSpec,
+    EventStream,
     RuntimeUnavailable,
     parse_docker_time,
 )
@@ -126,7 +127,7 @@ class DockerRuntime:
         infos = await asyncio.gather(*(self.inspect(cid) for cid in ids))
         return [info for info in infos if info is not None]
 
-    def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]:
+    def events(self, labels: dict[str, str]) -> EventStream:
         """Container events carrying all of ``labels``, from the moment of this call.
 
         The stream asks the engine for events since the time of this call, so nothing

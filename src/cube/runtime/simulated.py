@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -27,6 +26,7 @@ from cube.runtime.base import (
     ContainerEvent,
     ContainerInfo,
     ContainerSpec,
+    EventStream,
     RuntimeUnavailable,
 )
 
@@ -132,7 +132,7 @@ class SimulatedRuntime:
         self._check()
         return [c.info for c in self._containers.values() if _matches(c.info.labels, labels)]
 
-    def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]:
+    def events(self, labels: dict[str, str]) -> EventStream:
         subscription = _Subscription(self, dict(labels))
         if not self.available or self._closed:
             subscription.end(RuntimeUnavailable("the simulated engine is unavailable"))

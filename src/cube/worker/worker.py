@@ -391,21 +391,27 @@ class Worker:
     async def _watch_events(self) -> None:
         """Follow Docker's event stream; reconnect with backoff when the engine goes away."""
         delay = 0.2
+        warned = False
         while True:
             try:
                 await self.runtime.ping()
                 if not self.docker_ok:
                     self.docker_ok = True
+                    warned = False
+                    log.info("docker is available")
                     await self.reconcile()
                 delay = 0.2
-                async for event in self.runtime.events(self._labels):
-                    if event.action in DEAD_ACTIONS:
-                        task_id = _task_id(event.labels.get(LABEL_TASK, ""))
-                        if task_id is not None:
-                            self._checks.spawn(self.check(task_id, event.container_id))
+                # aclosing: the stream's reader thread ends with it, also on cancel.
+                async with contextlib.aclosing(self.runtime.events(self._labels)) as events:
+                    async for event in events:
+                        if event.action in DEAD_ACTIONS:
+                            task_id = _task_id(event.labels.get(LABEL_TASK, ""))
+                            if task_id is not None:
+                                self._checks.spawn(self.check(task_id, event.container_id))
             except RuntimeUnavailable as exc:
-                if self.docker_ok:
-                    log.warning("docker unavailable, retrying: %s", exc)
+                if not warned:
+                    log.warning("docker unavailable, retrying with backoff: %s", exc)
+                    warned = True
                 self.docker_ok = False
             except Exception:
                 log.exception("docker event stream failed")
