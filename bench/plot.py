@@ -15,6 +15,8 @@ WIDTH, HEIGHT = 640, 360
 LEFT, RIGHT, TOP, BOTTOM = 70, 150, 40, 50
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 FONT = 'font-family="sans-serif" font-size="12"'
+TITLE_FONT = 'font-family="sans-serif" font-size="15"'
+SMALL_FONT = 'font-family="sans-serif" font-size="10"'
 
 
 @dataclass
@@ -49,7 +51,7 @@ def _frame(title: str, x_label: str, y_label: str) -> list[str]:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{LEFT}" y="22" {FONT} font-size="15" font-weight="bold">{escape(title)}</text>',
+        f'<text x="{LEFT}" y="22" {TITLE_FONT} font-weight="bold">{escape(title)}</text>',
         f'<text x="{LEFT + (WIDTH - LEFT - RIGHT) / 2}" y="{HEIGHT - 10}" {FONT} '
         f'text-anchor="middle">{escape(x_label)}</text>',
         f'<text x="16" y="{TOP + (HEIGHT - TOP - BOTTOM) / 2}" {FONT} text-anchor="middle" '
@@ -165,8 +167,8 @@ def bar_chart(
                 f'height="{TOP + plot_h - fy(value):.1f}" fill="{colour}"/>'
             )
             parts.append(
-                f'<text x="{x + bar_w / 2 - 1:.1f}" y="{fy(value) - 4:.1f}" {FONT} '
-                f'font-size="10" text-anchor="middle">{value:.1f}</text>'
+                f'<text x="{x + bar_w / 2 - 1:.1f}" y="{fy(value) - 4:.1f}" {SMALL_FONT} '
+                f'text-anchor="middle">{value:.1f}</text>'
             )
         parts.append(
             f'<text x="{gx + group_w * 0.4:.1f}" y="{TOP + plot_h + 18}" {FONT} '

@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
-from bench.common import RESULTS, table_markdown
+from bench.common import RESULTS, ROOT, table_markdown
+
+DOC = ROOT / "docs" / "performance.md"
+START, END = "<!-- results -->", "<!-- /results -->"
 
 ORDER = ["containers", "scale", "scheduler", "healing", "footprint"]
 
@@ -28,12 +31,24 @@ def render(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(results: Path) -> str:
+    parts = [render(results / f"{n}.json") for n in ORDER if (results / f"{n}.json").exists()]
+    return "\n".join(parts)
+
+
 def main() -> None:
-    results = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
-    for name in ORDER:
-        path = results / f"{name}.json"
-        if path.exists():
-            print(render(path))
+    parser = argparse.ArgumentParser(prog="python -m bench.report")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--write", action="store_true", help=f"update {DOC.name}")
+    args = parser.parse_args()
+    text = report(args.results)
+    if not args.write:
+        print(text)
+        return
+    doc = DOC.read_text()
+    head, _, rest = doc.partition(START)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{START}\n\n{text}\n{END}{tail}")
 
 
 if __name__ == "__main__":

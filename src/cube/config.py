@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,12 +28,17 @@ def setup_logging(level: str = "info") -> None:
     logging.logMultiprocessing = False
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Run an API until SIGINT/SIGTERM; the app's lifespan starts and stops its loops."""
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info", loop: str = "auto") -> None:
+    """Run an API until SIGINT/SIGTERM; the app's lifespan starts and stops its loops.
+
+    ``loop`` is uvicorn's: "auto" takes uvloop when installed (the manager's many
+    connections gain from it), "asyncio" the standard loop.
+    """
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        loop=loop,
         log_level=log_level.lower(),
         log_config=None,
         access_log=False,
@@ -43,4 +49,15 @@ def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
         # worker every few seconds and should not reconnect every time.
         timeout_keep_alive=75,
     )
-    uvicorn.Server(config).run()
+
+    class Server(uvicorn.Server):
+        """Tells the app when a stop is asked for, through the callbacks in
+        ``app.state.on_exit``, so that a stream it serves (a worker's watch) can end at
+        once rather than hold the graceful shutdown for its whole timeout."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            for callback in getattr(app.state, "on_exit", ()):
+                callback()
+
+    Server(config).run()

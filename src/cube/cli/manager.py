@@ -46,15 +46,33 @@ def manager(
         typer.Option(
             "--poll-interval",
             envvar="CUBE_MANAGER_POLL_INTERVAL",
-            help="Seconds between task polls of each worker.",
+            help="Seconds before asking a worker again after its task stream broke (or, "
+            "for a worker that cannot stream, between polls of its tasks).",
         ),
     ] = 1.0,
+    watch_heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--watch-heartbeat",
+            envvar="CUBE_MANAGER_WATCH_HEARTBEAT",
+            help="Seconds a worker's task stream may stay silent (it sends a line at least "
+            "this often).",
+        ),
+    ] = 10.0,
+    resync_interval: Annotated[
+        float,
+        typer.Option(
+            "--resync-interval",
+            envvar="CUBE_MANAGER_RESYNC_INTERVAL",
+            help="Seconds between full task lists from each worker (changes stream between).",
+        ),
+    ] = 30.0,
     stats_interval: Annotated[
         float,
         typer.Option(
             "--stats-interval",
             envvar="CUBE_MANAGER_STATS_INTERVAL",
-            help="Seconds between stats polls of each worker.",
+            help="Seconds between stats from each worker (in its task stream, or polled).",
         ),
     ] = 2.0,
     health_interval: Annotated[
@@ -139,6 +157,8 @@ def manager(
         tasks, events = MemoryStore(), MemoryStore(group_of=group)
     settings = Settings(
         poll_interval=poll_interval,
+        watch_heartbeat=watch_heartbeat,
+        resync_interval=resync_interval,
         stats_interval=stats_interval,
         health_interval=health_interval,
         health_grace=health_grace,

@@ -164,4 +164,6 @@ def worker(
         stop_timeout=stop_timeout,
     )
     sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
-    serve(create_app(node, sampler, capacity), host, port, log_level)
+    # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
+    # RSS for no gain (the manager, with its many connections, does use it).
+    serve(create_app(node, sampler, capacity), host, port, log_level, loop="asyncio")

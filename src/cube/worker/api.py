@@ -44,7 +44,10 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
     capacity = capacity or Capacity()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        # Called from the signal handler when a stop is asked for: end the watches.
+        app.state.on_exit = [lambda: loop.call_soon_threadsafe(end_watches)]
         await worker.start()
         sampling = asyncio.create_task(sampler.run())
         try:
@@ -54,6 +57,12 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
             await worker.close()
 
     app = FastAPI(title=f"Cube worker {worker.name}", lifespan=lifespan)
+    stopping = asyncio.Event()
+
+    def end_watches() -> None:
+        stopping.set()
+        worker.notify()
+
     install_error_handlers(app)
 
     @app.exception_handler(UnknownTask)
@@ -108,7 +117,7 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         since: int | None, epoch: str | None, beat: float, every: float
     ) -> AsyncIterator[bytes]:
         stats_due = 0.0
-        while True:
+        while not stopping.is_set():
             complete, tasks = worker.changes(since, epoch)
             since, epoch = worker.version, worker.epoch
             extra = b""

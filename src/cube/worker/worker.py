@@ -364,6 +364,11 @@ class Worker:
         changed.reverse()
         return False, changed
 
+    def notify(self) -> None:
+        """Wake whoever waits for a change (a watch stream that should end)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     async def wait_for_change(self, since: int, epoch: str | None, timeout: float) -> None:
         """Return once something changed after ``since`` (at once if it already has)."""
         if epoch != self.epoch or since != self.version or timeout <= 0:
