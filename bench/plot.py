@@ -8,6 +8,7 @@ for Cube, Docker and Swarm side by side).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 
@@ -70,6 +71,20 @@ def _legend(names: list[str]) -> list[str]:
     return parts
 
 
+def _y_grid(y_ticks: list[float], fy: Callable[[float], float], plot_w: float) -> list[str]:
+    """Horizontal grid lines with their labels, shared by both kinds of chart."""
+    parts = []
+    for y in y_ticks:
+        parts.append(
+            f'<line x1="{LEFT}" y1="{fy(y):.1f}" x2="{LEFT + plot_w}" y2="{fy(y):.1f}" '
+            'stroke="#ddd"/>'
+        )
+        parts.append(
+            f'<text x="{LEFT - 6}" y="{fy(y) + 4:.1f}" {FONT} text-anchor="end">{_label(y)}</text>'
+        )
+    return parts
+
+
 def line_chart(
     title: str,
     x_label: str,
@@ -104,14 +119,7 @@ def line_chart(
         return TOP + plot_h - t * plot_h
 
     parts = _frame(title, x_label, y_label)
-    for y in y_ticks:
-        parts.append(
-            f'<line x1="{LEFT}" y1="{fy(y):.1f}" x2="{LEFT + plot_w}" y2="{fy(y):.1f}" '
-            'stroke="#ddd"/>'
-        )
-        parts.append(
-            f'<text x="{LEFT - 6}" y="{fy(y) + 4:.1f}" {FONT} text-anchor="end">{_label(y)}</text>'
-        )
+    parts += _y_grid(y_ticks, fy, plot_w)
     for x in x_ticks:
         parts.append(
             f'<text x="{fx(x):.1f}" y="{TOP + plot_h + 18}" {FONT} text-anchor="middle">'
@@ -144,14 +152,7 @@ def bar_chart(
         return TOP + plot_h - y / y1 * plot_h
 
     parts = _frame(title, "", y_label)
-    for y in y_ticks:
-        parts.append(
-            f'<line x1="{LEFT}" y1="{fy(y):.1f}" x2="{LEFT + plot_w}" y2="{fy(y):.1f}" '
-            'stroke="#ddd"/>'
-        )
-        parts.append(
-            f'<text x="{LEFT - 6}" y="{fy(y) + 4:.1f}" {FONT} text-anchor="end">{_label(y)}</text>'
-        )
+    parts += _y_grid(y_ticks, fy, plot_w)
     group_w = plot_w / max(len(groups), 1)
     bar_w = group_w * 0.8 / max(len(names), 1)
     for g, (label, values) in enumerate(groups):
