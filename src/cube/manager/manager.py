@@ -409,8 +409,8 @@ class Manager:
             except WorkerRejected as exc:
                 if exc.status == 409:
                     return  # it already ran to completion there; tracking records that
-                self._save(transition(current, State.FAILED, reason=f"worker refused: {exc}"))
-                self._note_failure(current.model_copy(update={"State": State.FAILED}))
+                refused = transition(current, State.FAILED, reason=f"worker refused: {exc}")
+                self._note_failure(self._save(refused))
                 return
             except WorkerUnreachable as exc:
                 log.warning("task %s: sending to %s failed: %s", task.ID, task.Node, exc)
