@@ -54,6 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--start-latency", type=float, default=0.0, help="simulated start, s")
     parser.add_argument("--scheduler", default="epvm")
+    parser.add_argument(
+        "--dbtype",
+        choices=["memory", "persistent"],
+        default="memory",
+        help="the manager's store (persistent: SQLite, every acknowledged task durable)",
+    )
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
 
 
@@ -135,6 +141,8 @@ def run(args: argparse.Namespace) -> Result:
             cluster.start_manager(
                 "-s",
                 args.scheduler,
+                "--dbtype",
+                args.dbtype,
                 "--log-level",
                 os.environ.get("BENCH_MANAGER_LOG", "info"),
                 addresses=addresses,
@@ -195,7 +203,10 @@ def run(args: argparse.Namespace) -> Result:
     ]
     return Result(
         name="scale",
-        title=f"Control plane: {tasks:,} tasks on {workers:,} simulated workers ({args.scheduler})",
+        title=(
+            f"Control plane: {tasks:,} tasks on {workers:,} simulated workers "
+            f"({args.scheduler}, {args.dbtype} store)"
+        ),
         columns=["measure", "value"],
         rows=rows,
         targets=[
@@ -210,6 +221,7 @@ def run(args: argparse.Namespace) -> Result:
             "clients": args.clients,
             "batch": args.batch,
             "scheduler": args.scheduler,
+            "dbtype": args.dbtype,
             "start_latency_s": args.start_latency,
             "manager_flags": "defaults (poll 1 s, stats 2 s), --log-level info",
         },

@@ -1,7 +1,8 @@
-"""Cross-cutting set-up shared by every Cube process: logging and serving HTTP."""
+"""Cross-cutting set-up shared by every Cube process: logging, memory and serving HTTP."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from types import FrameType
@@ -26,6 +27,29 @@ def setup_logging(level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+# Allocations between two young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect cycles less often, and never scan what start-up built.
+
+    A full collection walks every tracked object, and CPython starts one each time the
+    long-lived heap has grown by a quarter: a manager taking in ten thousand tasks
+    (each a pydantic model with its dicts and lists) grows that fast, and spent 1.5 s
+    of its 3.8 s of CPU in the scale benchmark in eleven full collections. Collecting
+    the young generation every 10,000 allocations rather than 700 makes every
+    generation's collections about fourteen times rarer (they are counted in young
+    collections), and freezing what exists before serving (modules, the app, a
+    persistent store just loaded) takes it out of every later scan. Memory is still
+    reclaimed by reference counting at once; only cycles wait a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def serve(app: FastAPI, host: str, port: int, log_level: str = "info", loop: str = "auto") -> None:
@@ -60,4 +84,5 @@ def serve(app: FastAPI, host: str, port: int, log_level: str = "info", loop: str
             for callback in getattr(app.state, "on_exit", ()):
                 callback()
 
+    tune_gc()
     Server(config).run()

@@ -67,7 +67,10 @@ def create_app(manager: Manager) -> FastAPI:
                 "an array of TaskEvents submits tasks: each State must be Scheduled or "
                 "Running (stop a task with DELETE or a single TaskEvent)",
             )
-        tasks = [_submit(event) for event in events]
+        try:
+            tasks = manager.submit_many(events)
+        except BadRequest as exc:
+            raise ApiError(400, str(exc)) from None
         return Response(tasks_json(tasks), status_code=201, media_type="application/json")
 
     def _submit(event: TaskEvent) -> Task:

@@ -31,7 +31,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from cube.config import setup_logging
+from cube.config import setup_logging, tune_gc
 from cube.runtime.simulated import SimulatedRuntime
 from cube.stats import Stats, StatsSampler
 from cube.store import MemoryStore
@@ -131,6 +131,7 @@ class Fleet:
             try:
                 for app in self.apps.values():
                     await stack.enter_async_context(app.router.lifespan_context(app))
+                    await _warm(app)
                 sampling = asyncio.create_task(self.machine.run())
                 stack.callback(sampling.cancel)
             except Exception as exc:
@@ -142,6 +143,43 @@ class Fleet:
             # What the manager asked of the workers, for the benchmark's report.
             log.warning("requests served: %s", json.dumps(dict(self.requests)))
         await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _warm(app: FastAPI) -> None:
+    """Send the app an empty batch (``POST /tasks`` with ``[]``), which changes nothing.
+
+    A web framework does some work on the first request an endpoint serves (FastAPI
+    reads the endpoint's source for its error context: a millisecond). A real worker
+    pays it once, on its own machine, before anybody measures; a thousand simulated
+    ones in one process would pay it a thousand times during the benchmark, on the
+    cores the manager being measured needs.
+    """
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/tasks",
+        "raw_path": b"/tasks",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")],
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"[]", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+    if status != 201:
+        raise RuntimeError(f"warming a simulated worker: POST /tasks answered {status}")
 
 
 def _raise_file_limit() -> None:
@@ -192,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         backlog=4096,
     )
     server = uvicorn.Server(config)
+    tune_gc()  # as `cube worker` does (cube.config.serve)
 
     async def serve() -> None:
         # Announce the addresses only once every port accepts connections.
