@@ -44,6 +44,11 @@ class Node:
     Stats: dict[str, Any] | None = None
     # A node is down until it has answered once: never place work on an unknown machine.
     Status: str = DOWN
+    # Whether the worker's Docker engine answers (what its /health and watch stream
+    # say). A worker without one holds the tasks sent to it until the engine is back,
+    # so the scheduler sends it none, as Kubernetes takes a node whose container
+    # runtime is down out of scheduling. True until the worker says otherwise.
+    Docker: bool = True
     CpuAllocated: float = Field(default=0.0, ge=0)
     CpuPercent: float = Field(default=0.0, ge=0)
     PortsAllocated: set[int] = Field(default_factory=set)

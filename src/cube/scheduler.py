@@ -2,8 +2,9 @@
 
 The shape follows Nomad's feasibility checkers and rankers and the Kubernetes
 scheduler framework's Filter and Score plugins: a node first has to pass every
-feasibility check (ready; free memory, disk and CPU cover the request; fixed host
-ports unused), then the scheduler scores the survivors and picks the lowest score.
+feasibility check (ready; its Docker engine answers; free memory, disk and CPU cover
+the request; fixed host ports unused), then the scheduler scores the survivors and
+picks the lowest score.
 Everything here is pure arithmetic on :class:`~cube.node.Node` values the manager
 already holds, so a decision costs O(nodes) and no I/O; the manager keeps those
 values current and calls :func:`reserve` / :func:`release` as it places and removes
@@ -150,6 +151,10 @@ def _keep_ready(d: Demand, nodes: list[Node]) -> list[Node]:
     return [n for n in nodes if n.Status == READY]
 
 
+def _keep_docker(d: Demand, nodes: list[Node]) -> list[Node]:
+    return [n for n in nodes if n.Docker]
+
+
 def _keep_memory(d: Demand, nodes: list[Node]) -> list[Node]:
     need = d.memory_kb  # node memory is kB, the task's bytes were rounded up to kB
     return [n for n in nodes if need <= n.Memory - n.MemoryAllocated]
@@ -191,6 +196,12 @@ READY_CHECK = Check(
     keep=_keep_ready,
     explain=lambda d, c: _nodes(c, "is not ready", "are not ready"),
 )
+DOCKER_CHECK = Check(
+    name="docker",
+    applies=lambda d: True,
+    keep=_keep_docker,
+    explain=lambda d, c: _nodes(c, "has", "have") + " no Docker engine answering",
+)
 MEMORY_CHECK = Check(
     name="memory",
     applies=lambda d: d.memory_kb > 0,
@@ -216,7 +227,14 @@ PORTS_CHECK = Check(
     explain=lambda d, c: _nodes(c, "has", "have") + f" host port {_ports(d.ports)} in use",
 )
 # Cheapest and most common rejections first; a node is counted against the first it fails.
-CHECKS: tuple[Check, ...] = (READY_CHECK, MEMORY_CHECK, DISK_CHECK, CPU_CHECK, PORTS_CHECK)
+CHECKS: tuple[Check, ...] = (
+    READY_CHECK,
+    DOCKER_CHECK,
+    MEMORY_CHECK,
+    DISK_CHECK,
+    CPU_CHECK,
+    PORTS_CHECK,
+)
 
 
 @dataclass(slots=True)

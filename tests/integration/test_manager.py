@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import uuid
@@ -17,8 +18,10 @@ from tests.support import (
     ManagerProcess,
     WorkerProcess,
     containers_of,
+    remove_containers,
     task_event,
     wait_for,
+    worker_process,
 )
 
 pytestmark = pytest.mark.docker
@@ -240,3 +243,34 @@ def test_manager_sigkill_during_burst_loses_nothing(
             labels[container.labels["cube.task"]] += 1
     assert all(labels[task_id] == 1 for task_id in acked), labels
     assert all(count == 1 for count in labels.values())
+
+
+def test_a_worker_gets_tasks_once_its_docker_answers(
+    managers: StartManager, tmp_path: Path
+) -> None:
+    # The worker's DOCKER_HOST names a socket that is not there yet: its engine is away.
+    socket = tmp_path / "docker.sock"
+    worker = worker_process(tmp_path)
+    worker.env = {"DOCKER_HOST": f"unix://{socket}"}
+    worker.start()
+    try:
+        wait_for(lambda: httpx.get(f"{worker.url}/health", timeout=2).json()["Docker"] is False)
+        manager = managers([worker])
+        task = manager.submit(task_event())
+        waiting = manager.wait_task(task["ID"], lambda t: "no Docker engine" in t["Reason"])
+        assert waiting["State"] == PENDING
+        assert waiting["Reason"] == "no feasible node: 1 node has no Docker engine answering"
+
+        socket.symlink_to(_engine_socket())  # the engine is back
+        placed = manager.wait_task(task["ID"], running, what="running once docker answers")
+        assert placed["Node"] == worker.address
+        assert len(containers_of(worker.name, all=False)) == 1
+    finally:
+        worker.stop()
+        remove_containers(worker.name)
+
+
+def _engine_socket() -> Path:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    assert host.startswith("unix://"), f"this test needs a local engine socket, not {host}"
+    return Path(host.removeprefix("unix://"))

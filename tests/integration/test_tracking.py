@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
-from tests.support import ManagerProcess, WorkerProcess, task_event, wait_for
+from tests.support import ManagerProcess, WorkerProcess, task_event, wait_for, worker_process
 
 StartWorker = Callable[..., WorkerProcess]
 StartManager = Callable[..., ManagerProcess]
@@ -67,3 +68,26 @@ def test_manager_takes_a_batch_and_learns_of_it_running(
     refused = httpx.post(f"{manager.url}/tasks", json=mixed, timeout=10)
     assert refused.status_code == 400
     assert len(manager.tasks()) == 6  # all or nothing
+
+
+def test_no_tasks_go_to_a_worker_whose_docker_is_away(
+    workers: StartWorker, managers: StartManager, tmp_path: Path
+) -> None:
+    good = workers("--runtime", "simulated")
+    # A worker whose engine cannot be reached: DOCKER_HOST names a socket nobody serves.
+    away = worker_process(tmp_path, name=f"away-{tmp_path.name[-6:]}")
+    away.env = {"DOCKER_HOST": f"unix://{tmp_path}/nobody.sock"}
+    away.start()
+    try:
+        wait_for(lambda: httpx.get(f"{away.url}/health", timeout=2).json()["Docker"] is False)
+        manager = managers([good, away])
+        ids = [manager.submit(task_event())["ID"] for _ in range(6)]
+        for task_id in ids:
+            task = manager.wait_task(task_id, lambda t: t["State"] == RUNNING)
+            assert task["Node"] == good.address
+        nodes = {n["Name"]: n for n in httpx.get(f"{manager.url}/nodes", timeout=5).json()}
+        assert nodes[away.address]["Docker"] is False and nodes[away.address]["Status"] == "ready"
+        assert nodes[good.address]["Docker"] is True
+        assert nodes[good.address]["TaskCount"] == 6 and nodes[away.address]["TaskCount"] == 0
+    finally:
+        away.stop()

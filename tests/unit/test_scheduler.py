@@ -106,12 +106,12 @@ def test_check(check: Check, task: FakeTask, node_fields: dict[str, Any], fits: 
 @pytest.mark.parametrize(
     ("task", "applicable"),
     [
-        (FakeTask(), {"ready"}),
-        (FakeTask(Memory=1), {"ready", "memory"}),
-        (FakeTask(Disk=1), {"ready", "disk"}),
-        (FakeTask(Cpu=0.1), {"ready", "cpu"}),
-        (FakeTask(PortBindings={"80/tcp": "8080"}), {"ready", "ports"}),
-        (FakeTask(PortBindings={"80/tcp": ""}), {"ready"}),
+        (FakeTask(), {"ready", "docker"}),
+        (FakeTask(Memory=1), {"ready", "docker", "memory"}),
+        (FakeTask(Disk=1), {"ready", "docker", "disk"}),
+        (FakeTask(Cpu=0.1), {"ready", "docker", "cpu"}),
+        (FakeTask(PortBindings={"80/tcp": "8080"}), {"ready", "docker", "ports"}),
+        (FakeTask(PortBindings={"80/tcp": ""}), {"ready", "docker"}),
     ],
 )
 def test_checks_apply_only_to_what_the_task_requests(task: FakeTask, applicable: set[str]) -> None:
@@ -142,6 +142,17 @@ def test_select_candidates_keeps_order_and_counts_each_node_once() -> None:
     assert [n.Name for n in found.nodes] == ["ok1", "ok2"]
     assert found.rejected == {"ready": 1, "memory": 1, "ports": 1}
     assert found.reason() == ""
+
+
+def test_a_node_without_docker_gets_nothing_however_idle() -> None:
+    busy = node("busy", TaskCount=30, MemoryAllocated=8 * 1024 * 1024)
+    idle = node("idle", Docker=False)
+    for scheduler in (make_scheduler("roundrobin"), make_scheduler("epvm")):
+        for _ in range(3):
+            placement = scheduler.place(FakeTask(), [idle, busy])
+            assert placement.node is busy
+    found = select_candidates(FakeTask(), [idle, busy])
+    assert found.rejected == {"docker": 1}
 
 
 # --- the Pending reason -------------------------------------------------------------------
@@ -176,6 +187,11 @@ def test_select_candidates_keeps_order_and_counts_each_node_once() -> None:
             "no feasible node: 2 nodes have host port 80 or 8080 in use",
         ),
         (FakeTask(), nodes(2, Status=DOWN), "no feasible node: 2 nodes are not ready"),
+        (
+            FakeTask(),
+            [node("a", Status=DOWN), node("b", Docker=False)],
+            "no feasible node: 1 node is not ready, 1 node has no Docker engine answering",
+        ),
         (FakeTask(), [], "no feasible node: no worker nodes are known"),
     ],
 )

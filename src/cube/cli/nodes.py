@@ -25,8 +25,17 @@ def node_row(node: Node) -> list[str | Text]:
         node.Role,
         str(node.TaskCount),
         f"{node.CpuPercent:.1f}",
-        Text(node.Status, style="green" if node.Status == READY else "red"),
+        status(node),
     ]
+
+
+def status(node: Node) -> Text:
+    """Ready, down, or ready but without a Docker engine (no tasks are placed there)."""
+    if node.Status != READY:
+        return Text(node.Status, style="red")
+    if not node.Docker:
+        return Text(f"{READY}, no docker", style="yellow")
+    return Text(READY, style="green")
 
 
 def node(manager: Manager = DEFAULT_MANAGER, output: OutputFormat = Output.table) -> None:

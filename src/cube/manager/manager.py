@@ -545,6 +545,8 @@ class Manager:
                     if answer.stats is not None:
                         member.stats_at = member.last_seen
                         self._took_stats(member, answer.stats)
+                    if answer.docker is not None:
+                        self._docker_is(member, answer.docker)
                     if member.last_seen - member.last_full >= self.settings.resync_interval:
                         break
         except (WorkerUnreachable, WorkerRejected) as exc:
@@ -762,6 +764,9 @@ class Manager:
         try:
             if member.capacity is None or node.Status == DOWN:
                 member.capacity = await member.client.health()
+                docker = member.capacity.get("Docker")
+                if isinstance(docker, bool):
+                    self._docker_is(member, docker)
             stats = await member.client.stats()
         except (WorkerUnreachable, WorkerRejected) as exc:
             silent = time.monotonic() - member.last_seen
@@ -786,6 +791,21 @@ class Manager:
             log.info("worker %s is ready", node.Name)
             node.Status = READY
             self._wake.set()
+
+    def _docker_is(self, member: Member, ok: bool) -> None:
+        """A worker said whether its Docker engine answers: place tasks there or not.
+
+        Tasks already there stay: the worker starts them when its engine is back.
+        """
+        node = member.node
+        if ok == node.Docker:
+            return
+        node.Docker = ok
+        if ok:
+            log.info("worker %s: Docker engine answers again", node.Name)
+            self._wake.set()  # pending tasks may fit there now
+        else:
+            log.warning("worker %s: Docker engine unavailable, placing nothing there", node.Name)
 
     def _worker_lost(self, node_name: str) -> None:
         """Move the tasks a down worker was running to ready workers (respecting policy)."""

@@ -91,12 +91,13 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         without ``since``, or when the worker restarted since ``epoch``).
 
         ``watch=true`` streams instead (as Kubernetes' watch does): one JSON line per
-        change, ``{"Epoch", "Version", "Complete", "Tasks"}``, starting with the tasks
-        changed since ``since`` (all of them without it) and with an empty line of
-        news at least every ``wait`` seconds (default 10) to show the worker is alive.
-        With ``stats`` (seconds), a line carries this worker's ``Stats`` (as GET /stats)
-        that often. A manager tracking a thousand workers then pays for no request per
-        change, nor for polling their stats.
+        change, ``{"Epoch", "Version", "Complete", "Tasks", "Docker"}``, starting with
+        the tasks changed since ``since`` (all of them without it) and with an empty
+        line of news at least every ``wait`` seconds (default 10) to show the worker is
+        alive. ``Docker`` says whether this worker's engine answers, and a line goes
+        out as soon as that changes. With ``stats`` (seconds), a line carries this
+        worker's ``Stats`` (as GET /stats) that often. A manager tracking a thousand
+        workers then pays for no request per change, nor for polling their stats.
         """
         if watch:
             beat = _seconds(wait, 10.0)
@@ -135,6 +136,8 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
                     b"true" if complete else b"false",
                     b',"Tasks":',
                     tasks_json(tasks),
+                    b',"Docker":',
+                    b"true" if worker.docker_ok else b"false",
                     extra,
                     b"}\n",
                 )

@@ -52,6 +52,7 @@ class TaskChanges:
     epoch: str | None
     version: int | None
     stats: dict[str, Any] | None = None
+    docker: bool | None = None  # whether the worker's engine answers (None: not said)
 
 
 class _Change(BaseModel):
@@ -62,6 +63,7 @@ class _Change(BaseModel):
     Complete: bool
     Tasks: list[Task]
     Stats: dict[str, Any] | None = None
+    Docker: bool | None = None
 
 
 @cache
@@ -183,7 +185,7 @@ class WorkerClient:
         except ValidationError:
             raise WorkerUnreachable(f"{self.base_url}: malformed change: {line[:200]}") from None
         return TaskChanges(
-            change.Tasks, change.Complete, change.Epoch, change.Version, change.Stats
+            change.Tasks, change.Complete, change.Epoch, change.Version, change.Stats, change.Docker
         )
 
     async def stop(self, task_id: uuid.UUID) -> None:

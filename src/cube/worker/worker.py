@@ -401,7 +401,7 @@ class Worker:
             try:
                 await self.runtime.ping()
                 if not self.docker_ok:
-                    self.docker_ok = True
+                    self._docker_is(True)
                     warned = False
                     log.info("docker is available")
                     await self.reconcile()
@@ -417,12 +417,19 @@ class Worker:
                 if not warned:
                     log.warning("docker unavailable, retrying with backoff: %s", exc)
                     warned = True
-                self.docker_ok = False
+                self._docker_is(False)
             except Exception:
                 log.exception("docker event stream failed")
-                self.docker_ok = False
+                self._docker_is(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _docker_is(self, ok: bool) -> None:
+        """Record whether the engine answers; a change goes out on the watch streams at
+        once, so that the manager stops (or resumes) placing tasks here."""
+        if ok != self.docker_ok:
+            self.docker_ok = ok
+            self.notify()
 
     async def _reconcile_loop(self) -> None:
         while True:
