@@ -14,7 +14,17 @@ from bench.common import RESULTS, ROOT, table_markdown
 DOC = ROOT / "docs" / "performance.md"
 START, END = "<!-- results -->", "<!-- /results -->"
 
-ORDER = ["containers", "scale", "scheduler", "healing", "footprint"]
+# Result files, relative to the results directory, in the order the document shows them:
+# each benchmark's default run, and the scale benchmark's variants (`--out` subfolders).
+ORDER = [
+    "containers.json",
+    "scale.json",
+    "scale-persistent/scale.json",
+    "scale-100-workers/scale.json",
+    "scheduler.json",
+    "healing.json",
+    "footprint.json",
+]
 
 
 def render(path: Path) -> str:
@@ -32,7 +42,7 @@ def render(path: Path) -> str:
 
 
 def report(results: Path) -> str:
-    parts = [render(results / f"{n}.json") for n in ORDER if (results / f"{n}.json").exists()]
+    parts = [render(results / name) for name in ORDER if (results / name).exists()]
     return "\n".join(parts)
 
 
