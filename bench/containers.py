@@ -13,9 +13,9 @@ For each N (20 and 50), in the same run and on the same engine:
   as ``cube run`` does), from the first submission until the manager reports all N
   Running.
 
-Each measurement is repeated (``--repeat``, default 5), Docker and Cube in turns (one
-run of each, then again), and the median reported; every container is removed
-afterwards.
+Each measurement is repeated (``--repeat``, default 6), Docker and Cube in turns, the
+order reversed every other round (see ``_interleaved``), and the median reported;
+every container is removed afterwards.
 
     .venv/bin/python -m bench.containers            # N = 20 and 50
     .venv/bin/python -m bench.containers --smoke    # N = 3, once
@@ -63,7 +63,9 @@ COMPLETED = 3
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="20,50", help="comma-separated N")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each measurement")
+    parser.add_argument(
+        "--repeat", type=int, default=6, help="runs of each measurement (even: see _interleaved)"
+    )
     parser.add_argument("--no-swarm", action="store_true", help="skip Docker Swarm")
     parser.add_argument(
         "--plot", type=Path, default=ROOT / "docs" / "img" / "containers.svg", help="SVG chart"
@@ -341,15 +343,22 @@ def _median(measure: Callable[[], float], repeat: int) -> tuple[float, list[floa
 def _interleaved(
     systems: dict[str, Callable[[], float]], repeat: int
 ) -> dict[str, tuple[float, list[float]]]:
-    """Each system's median over ``repeat`` runs, taken in turns: one run of each, again.
+    """Each system's median over ``repeat`` runs, taken in turns, A B C then C B A.
 
-    Measured one system after the other, a slow spell of the engine (it slows as
-    it ages through thousands of containers, and other work shares the machine)
-    falls on whichever system's turn it is; in turns it falls on all of them alike.
+    The engine slows down as a run goes on (twenty containers started straight
+    through its API took 1.95 s in the first round and 2.75 s in the fifth), so
+    whatever is measured later is measured on a slower engine. One system after the
+    other, that drift falls on the last one measured; in turns, on whichever comes
+    last in each round. Reversing the order every other round (ABBA counterbalancing)
+    gives every system the same average place in the sequence, so a steady drift
+    cancels out over an even number of rounds.
     """
     runs: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(repeat):
-        for name, measure in systems.items():
+    for round_ in range(repeat):
+        order = list(systems.items())
+        if round_ % 2:
+            order.reverse()
+        for name, measure in order:
             runs[name].append(measure())
     return {name: (statistics.median(times), times) for name, times in runs.items()}
 
