@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -12,40 +13,27 @@ from cube.scheduler import Epvm
 from cube.store import MemoryStore
 from cube.task import State, Task, TaskEvent
 
+M = TypeVar("M", Task, TaskEvent)
 
-class CountingStore(MemoryStore[Task]):
+
+class CountingStore(MemoryStore[M]):
     """A memory store that counts its writes (each would be a commit in SQLite)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
+    writes = 0
 
-    def put(self, key: str, value: Task) -> None:
+    def put(self, key: str, value: M) -> None:
         self.writes += 1
         super().put(key, value)
 
-    def put_many(self, items: Iterable[tuple[str, Task]]) -> None:
-        self.writes += 1
-        super().put_many(items)
-
-
-class CountingEvents(MemoryStore[TaskEvent]):
-    def __init__(self) -> None:
-        super().__init__(group_of=lambda e: str(e.Task.ID))
-        self.writes = 0
-
-    def put(self, key: str, value: TaskEvent) -> None:
-        self.writes += 1
-        super().put(key, value)
-
-    def put_many(self, items: Iterable[tuple[str, TaskEvent]]) -> None:
+    def put_many(self, items: Iterable[tuple[str, M]]) -> None:
         self.writes += 1
         super().put_many(items)
 
 
 @pytest.fixture
 def manager() -> Iterator[Manager]:
-    node = Manager([], Epvm(), CountingStore(), CountingEvents())
+    events = CountingStore[TaskEvent](group_of=lambda e: str(e.Task.ID))
+    node = Manager([], Epvm(), CountingStore[Task](), events)
     yield node
     asyncio.run(node.close())
 
@@ -60,7 +48,7 @@ def test_a_batch_is_stored_pending_with_one_write_per_store(manager: Manager) ->
     assert [t.ID for t in tasks] == [e.Task.ID for e in events]
     assert all(t.State is State.PENDING for t in tasks)
     assert all(not t.ContainerID and t.RestartCount == 0 for t in tasks)
-    assert isinstance(manager.tasks, CountingStore) and isinstance(manager.events, CountingEvents)
+    assert isinstance(manager.tasks, CountingStore) and isinstance(manager.events, CountingStore)
     assert manager.tasks.writes == 1 and manager.events.writes == 1
     assert manager.tasks.count() == 100
     assert [e.Task.State for e in manager.history(tasks[0].ID)] == [State.PENDING]
