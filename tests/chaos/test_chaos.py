@@ -105,9 +105,17 @@ def test_lost_worker_tasks_move_and_run_once_when_it_returns(
 
 
 def submit_then_kill(
-    manager: ManagerProcess, budget: int, kill_after: int, acked: set[str]
+    manager: ManagerProcess,
+    budget: int,
+    kill_after: int,
+    acked: set[str],
+    unanswered: list[dict[str, Any]],
 ) -> None:
-    """Submit up to ``budget`` tasks from a thread; SIGKILL the manager mid-stream."""
+    """Submit up to ``budget`` tasks from a thread; SIGKILL the manager mid-stream.
+
+    A submission the kill left without an answer goes to ``unanswered``: the manager
+    may or may not have stored it, and a client learns which only by sending it again.
+    """
     stop = threading.Event()
     before = len(acked)
 
@@ -120,6 +128,7 @@ def submit_then_kill(
                 try:
                     r = client.post(f"{manager.url}/tasks", json=body)
                 except httpx.HTTPError:
+                    unanswered.append(body)
                     return
                 if r.status_code == 201:
                     acked.add(body["Task"]["ID"])
@@ -140,12 +149,20 @@ def test_manager_sigkilled_during_submissions_loses_nothing(
     manager = managers(nodes, "-d", "persistent")
     rng = random.Random(6)
     acked: set[str] = set()
+    unanswered: list[dict[str, Any]] = []
     kills = 0
     while len(acked) < 200:
-        submit_then_kill(manager, 200 - len(acked), rng.randint(10, 60), acked)
+        submit_then_kill(manager, 200 - len(acked), rng.randint(10, 60), acked, unanswered)
         kills += 1
         manager = managers(nodes, "-d", "persistent", port=manager.port)
+        # What a client does with a request a crash left unanswered: send it again. A
+        # task the manager had stored is acknowledged again, not stored twice.
+        while unanswered:
+            body = unanswered.pop()
+            assert manager.submit(body)["ID"] == body["Task"]["ID"]
+            acked.add(body["Task"]["ID"])
     assert kills >= 3
+    assert len(manager.tasks()) == len(acked)  # nothing stored that nobody was told of
     wait_for(lambda: exactly_once(manager, acked, nodes), 240, what="200 tasks running once")
 
 
