@@ -12,7 +12,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import ManagerProcess, WorkerProcess, task_event, wait_for, worker_process
+from tests.support import (
+    ManagerProcess,
+    WorkerProcess,
+    manager_process,
+    task_event,
+    wait_for,
+    worker_process,
+)
 
 StartWorker = Callable[..., WorkerProcess]
 StartManager = Callable[..., ManagerProcess]
@@ -64,6 +71,9 @@ def test_manager_takes_a_batch_and_learns_of_it_running(
         task = manager.wait_task(event["Task"]["ID"], lambda t: t["State"] == RUNNING)
         assert task["Node"] in {n.address for n in nodes}
 
+    health = httpx.get(f"{manager.url}/health", timeout=10).json()
+    assert health == {"Role": "manager", "Workers": 2, "WorkersReady": 2, "Tasks": 6}
+
     mixed = [task_event(), task_event(Image="")]
     refused = httpx.post(f"{manager.url}/tasks", json=mixed, timeout=10)
     assert refused.status_code == 400
@@ -91,3 +101,15 @@ def test_no_tasks_go_to_a_worker_whose_docker_is_away(
         assert nodes[good.address]["TaskCount"] == 6 and nodes[away.address]["TaskCount"] == 0
     finally:
         away.stop()
+
+
+def test_manager_health_answers_with_no_worker_ready(tmp_path: Path) -> None:
+    # A worker address nobody listens on: the manager is alive, its cluster is not.
+    manager = manager_process(tmp_path, [worker_process(tmp_path)]).start()
+    try:
+        manager.wait_ready(0)
+        answer = httpx.get(f"{manager.url}/health", timeout=10)
+        assert answer.status_code == 200
+        assert answer.json() == {"Role": "manager", "Workers": 1, "WorkersReady": 0, "Tasks": 0}
+    finally:
+        manager.stop()

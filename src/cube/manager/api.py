@@ -93,6 +93,19 @@ def create_app(manager: Manager) -> FastAPI:
         manager.stop(parse_uuid(task_id))
         return Response(status_code=204)
 
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness, for a supervisor or load balancer: the manager answers, and what it
+        holds. A 200 needs no ready worker: a cluster whose workers are all down still
+        takes and keeps submissions, which wait Pending."""
+        nodes = manager.nodes()
+        return {
+            "Role": "manager",
+            "Workers": len(nodes),
+            "WorkersReady": sum(node.is_ready for node in nodes),
+            "Tasks": manager.tasks.count(),
+        }
+
     @app.get("/nodes")
     async def nodes() -> list[dict[str, Any]]:
         return [node.to_wire() for node in manager.nodes()]
