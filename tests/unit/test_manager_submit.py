@@ -68,8 +68,10 @@ def test_a_repeated_task_is_acknowledged_not_stored_again(manager: Manager) -> N
 
 
 def test_a_batch_is_all_or_nothing(manager: Manager) -> None:
-    with pytest.raises(BadRequest, match="must be Scheduled, Running"):
-        manager.submit_many([event(), event(State.FAILED)])
+    with pytest.raises(BadRequest, match="each State must be Scheduled or Running"):
+        manager.submit_many([event(), event(State.COMPLETED)])
+    with pytest.raises(BadRequest, match="must be Scheduled, Running or Completed, not Failed"):
+        manager.submit(event(State.FAILED))
     assert manager.tasks.count() == 0 and manager.events.count() == 0
 
 

@@ -19,11 +19,10 @@ from cube.errors import (
     parse_uuid,
 )
 from cube.manager.manager import BadRequest, Manager, UnknownTask
-from cube.task import State, Task, TaskEvent
+from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
 
 _EVENTS = TypeAdapter(list[TaskEvent])
-_SUBMITTING = frozenset({State.PENDING, State.SCHEDULED, State.RUNNING})
 
 
 def create_app(manager: Manager) -> FastAPI:
@@ -61,12 +60,6 @@ def create_app(manager: Manager) -> FastAPI:
             events = _EVENTS.validate_json(body)
         except ValidationError as exc:
             raise ApiError(400, describe(exc)) from None
-        if any(event.State not in _SUBMITTING for event in events):
-            raise ApiError(
-                400,
-                "an array of TaskEvents submits tasks: each State must be Scheduled or "
-                "Running (stop a task with DELETE or a single TaskEvent)",
-            )
         try:
             tasks = manager.submit_many(events)
         except BadRequest as exc:

@@ -213,6 +213,11 @@ class Manager:
         """
         if event.State is State.COMPLETED:
             return self.stop(event.Task.ID)
+        if event.State not in _RUN:
+            raise BadRequest(
+                f"a TaskEvent's State must be Scheduled, Running or Completed, "
+                f"not {event.State.label}"
+            )
         return self.submit_many([event])[0]
 
     def submit_many(self, events: Sequence[TaskEvent]) -> list[Task]:
@@ -223,12 +228,11 @@ class Manager:
         commits rather than two hundred. A task already known (a retried submission)
         is acknowledged again, as it is, and not stored twice.
         """
-        for event in events:
-            if event.State not in _RUN:
-                raise BadRequest(
-                    f"a TaskEvent's State must be Scheduled, Running or Completed, "
-                    f"not {event.State.label}"
-                )
+        if any(event.State not in _RUN for event in events):
+            raise BadRequest(
+                "an array of TaskEvents submits tasks: each State must be Scheduled or "
+                "Running (stop a task with DELETE or a single TaskEvent)"
+            )
         new: dict[uuid.UUID, Task] = {}
         records: list[TaskEvent] = []
         answers: list[Task] = []
