@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -112,6 +112,22 @@ class Database:
             raise ValueError(f"unknown table {table!r}")
         return SqliteStore(self, table, model, group_of)
 
+    def write(self, batches: Iterable[tuple[SqliteStore[Any], Iterable[tuple[str, Any]]]]) -> None:
+        """Puts into several of this database's stores as one transaction: all or none.
+
+        The manager stores a task and the event that changed it together, so a crash
+        can never keep one without the other.
+        """
+        with self.lock:
+            self.conn.execute("BEGIN")
+            try:
+                for store, items in batches:
+                    store._upsert(self.conn, items)
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
@@ -138,20 +154,14 @@ class SqliteStore(Generic[M]):
         self.put_many([(key, value)])
 
     def put_many(self, items: Iterable[tuple[str, M]]) -> None:
-        with self._db.lock:
-            rows = [self._row(key, value) for key, value in items]
-            conn = self._db.conn
-            conn.execute("BEGIN")
-            try:
-                conn.executemany(
-                    f"INSERT INTO {self._table} (key, grp, value, seq) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET grp=excluded.grp, value=excluded.value",
-                    rows,
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        self._db.write([(self, items)])
+
+    def _upsert(self, conn: sqlite3.Connection, items: Iterable[tuple[str, M]]) -> None:
+        conn.executemany(
+            f"INSERT INTO {self._table} (key, grp, value, seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET grp=excluded.grp, value=excluded.value",
+            [self._row(key, value) for key, value in items],
+        )
 
     def get(self, key: str) -> M | None:
         with self._db.lock:

@@ -147,6 +147,9 @@ RestartPolicyName = Literal["", "no", "on-failure", "always", "unless-stopped"]
 HostPortList = list[dict[str, str]]
 
 
+_State = State  # inside Task, "State" names the field
+
+
 class _Wire(BaseModel):
     """Strict about names (unknown fields are a 400, as in the book), lenient about nulls."""
 
@@ -175,6 +178,17 @@ class Task(_Wire):
     # Added by Cube: why a task is Failed or still Pending, and where it runs.
     Reason: str = ""
     Node: str = ""
+    # What the user wants of it (the manager's; Kubernetes' spec beside its status):
+    # Running, or Completed once a stop was asked for. Kept on the task so a stop is
+    # as durable as the task itself.
+    DesiredState: StateField = State.RUNNING
+
+    @field_validator("DesiredState")
+    @classmethod
+    def _desired(cls, value: _State) -> _State:
+        if value not in (_State.RUNNING, _State.COMPLETED):
+            raise ValueError("DesiredState must be Running or Completed")
+        return value
 
     @field_validator("Image")
     @classmethod

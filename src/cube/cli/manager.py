@@ -91,6 +91,32 @@ def manager(
             help="Seconds after start before health checks.",
         ),
     ] = 5.0,
+    health_timeout: Annotated[
+        float,
+        typer.Option(
+            "--health-timeout",
+            envvar="CUBE_MANAGER_HEALTH_TIMEOUT",
+            help="Seconds a health check's endpoint has to answer.",
+        ),
+    ] = 2.0,
+    health_failures: Annotated[
+        int,
+        typer.Option(
+            "--health-failures",
+            envvar="CUBE_MANAGER_HEALTH_FAILURES",
+            min=1,
+            help="Consecutive failed health checks before a task counts unhealthy.",
+        ),
+    ] = 3,
+    health_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--health-concurrency",
+            envvar="CUBE_MANAGER_HEALTH_CONCURRENCY",
+            min=1,
+            help="Health checks in flight at once, at most.",
+        ),
+    ] = 100,
     max_restarts: Annotated[
         int,
         typer.Option(
@@ -104,7 +130,7 @@ def manager(
         typer.Option(
             "--restart-backoff",
             envvar="CUBE_MANAGER_RESTART_BACKOFF",
-            help="First restart delay; doubles each time.",
+            help="Delay before the second restart (the first is at once); doubles each time.",
         ),
     ] = 1.0,
     restart_backoff_max: Annotated[
@@ -130,10 +156,9 @@ def manager(
     """Run a manager: accept tasks, place them on workers, keep them running."""
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.manager.api import create_app
+    from cube.manager.backend import Backend, MemoryBackend, SqliteBackend
     from cube.manager.manager import Manager, Settings
     from cube.scheduler import make_scheduler
-    from cube.store import CachedStore, Database, MemoryStore, Store
-    from cube.task import Task, TaskEvent
 
     setup_logging(log_level)
     try:
@@ -144,17 +169,11 @@ def manager(
     if not addresses:
         raise typer.BadParameter("name at least one worker", param_hint="--workers")
 
-    def group(event: TaskEvent) -> str:
-        return str(event.Task.ID)
-
-    tasks: Store[Task]
-    events: Store[TaskEvent]
+    backend: Backend
     if dbtype is DbType.persistent:
-        db = Database(data_dir / "manager.db")
-        tasks = CachedStore(db.store("tasks", Task))
-        events = db.store("events", TaskEvent, group_of=group)
+        backend = SqliteBackend(data_dir / "manager.db")
     else:
-        tasks, events = MemoryStore(), MemoryStore(group_of=group)
+        backend = MemoryBackend()
     settings = Settings(
         poll_interval=poll_interval,
         watch_heartbeat=watch_heartbeat,
@@ -162,10 +181,13 @@ def manager(
         stats_interval=stats_interval,
         health_interval=health_interval,
         health_grace=health_grace,
+        health_timeout=health_timeout,
+        health_failures=health_failures,
+        health_concurrency=health_concurrency,
         max_restarts=max_restarts,
         restart_backoff=restart_backoff,
         restart_backoff_max=restart_backoff_max,
         worker_timeout=worker_timeout,
     )
-    node = Manager(addresses, chosen, tasks, events, settings)
+    node = Manager(addresses, chosen, backend, settings)
     serve(create_app(node), host, port, log_level)

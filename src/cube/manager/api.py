@@ -55,20 +55,20 @@ def create_app(manager: Manager) -> FastAPI:
         """
         body = await request.body()
         if body.lstrip()[:1] != b"[":
-            return _submit(parse_body(TaskEvent, body)).to_wire()
+            return (await _submit(parse_body(TaskEvent, body))).to_wire()
         try:
             events = _EVENTS.validate_json(body)
         except ValidationError as exc:
             raise ApiError(400, describe(exc)) from None
         try:
-            tasks = manager.submit_many(events)
+            tasks = await manager.submit_many(events)
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
         return Response(tasks_json(tasks), status_code=201, media_type="application/json")
 
-    def _submit(event: TaskEvent) -> Task:
+    async def _submit(event: TaskEvent) -> Task:
         try:
-            return manager.submit(event)
+            return await manager.submit(event)
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
 
@@ -83,7 +83,7 @@ def create_app(manager: Manager) -> FastAPI:
 
     @app.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(task_id: str) -> Response:
-        manager.stop(parse_uuid(task_id))
+        await manager.stop(parse_uuid(task_id))
         return Response(status_code=204)
 
     @app.get("/health")
@@ -96,7 +96,7 @@ def create_app(manager: Manager) -> FastAPI:
             "Role": "manager",
             "Workers": len(nodes),
             "WorkersReady": sum(node.is_ready for node in nodes),
-            "Tasks": manager.tasks.count(),
+            "Tasks": len(manager.state.tasks),
         }
 
     @app.get("/nodes")

@@ -1,0 +1,129 @@
+"""Where the manager's state is kept: the seam between its memory and its disk.
+
+The manager's :class:`~cube.manager.state.State` is the one writer; it hands every
+change to a :class:`Backend` as one :meth:`~Backend.commit` — the tasks that changed and
+the events that changed them — and answers nobody until that commit returns. The seam is
+asynchronous and each change names the version it replaces, so that a store with
+compare-and-swap and watches (etcd, later) can sit behind it: such a backend turns the
+``before`` of each change into a revision compare in one transaction and raises
+:class:`Conflict` when another writer got there first. The two backends here are the
+only writers of their data, and check ``before`` against what they last stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cube.store import Database, SqliteStore
+from cube.task import Task, TaskEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A task's new version, and the one it replaces (None: a new task)."""
+
+    before: Task | None
+    after: Task
+
+
+class Conflict(Exception):
+    """A change's ``before`` is not what the store holds: someone else wrote first."""
+
+
+class Backend(Protocol):
+    def load(self) -> list[Task]:
+        """Every task, as last committed (at start-up)."""
+        ...
+
+    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+        """Store all of it, durably, or none of it."""
+        ...
+
+    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        """A task's events, oldest first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Checked:
+    """The compare half of compare-and-swap, for a backend that is its data's only writer."""
+
+    def __init__(self) -> None:
+        self._current: dict[uuid.UUID, Task] = {}
+
+    def _check(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            held = self._current.get(change.after.ID)
+            if held is not change.before and held != change.before:
+                raise Conflict(f"task {change.after.ID} changed meanwhile")
+
+    def _keep(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            self._current[change.after.ID] = change.after
+
+
+class MemoryBackend(_Checked):
+    """``--dbtype memory``: gone with the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: dict[uuid.UUID, list[TaskEvent]] = {}
+
+    def load(self) -> list[Task]:
+        return list(self._current.values())
+
+    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+        self._check(changes)
+        self._keep(changes)
+        for event in events:
+            self._events.setdefault(event.Task.ID, []).append(event)
+
+    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        return list(self._events.get(task_id, ()))
+
+    def close(self) -> None:
+        pass
+
+
+def _group(event: TaskEvent) -> str:
+    return str(event.Task.ID)
+
+
+class SqliteBackend(_Checked):
+    """``--dbtype persistent``: tasks and events in one SQLite file, one transaction each.
+
+    Writing the two together is what keeps a stop from living in the event log alone:
+    a crash either keeps the task with its new desired state and its event, or neither.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.db = Database(path)
+        self._tasks: SqliteStore[Task] = self.db.store("tasks", Task)
+        self._events: SqliteStore[TaskEvent] = self.db.store("events", TaskEvent, _group)
+
+    def load(self) -> list[Task]:
+        tasks = self._tasks.list()
+        self._current = {task.ID: task for task in tasks}
+        return tasks
+
+    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+        self._check(changes)
+        self.db.write(
+            [
+                (self._events, [(str(e.ID), e) for e in events]),
+                (self._tasks, [(str(c.after.ID), c.after) for c in changes]),
+            ]
+        )
+        self._keep(changes)
+
+    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        return self._events.list(group=str(task_id))
+
+    def close(self) -> None:
+        self.db.close()

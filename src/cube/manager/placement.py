@@ -1,0 +1,86 @@
+"""Turning the reconciler's Place, Move and Restart into placed task versions.
+
+Each decision is the scheduler's (feasibility, score, pick: :mod:`cube.scheduler`); its
+resources are held at once (:meth:`State.hold`) so the next decision of the same pass
+sees them. Nothing here is stored: the manager commits the whole batch, and undoes the
+holds with :func:`undo` if that commit fails, so a failed write leaks no reservation
+and loses no task.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cube.manager.reconciler import Move, Place, Restart
+from cube.manager.state import State as ClusterState
+from cube.scheduler import Scheduler
+from cube.task import State, Task, transition
+
+
+@dataclass
+class Placements:
+    placed: list[Task] = field(default_factory=list)  # Scheduled on a node: to commit, send
+    updated: list[Task] = field(default_factory=list)  # to commit only (a reason changed)
+    waiting: list[uuid.UUID] = field(default_factory=list)  # fit nowhere for now
+
+
+def place(
+    actions: Sequence[Place | Move | Restart], state: ClusterState, scheduler: Scheduler
+) -> Placements:
+    result = Placements()
+    nodes = list(state.nodes.values())
+    for action in actions:
+        task = action.task
+        if isinstance(action, Restart):
+            _restart(task, state, scheduler, result)
+            continue
+        if isinstance(action, Move):
+            task = transition(task, State.SCHEDULED, reason=f"restarting after: {action.reason}")
+            task = task.model_copy(update={"RestartCount": task.RestartCount + 1, "Node": ""})
+        choice = scheduler.place(task, nodes)
+        if choice.node is None:
+            _wait(task, action.task, choice.reason, result)
+            continue
+        if task.State is State.PENDING:
+            task = transition(task, State.SCHEDULED)
+        reason = task.Reason if task.Reason.startswith("restarting") else ""
+        _hold(task.model_copy(update={"Node": choice.node.Name, "Reason": reason}), state, result)
+    return result
+
+
+def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Placements) -> None:
+    """Same node when it is ready and has room (its image and data are there), else any."""
+    candidate = task.model_copy(update={"Node": ""})
+    home = state.nodes.get(task.Node)
+    choice = None
+    if home is not None and home.is_ready:
+        choice = scheduler.place(candidate, [home])
+    if choice is None or choice.node is None:
+        choice = scheduler.place(candidate, list(state.nodes.values()))
+    if choice.node is None:
+        _wait(task, task, f"restart waits: {choice.reason}", result)
+        return
+    why = f"restarting after: {task.Reason}" if task.Reason else "restarting"
+    restarted = transition(task, State.SCHEDULED, reason=why).model_copy(
+        update={"RestartCount": task.RestartCount + 1, "Node": choice.node.Name}
+    )
+    _hold(restarted, state, result)
+
+
+def _hold(task: Task, state: ClusterState, result: Placements) -> None:
+    state.hold(task)
+    result.placed.append(task)
+
+
+def _wait(task: Task, before: Task, reason: str, result: Placements) -> None:
+    result.waiting.append(task.ID)
+    if task is not before or task.Reason != reason:
+        result.updated.append(task.model_copy(update={"Reason": reason}))
+
+
+def undo(result: Placements, state: ClusterState) -> None:
+    """The commit failed: give back every reservation this pass made."""
+    for task in result.placed:
+        state.unhold(task)

@@ -1,0 +1,202 @@
+"""The reconciler: what must happen to a task, from what is wanted and what is seen.
+
+A pure function, after Nomad's ``scheduler/reconcile``: tasks (each with its desired
+and its observed state), the nodes' status and the time go in; a plain list of
+actions comes out. No I/O and no clock of its own, so every rule is a row of a
+table-driven test that runs in microseconds. The manager carries the actions out
+(:mod:`cube.manager.manager` places and commits, :mod:`cube.manager.dispatch` talks to
+workers).
+
+The rules, for a task the user wants running:
+
+==========================  ===========================  ==========================
+observed                    node                         action
+==========================  ===========================  ==========================
+Pending, or Scheduled with  —                            Place
+no node (moved)
+Scheduled                   ready                        Send (hand it to the worker)
+Scheduled or Running        lost (silent past timeout)   Move (new incarnation
+                                                         elsewhere); a Running task
+                                                         with RestartPolicy "no" Fails
+Failed                      —                            Restart when its backoff is
+                                                         over (else Wake then), if the
+                                                         policy and MaxRestarts allow
+==========================  ===========================  ==========================
+
+and for a task the user asked to stop (``DesiredState`` Completed): Pending → Finish
+(cancelled); Scheduled/Running on a ready node → Stop; on a lost node, or none →
+Finish (the worker, if it returns, is told to stop its copy). Tasks on a node that is
+neither ready nor lost (not heard from yet) wait for it.
+
+Restarts follow the kubelet: the first at once, then 1 s, 2 s, 4 s… (``restart_backoff``
+doubling, capped at ``restart_backoff_max``), counted from when the run ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cube.task import State, Task
+
+RESTART_ALWAYS = ("always", "unless-stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    max_restarts: int = 3
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Find the task a node (it is Pending, or was moved off a lost one)."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Start a new incarnation of a Failed task, on its node if it is ready."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Its node is lost: a new incarnation, to be placed elsewhere."""
+
+    task: Task
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Hand a Scheduled task to its worker (``again``: the worker may have lost it)."""
+
+    task: Task
+    again: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Tell the task's worker to stop it."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class StopCopy:
+    """A worker runs a copy that should not run (moved away, or already over)."""
+
+    node: str
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """End the task here without a worker: cancelled, or its node is gone."""
+
+    task: Task
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Nothing to do yet; reconcile the task again at ``at``."""
+
+    task: Task
+    at: datetime
+
+
+Action = Place | Restart | Move | Send | Stop | StopCopy | Finish | Wake
+
+
+def reconcile(
+    tasks: Iterable[Task],
+    ready: Set[str],
+    lost: Set[str],
+    now: datetime,
+    policy: Policy,
+) -> list[Action]:
+    actions: list[Action] = []
+    for task in tasks:
+        action = reconcile_task(task, ready, lost, now, policy)
+        if action is not None:
+            actions.append(action)
+    return actions
+
+
+def reconcile_task(
+    task: Task, ready: Set[str], lost: Set[str], now: datetime, policy: Policy
+) -> Action | None:
+    state, node = task.State, task.Node
+    gone = not node or node in lost
+    if task.DesiredState is State.COMPLETED:
+        if state is State.PENDING:
+            return Finish(task, State.COMPLETED, "cancelled before placement")
+        if state in (State.SCHEDULED, State.RUNNING):
+            if node in ready:
+                return Stop(task)
+            if gone:
+                where = f" (worker {node} is down)" if node else ""
+                return Finish(task, State.COMPLETED, f"stopped{where}")
+        return None
+    if state is State.PENDING or (state is State.SCHEDULED and not node):
+        return Place(task)
+    if state in (State.SCHEDULED, State.RUNNING):
+        if gone:
+            reason = f"worker {node} is down"
+            if state is State.RUNNING and task.RestartPolicy == "no":
+                return Finish(task, State.FAILED, reason)
+            return Move(task, reason)
+        if state is State.SCHEDULED and node in ready:
+            return Send(task)
+        return None
+    if state is State.FAILED and restartable(task, policy):
+        due = restart_due(task, policy, now)
+        return Restart(task) if due <= now else Wake(task, due)
+    return None
+
+
+def restartable(task: Task, policy: Policy) -> bool:
+    if task.RestartPolicy == "no":
+        return False
+    return task.RestartPolicy in RESTART_ALWAYS or task.RestartCount < policy.max_restarts
+
+
+def restart_delay(restart_count: int, policy: Policy) -> float:
+    """The first restart at once, then the backoff doubling from ``restart_backoff``."""
+    if restart_count <= 0:
+        return 0.0
+    doublings = min(restart_count - 1, 32)  # "always" may restart forever: no overflow
+    return float(min(policy.restart_backoff * 2**doublings, policy.restart_backoff_max))
+
+
+def restart_due(task: Task, policy: Policy, now: datetime) -> datetime:
+    ended = task.FinishTime or now
+    return ended + timedelta(seconds=restart_delay(task.RestartCount, policy))
+
+
+def silent_nodes(
+    last_seen: dict[str, float], lost: Set[str], now: float, timeout: float
+) -> tuple[list[str], float | None]:
+    """Nodes silent for ``timeout`` (to mark lost), and when the next one would be.
+
+    A node that has never answered counts from when the manager started (its
+    ``last_seen``), so tasks on a machine that never comes back are moved too.
+    """
+    silent: list[str] = []
+    next_at: float | None = None
+    for name, seen in last_seen.items():
+        if name in lost:
+            continue
+        deadline = seen + timeout
+        if deadline <= now:
+            silent.append(name)
+        elif next_at is None or deadline < next_at:
+            next_at = deadline
+    return silent, next_at

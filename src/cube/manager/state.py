@@ -1,0 +1,159 @@
+"""The manager's state: every task (desired and observed), the nodes, what each holds.
+
+There is one way to change a task: :meth:`State.commit`. It writes the new versions
+and their events through the :class:`~cube.manager.backend.Backend` (durable before it
+returns), then updates the indexes here: which node each task holds resources on (so a
+scheduling decision costs O(nodes), not O(tasks)), and which tasks changed and so need
+reconciling. Nothing else writes tasks, so nothing else can forget one of those steps.
+
+Nodes live here too, with their status as the manager sees it: *ready* (answering),
+*lost* (silent past the worker timeout: its tasks are moved), or neither (not heard from
+yet since the manager started, or back but not yet answering): tasks on such a node wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable, Sequence
+
+from cube.manager.backend import Backend, Change
+from cube.node import DOWN, READY, Node
+from cube.scheduler import release, reserve
+from cube.task import State as TaskState
+from cube.task import Task, TaskEvent
+
+_HOLDING = frozenset({TaskState.SCHEDULED, TaskState.RUNNING})
+
+
+class State:
+    def __init__(self, backend: Backend, nodes: Iterable[Node]) -> None:
+        self.backend = backend
+        self.nodes: dict[str, Node] = {node.Name: node for node in nodes}
+        self.lost: set[str] = set()
+        self.tasks: dict[uuid.UUID, Task] = {}
+        self._held: dict[uuid.UUID, str] = {}  # task -> node it holds resources on
+        self._on_node: dict[str, set[uuid.UUID]] = {name: set() for name in self.nodes}
+        # Insertion-ordered sets: tasks to reconcile, and tasks that fit nowhere yet.
+        self._dirty: dict[uuid.UUID, None] = {}
+        self._waiting: dict[uuid.UUID, None] = {}
+        # Set whenever there is something to reconcile; the manager's loop waits on it.
+        self.changed = asyncio.Event()
+        for task in backend.load():
+            self.tasks[task.ID] = task
+            self._settle(task)
+            self._dirty[task.ID] = None
+        if self._dirty:
+            self.changed.set()
+
+    # --- the write path ---------------------------------------------------------------
+
+    async def commit(self, tasks: Sequence[Task], events: Sequence[TaskEvent] = ()) -> None:
+        """Store new versions of tasks (and events), durably; then index and mark them."""
+        if not tasks and not events:
+            return
+        changes = [Change(self.tasks.get(task.ID), task) for task in tasks]
+        await self.backend.commit(changes, events)
+        for task in tasks:
+            self.tasks[task.ID] = task
+            self._settle(task)
+            self._dirty[task.ID] = None
+        self.changed.set()
+
+    # --- reservations -------------------------------------------------------------------
+
+    def hold(self, task: Task) -> None:
+        """Reserve a placement's resources before it is committed, so the next decision
+        of the same pass sees them; :meth:`unhold` undoes it if the commit fails."""
+        self._settle(task)
+
+    def unhold(self, task: Task) -> None:
+        committed = self.tasks.get(task.ID)
+        if committed is not None:
+            self._settle(committed)
+        else:
+            self._release(task)
+
+    def _settle(self, task: Task) -> None:
+        """Make the task's reservation match its version: on its node while it is
+        Scheduled or Running there, nowhere otherwise."""
+        want = task.Node if task.State in _HOLDING and task.Node in self.nodes else None
+        have = self._held.get(task.ID)
+        if want == have:
+            return
+        if have is not None:
+            self._release(task)
+        if want is not None:
+            reserve(self.nodes[want], task)
+            self._held[task.ID] = want
+            self._on_node[want].add(task.ID)
+
+    def _release(self, task: Task) -> None:
+        name = self._held.pop(task.ID, None)
+        if name is None:
+            return
+        self._on_node[name].discard(task.ID)
+        release(self.nodes[name], task)  # a task's resources are the same in every version
+        self.room()
+
+    def held_on(self, node: str) -> list[uuid.UUID]:
+        return list(self._on_node.get(node, ()))
+
+    def holder(self, task_id: uuid.UUID) -> str | None:
+        return self._held.get(task_id)
+
+    # --- what to reconcile ----------------------------------------------------------------
+
+    def mark(self, task_ids: Iterable[uuid.UUID]) -> None:
+        before = len(self._dirty)
+        self._dirty.update(dict.fromkeys(task_ids))
+        if len(self._dirty) != before:
+            self.changed.set()
+
+    def take_dirty(self) -> list[uuid.UUID]:
+        dirty, self._dirty = list(self._dirty), {}
+        return dirty
+
+    def wait_for_room(self, task_id: uuid.UUID) -> None:
+        """The task fits nowhere now: reconcile it again when capacity may appear."""
+        self._waiting[task_id] = None
+
+    def placed(self, task_id: uuid.UUID) -> None:
+        self._waiting.pop(task_id, None)
+
+    def room(self) -> None:
+        """Capacity may have appeared (a task let go, a node is back): retry the waiting."""
+        if self._waiting:
+            self.mark(self._waiting)
+            self._waiting = {}
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> frozenset[str]:
+        return frozenset(name for name, node in self.nodes.items() if node.Status == READY)
+
+    def node_ready(self, name: str) -> None:
+        """A node answers: place work there again, and act on what waited for it."""
+        node = self.nodes[name]
+        self.lost.discard(name)
+        if node.Status != READY:
+            node.Status = READY
+            self.mark(self.held_on(name))
+            self.room()
+
+    def node_lost(self, name: str) -> None:
+        """Silent past the worker timeout: its tasks are to be moved elsewhere."""
+        self.nodes[name].Status = DOWN
+        self.lost.add(name)
+        self.mark(self.held_on(name))
+
+    def docker_is(self, name: str, ok: bool) -> bool:
+        """Record whether a node's engine answers; say whether that changed anything."""
+        node = self.nodes[name]
+        if node.Docker == ok:
+            return False
+        node.Docker = ok
+        if ok:
+            self.room()
+        return True

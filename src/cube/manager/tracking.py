@@ -1,0 +1,205 @@
+"""Following the workers: their tasks' changes, their stats, whether they answer.
+
+An effector at the edge: it reads from workers and hands what it learns to the
+manager — a worker's tasks through ``observed(node, tasks, complete)``, its liveness,
+capacity and engine status into :class:`~cube.manager.state.State`. Whether a silent
+worker is lost is not decided here but by the reconciler's clock rule
+(:func:`~cube.manager.reconciler.silent_nodes`), from ``last_seen``.
+
+Each worker streams its tasks' changes (``GET /tasks?watch=true``, as Kubernetes'
+watch does), so a change is known at once and costs no request of its own. The
+stream starts from where the last one left off, or from the whole list at first,
+after the worker was away, and every ``resync_interval``; a line at least every
+``watch_heartbeat`` seconds shows the worker is alive, and the stream carries the
+worker's stats every ``stats_interval``. Only a worker whose stream does not bring
+stats (an older one, or one whose stream is broken) is polled on ``/stats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cube.background import Background
+from cube.clock import Clock
+from cube.manager.state import State as ClusterState
+from cube.task import Task
+from cube.worker.client import WorkerClient, WorkerRejected, WorkerUnreachable
+
+log = logging.getLogger(__name__)
+
+Observed = Callable[[str, list[Task], bool], Awaitable[None]]
+
+
+@dataclass
+class TrackingSettings:
+    poll_interval: float = 1.0
+    watch_heartbeat: float = 10.0
+    resync_interval: float = 30.0
+    stats_interval: float = 2.0
+    # Stats polls per second over the whole cluster, at most: a large cluster's workers
+    # are each polled less often (1,000 workers: every 5 s), as Nomad caps heartbeats.
+    max_stats_rate: float = 200.0
+
+
+@dataclass
+class _Worker:
+    name: str
+    client: WorkerClient
+    last_seen: float
+    capacity: dict[str, Any] | None = None
+    epoch: str | None = None  # where the stream left off: the worker's epoch, version
+    version: int | None = None
+    last_full: float = 0.0
+    stats_at: float = -1e9  # when the stream last brought stats
+
+
+class Tracker:
+    def __init__(
+        self,
+        state: ClusterState,
+        clients: dict[str, WorkerClient],
+        clock: Clock,
+        settings: TrackingSettings,
+        observed: Observed,
+    ) -> None:
+        self.state = state
+        self.clock = clock
+        self.settings = settings
+        self.observed = observed
+        start = clock.monotonic()
+        self.workers = {name: _Worker(name, c, last_seen=start) for name, c in clients.items()}
+        self.jobs = Background("tracking")
+
+    @property
+    def last_seen(self) -> dict[str, float]:
+        return {name: worker.last_seen for name, worker in self.workers.items()}
+
+    def loops(self) -> list[Awaitable[None]]:
+        return [self._stats_loop(), *(self._follow(w) for w in self.workers.values())]
+
+    # --- the watch stream -------------------------------------------------------------
+
+    async def _follow(self, worker: _Worker) -> None:
+        while True:
+            if worker.name not in self.state.ready:
+                worker.epoch = None  # when it is back, start again from the whole list
+                await self.clock.sleep(self.settings.poll_interval)
+                continue
+            try:
+                streams = await self._track(worker)
+            except Exception:
+                log.exception("tracking %s failed", worker.name)
+                streams = False
+            if not streams:
+                await self.clock.sleep(self.settings.poll_interval)
+
+    async def _track(self, worker: _Worker) -> bool:
+        """Fold a worker's stream of changes in; return whether it streams at all."""
+        now = self.clock.monotonic()
+        full = worker.epoch is None or now - worker.last_full >= self.settings.resync_interval
+        since, epoch = (None, None) if full else (worker.version, worker.epoch)
+        streams = False
+        changes = worker.client.watch(
+            since, epoch, self.settings.watch_heartbeat, self.settings.stats_interval
+        )
+        try:
+            async with contextlib.aclosing(changes):
+                async for answer in changes:
+                    if worker.name not in self.state.ready:
+                        break  # lost meanwhile: start again from the whole list
+                    self._heard(worker)
+                    if answer.complete:
+                        worker.last_full = worker.last_seen
+                    worker.epoch, worker.version = answer.epoch, answer.version
+                    streams = answer.epoch is not None
+                    await self.observed(worker.name, answer.tasks, answer.complete)
+                    if answer.stats is not None:
+                        worker.stats_at = worker.last_seen
+                        self._took_stats(worker, answer.stats)
+                    if answer.docker is not None:
+                        self._docker_is(worker, answer.docker)
+                    if worker.last_seen - worker.last_full >= self.settings.resync_interval:
+                        break
+        except (WorkerUnreachable, WorkerRejected) as exc:
+            log.debug("tracking %s failed: %s", worker.name, exc)
+            return False
+        return streams
+
+    # --- stats and liveness -----------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        """Poll the stats of workers whose stream does not bring them, spread evenly.
+
+        A round lasts ``stats_interval``, or longer on a cluster so large that this
+        would exceed ``max_stats_rate`` polls a second; spreading the polls keeps a
+        thousand requests from landing in the same instant.
+        """
+        workers = list(self.workers.values())
+        in_flight: set[str] = set()
+
+        async def poll(worker: _Worker) -> None:
+            try:
+                await self.poll(worker.name)
+            finally:
+                in_flight.discard(worker.name)
+
+        while True:
+            period = max(self.settings.stats_interval, len(workers) / self.settings.max_stats_rate)
+            step = period / max(len(workers), 1)
+            started = self.clock.monotonic()
+            for index, worker in enumerate(workers):
+                streamed = self.clock.monotonic() - worker.stats_at
+                if streamed >= 2 * self.settings.stats_interval and worker.name not in in_flight:
+                    in_flight.add(worker.name)
+                    self.jobs.spawn(poll(worker))
+                next_at = started + (index + 1) * step
+                await self.clock.sleep(next_at - self.clock.monotonic())
+            if not workers:
+                await self.clock.sleep(period)
+
+    async def poll(self, name: str) -> None:
+        """Ask a worker directly for its capacity (first time, or after it was away),
+        engine status and stats."""
+        worker = self.workers[name]
+        try:
+            if worker.capacity is None or name not in self.state.ready:
+                worker.capacity = await worker.client.health()
+                docker = worker.capacity.get("Docker")
+                if isinstance(docker, bool):
+                    self._docker_is(worker, docker)
+            stats = await worker.client.stats()
+        except (WorkerUnreachable, WorkerRejected) as exc:
+            log.debug("polling %s failed: %s", name, exc)
+            return
+        self._heard(worker)
+        self._took_stats(worker, stats)
+
+    def _heard(self, worker: _Worker) -> None:
+        worker.last_seen = self.clock.monotonic()
+
+    def _took_stats(self, worker: _Worker, stats: dict[str, Any]) -> None:
+        node = self.state.nodes[worker.name]
+        node.apply_stats(stats)
+        capacity = worker.capacity or {}
+        for attr in ("Cores", "Memory", "Disk"):
+            value = capacity.get(attr)
+            if isinstance(value, int | float) and value > 0:
+                setattr(node, attr, int(value))
+        if worker.name not in self.state.ready:
+            log.info("worker %s is ready", worker.name)
+            self.state.node_ready(worker.name)
+
+    def _docker_is(self, worker: _Worker, ok: bool) -> None:
+        """Tasks already there stay: the worker starts them when its engine is back."""
+        if self.state.docker_is(worker.name, ok):
+            if ok:
+                log.info("worker %s: Docker engine answers again", worker.name)
+            else:
+                log.warning("worker %s: Docker engine unavailable, placing none", worker.name)
+
+    async def close(self) -> None:
+        await self.jobs.close()
