@@ -1,0 +1,114 @@
+"""The reconciler's rules, one row each: a task and its node's status in, an action out.
+
+Pure and table-driven, as Nomad tests its ``scheduler/reconcile``: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cube.manager.reconciler import (
+    Finish,
+    Move,
+    Place,
+    Policy,
+    Restart,
+    Send,
+    Stop,
+    Wake,
+    reconcile,
+    reconcile_task,
+    restart_delay,
+    silent_nodes,
+)
+from cube.task import State, Task
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+POLICY = Policy(max_restarts=3, restart_backoff=1.0, restart_backoff_max=30.0)
+READY = frozenset({"a"})
+LOST = frozenset({"gone"})
+RUN, STOP = State.RUNNING, State.COMPLETED
+
+
+def task(state: State, node: str = "", desired: State = RUN, **extra: Any) -> Task:
+    return Task(Image="img", State=state, Node=node, DesiredState=desired, **extra)
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+# (id, task, expected action type or None, expected detail)
+CASES: list[tuple[str, Task, type | None, str]] = [
+    # wanted running
+    ("pending is placed", task(State.PENDING), Place, ""),
+    ("moved and unplaced is placed", task(State.SCHEDULED), Place, ""),
+    ("scheduled on a ready node is sent", task(State.SCHEDULED, "a"), Send, ""),
+    ("running on a ready node: nothing", task(State.RUNNING, "a"), None, ""),
+    ("scheduled on an unheard node waits", task(State.SCHEDULED, "new"), None, ""),
+    ("running on an unheard node waits", task(State.RUNNING, "new"), None, ""),
+    ("scheduled on a lost node moves", task(State.SCHEDULED, "gone"), Move, "worker gone is down"),
+    ("running on a lost node moves", task(State.RUNNING, "gone"), Move, "worker gone is down"),
+    (
+        "running on a lost node, policy no, fails",
+        task(State.RUNNING, "gone", RestartPolicy="no"),
+        Finish,
+        "worker gone is down",
+    ),
+    ("completed: nothing", task(State.COMPLETED, "a"), None, ""),
+    # restarts: first at once, then 1 s, 2 s, ... from when the run ended
+    ("failed, first restart at once", task(State.FAILED, "a", FinishTime=NOW), Restart, ""),
+    ("failed once, restart after 1 s", task(State.FAILED, "a", RestartCount=1, FinishTime=ago(0.5)), Wake, "1.0"),
+    ("failed once, 1 s later: restart", task(State.FAILED, "a", RestartCount=1, FinishTime=ago(1)), Restart, ""),
+    ("failed twice, restart after 2 s", task(State.FAILED, "a", RestartCount=2, FinishTime=ago(1)), Wake, "2.0"),
+    ("max restarts reached: stays failed", task(State.FAILED, "a", RestartCount=3, FinishTime=ago(99)), None, ""),
+    ("always is not capped", task(State.FAILED, "a", RestartCount=9, RestartPolicy="always", FinishTime=ago(99)), Restart, ""),
+    ("policy no: stays failed", task(State.FAILED, "a", RestartPolicy="no", FinishTime=ago(99)), None, ""),
+    # wanted stopped
+    ("stop a pending one: cancelled", task(State.PENDING, desired=STOP), Finish, "cancelled before placement"),
+    ("stop on a ready node", task(State.RUNNING, "a", desired=STOP), Stop, ""),
+    ("stop a scheduled one on a ready node", task(State.SCHEDULED, "a", desired=STOP), Stop, ""),
+    ("stop on a lost node: done here", task(State.RUNNING, "gone", desired=STOP), Finish, "stopped (worker gone is down)"),
+    ("stop an unplaced one: done", task(State.SCHEDULED, desired=STOP), Finish, "stopped"),
+    ("stop on an unheard node waits", task(State.RUNNING, "new", desired=STOP), None, ""),
+    ("a stopped failed task is never restarted", task(State.FAILED, "a", desired=STOP, FinishTime=ago(99)), None, ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "given", "kind", "detail"), CASES, ids=[c[0] for c in CASES])
+def test_rule(name: str, given: Task, kind: type | None, detail: str) -> None:
+    action = reconcile_task(given, READY, LOST, NOW, POLICY)
+    if kind is None:
+        assert action is None
+        return
+    assert isinstance(action, kind)
+    assert action.task is given
+    if isinstance(action, Move | Finish):
+        assert action.reason == detail
+    if isinstance(action, Finish):
+        assert action.state is (State.FAILED if "policy no" in name else State.COMPLETED)
+    if isinstance(action, Wake):
+        assert given.FinishTime is not None
+        assert (action.at - given.FinishTime).total_seconds() == float(detail)
+
+
+def test_backoff_doubles_to_its_cap() -> None:
+    delays = [restart_delay(n, POLICY) for n in range(8)]
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert restart_delay(10_000, POLICY) == 30.0  # "always" restarts forever, no overflow
+
+
+def test_reconcile_keeps_order_and_drops_nothing_to_do() -> None:
+    tasks = [task(State.PENDING), task(State.RUNNING, "a"), task(State.SCHEDULED, "a")]
+    actions = reconcile(tasks, READY, LOST, NOW, POLICY)
+    assert [type(a) for a in actions] == [Place, Send]
+    assert [a.task for a in actions] == [tasks[0], tasks[2]]
+
+
+def test_silent_nodes() -> None:
+    seen = {"a": 100.0, "b": 95.0, "gone": 0.0}
+    assert silent_nodes(seen, LOST, now=106.0, timeout=10.0) == (["b"], 110.0)
+    assert silent_nodes(seen, LOST, now=104.0, timeout=10.0) == ([], 105.0)
