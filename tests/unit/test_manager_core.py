@@ -1,0 +1,117 @@
+"""The manager's own logic, in-process, on virtual time: no Docker, no network.
+
+Workers here are an httpx MockTransport that accepts everything and records what it
+was sent; tests that need real workers are in test_manager_inprocess.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+import pytest
+
+from cube.clock import ManualClock
+from cube.manager.backend import Change, MemoryBackend
+from cube.manager.manager import Manager
+from cube.scheduler import Epvm
+from cube.task import State, Task, TaskEvent
+from cube.worker.client import WorkerClient
+
+pytestmark = pytest.mark.anyio
+NODE = "w1:1"
+
+
+class FlakyBackend(MemoryBackend):
+    """Fails the commits it is told to, as a full disk or a locked database would."""
+
+    fail = 0
+
+    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise OSError("disk full")
+        await super().commit(changes, events)
+
+
+class Recorder:
+    """A worker that takes every request with a 201 and remembers it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, object]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.requests.append((request.method, request.url.path, body))
+        return httpx.Response(201 if request.method == "POST" else 204, json=[])
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[Manager]:
+    recorder = Recorder()
+
+    def connect(url: str) -> WorkerClient:
+        return WorkerClient(url, httpx.AsyncClient(transport=httpx.MockTransport(recorder)))
+
+    node = Manager([NODE], Epvm(), FlakyBackend(), clock=ManualClock(), connect=connect)
+    worker = node.state.nodes[NODE]
+    worker.Cores, worker.Memory, worker.Disk = 4, 4 * 2**20, 2**40
+    node.state.node_ready(NODE)
+    node.recorder = recorder  # type: ignore[attr-defined]
+    yield node
+    await node.close()
+
+
+def event(**task: object) -> TaskEvent:
+    return TaskEvent(State=State.RUNNING, Task=Task(Image="img", Memory=2**30, **task))
+
+
+async def test_a_failed_placement_write_leaks_nothing_and_is_retried(manager: Manager) -> None:
+    """Defect 4: the reservation was made and the task dropped from the pending set
+    before the write; a failed write leaked both."""
+    task = await manager.submit(event())
+    backend = manager.backend
+    assert isinstance(backend, FlakyBackend) and isinstance(manager.clock, ManualClock)
+    backend.fail = 1
+    await manager.reconcile_once()
+    node = manager.state.nodes[NODE]
+    assert (node.TaskCount, node.MemoryAllocated) == (0, 0)
+    assert manager.get(task.ID).State is State.PENDING
+    await manager.clock.advance(1.0)
+    await manager.reconcile_once()
+    placed = manager.get(task.ID)
+    assert (placed.State, placed.Node) == (State.SCHEDULED, NODE)
+    assert (node.TaskCount, node.MemoryAllocated) == (1, 2**20)
+
+
+async def test_a_stop_is_stored_on_the_task_with_its_event_in_one_commit(
+    manager: Manager,
+) -> None:
+    task = await manager.submit(event())
+    await manager.reconcile_once()
+    backend = manager.backend
+    assert isinstance(backend, FlakyBackend)
+    backend.fail = 1
+    with pytest.raises(OSError):
+        await manager.stop(task.ID)
+    assert manager.get(task.ID).DesiredState is State.RUNNING  # nothing half-written
+    assert [e.State for e in manager.history(task.ID)] == [State.RUNNING, State.SCHEDULED]
+    stopped = await manager.stop(task.ID)
+    assert stopped.DesiredState is State.COMPLETED
+    assert backend.load()[0].DesiredState is State.COMPLETED
+    assert [e.State for e in manager.history(task.ID)][-1] is State.COMPLETED
+
+
+async def test_a_task_too_big_waits_with_its_reason_then_fits(manager: Manager) -> None:
+    big = await manager.submit(event(Name="big", Cpu=8))
+    await manager.reconcile_once()
+    waiting = manager.get(big.ID)
+    assert waiting.State is State.PENDING
+    assert "CPU" in waiting.Reason or "cpu" in waiting.Reason
+    node = manager.state.nodes[NODE]
+    node.Cores = 16
+    manager.state.room()
+    await manager.reconcile_once()
+    await manager.reconcile_once()
+    assert manager.get(big.ID).State is State.SCHEDULED
