@@ -299,11 +299,13 @@ class Manager:
         return max(min(waits), 0.0)
 
     async def reconcile_once(self) -> None:
-        now = self.clock.now()
-        silent, self._next_node_check = silent_nodes(
-            self.tracker.last_seen, self.state.lost, self.clock.monotonic(),
-            self.settings.worker_timeout,
-        )  # fmt: skip
+        now, mono = self.clock.now(), self.clock.monotonic()
+        silent: list[str] = []
+        if self._next_node_check is None or self._next_node_check <= mono:
+            # O(nodes): only when the earliest deadline seen last time has come.
+            silent, self._next_node_check = silent_nodes(
+                self.tracker.last_seen, self.state.lost, mono, self.settings.worker_timeout
+            )
         for name in silent:
             log.warning("worker %s is down: silent for %ss", name, self.settings.worker_timeout)
             self.state.node_lost(name)

@@ -31,6 +31,7 @@ class State:
         self.backend = backend
         self.nodes: dict[str, Node] = {node.Name: node for node in nodes}
         self.lost: set[str] = set()
+        self.ready: set[str] = {name for name, node in self.nodes.items() if node.is_ready}
         self.tasks: dict[uuid.UUID, Task] = {}
         self._held: dict[uuid.UUID, str] = {}  # task -> node it holds resources on
         self._on_node: dict[str, set[uuid.UUID]] = {name: set() for name in self.nodes}
@@ -129,22 +130,20 @@ class State:
 
     # --- nodes ------------------------------------------------------------------------------
 
-    @property
-    def ready(self) -> frozenset[str]:
-        return frozenset(name for name, node in self.nodes.items() if node.Status == READY)
-
     def node_ready(self, name: str) -> None:
         """A node answers: place work there again, and act on what waited for it."""
         node = self.nodes[name]
         self.lost.discard(name)
-        if node.Status != READY:
+        if name not in self.ready:
             node.Status = READY
+            self.ready.add(name)
             self.mark(self.held_on(name))
             self.room()
 
     def node_lost(self, name: str) -> None:
         """Silent past the worker timeout: its tasks are to be moved elsewhere."""
         self.nodes[name].Status = DOWN
+        self.ready.discard(name)
         self.lost.add(name)
         self.mark(self.held_on(name))
 
