@@ -6,6 +6,7 @@ and fails with what it last saw.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -242,3 +243,19 @@ def manager_process(
         *extra,
     ]
     return ManagerProcess(args=args, log=tmp / f"manager-{port}.log", port=port)
+
+
+async def eventually(
+    check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """``wait_for`` for in-process async tests: poll ``check`` while the loop runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or check}: {value!r}"
+            )
+        await asyncio.sleep(interval)
