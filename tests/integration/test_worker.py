@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -263,3 +267,55 @@ def test_persistent_worker_marks_vanished_containers_failed(workers: StartWorker
     failed = wait_state(again, task["ID"], 4)
     assert "vanished" in failed["Reason"]
     assert not containers_of(worker.name)
+
+
+class SilentRegistry:
+    """A registry that takes connections and never answers: a pull from it hangs until
+    Docker's own timeouts (25 s here), like a pull of a big image or from a slow host."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connected = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.conns.append(conn)
+            self.connected.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_worker_stopped_during_an_image_pull_exits_at_once(
+    workers: StartWorker, sig: signal.Signals
+) -> None:
+    """The pull's thread must not hold the process: Python waits for every thread of a
+    ThreadPoolExecutor at exit, and the pull would last until Docker gives up."""
+    worker = workers()
+    registry = SilentRegistry()
+    try:
+        body = task_event(image=f"127.0.0.1:{registry.port}/cube/never:latest")
+        assert post(worker, body).status_code == 201
+        wait_for(registry.connected.is_set, what="docker pulling from the silent registry")
+        assert worker.proc is not None
+        asked = time.monotonic()
+        worker.proc.send_signal(sig)
+        try:
+            worker.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker still ran 20 s after {sig.name}:\n{worker.output()}")
+        took = time.monotonic() - asked
+    finally:
+        registry.close()
+    assert took < 5, f"the worker took {took:.1f}s to exit:\n{worker.output()}"
+    assert "Traceback" not in worker.output()

@@ -166,13 +166,23 @@ class Worker:
         self._background = [asyncio.create_task(loop()) for loop in loops]
 
     async def close(self) -> None:
-        await self._checks.close()
-        for job in self._background:
+        """Stop the loops, then the checks they started, then close the store and runtime.
+
+        In that order: a loop still running could start a check after the checks were
+        cancelled (the event loop reads Docker's events until it ends), or write to a
+        closed store. The worker owns its store and runtime; closing the runtime ends
+        its event streams and abandons calls still in progress (an image pull), which
+        must not hold up a stop.
+        """
+        loops, self._background = self._background, []
+        for job in loops:
             job.cancel()
-        for job in self._background:
+        for job in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
-        self._background = []
+        await self._checks.close()
+        await self.runtime.close()
+        self.store.close()
 
     # --- requests (sync: they only record intent, the consumers do the work) -------
 
