@@ -6,12 +6,14 @@ and fails with what it last saw.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -242,3 +244,83 @@ def manager_process(
         *extra,
     ]
     return ManagerProcess(args=args, log=tmp / f"manager-{port}.log", port=port)
+
+
+async def eventually(
+    check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """``wait_for`` for in-process async tests: poll ``check`` while the loop runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or check}: {value!r}"
+            )
+        await asyncio.sleep(interval)
+
+
+class EngineProxy:
+    """A unix-socket relay to the real engine that can vanish and come back.
+
+    It stands in for a dockerd restart without disturbing anything else on the engine.
+    """
+
+    def __init__(self, path: str, target: str = "/var/run/docker.sock") -> None:
+        self.path, self.target = path, target
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_unix_server(self._relay, self.path)
+
+    async def down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+        await self.server.wait_closed()
+        os.unlink(self.path)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+
+class ThreadedEngineProxy:
+    """An :class:`EngineProxy` served by a loop of its own, for tests that are not async
+    (a ``cube worker`` process reaches the engine through it: ``DOCKER_HOST``)."""
+
+    def __init__(self, path: str) -> None:
+        self.proxy = EngineProxy(path)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.proxy.path}"
+
+    def up(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.up(), self.loop).result(10)
+
+    def down(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.down(), self.loop).result(10)
+
+    def close(self) -> None:
+        if self.proxy.server is not None and self.proxy.server.is_serving():
+            self.down()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
@@ -128,3 +129,51 @@ def _number(section: Mapping[str, Any], *keys: str) -> float | None:
 
 
 _ADAPTER = TypeAdapter(Node)
+
+
+def worker_addresses(text: str) -> list[str]:
+    """The workers of a ``-w host:port,host:port`` list, each checked, duplicates dropped.
+
+    An entry is ``host:port`` or an ``http(s)://`` URL. A malformed one raises
+    ValueError naming it: a manager given an address it can never call would otherwise
+    fail on it every round for as long as it runs. A duplicate (the same worker spelt
+    alike or not, ``h:80`` and ``http://H``) is dropped, so a worker is tracked once.
+    """
+    seen: set[str] = set()
+    addresses: list[str] = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        keys = {_endpoint(entry), Node.for_worker(entry).Name}
+        if keys & seen:
+            continue
+        seen |= keys
+        addresses.append(entry)
+    if not addresses:
+        raise ValueError("name at least one worker, as host:port")
+    return addresses
+
+
+def _endpoint(entry: str) -> str:
+    """The worker an address reaches, in one spelling (ValueError if it reaches none)."""
+    bad = f"invalid worker address {entry!r}"
+    api = entry if "://" in entry else f"http://{entry}"
+    parts = urlsplit(api)
+    odd = any(c.isspace() or c in "?#" for c in entry)
+    if parts.scheme not in ("http", "https") or odd:
+        raise ValueError(f"{bad}: expected host:port or an http(s) URL")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise ValueError(f"{bad}: the port must be a number from 1 to 65535")
+    if not parts.hostname:
+        raise ValueError(f"{bad}: the host is missing")
+    try:
+        httpx.URL(api)  # what the client will be given: refuse here what it would refuse
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{bad}: {exc}") from None
+    port = port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.hostname.lower()}:{port}{parts.path.rstrip('/')}"

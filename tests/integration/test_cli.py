@@ -230,6 +230,25 @@ def test_user_errors_from_the_manager_are_one_line(
         assert "not found" in line or "no task" in line, line
 
 
+def test_manager_refuses_a_malformed_worker_and_keeps_one_of_a_duplicate(tmp_path: Path) -> None:
+    for bad in ("host:abc", "127.0.0.1:5556,:5556", "h:99999", " , "):
+        line = one_line_error(cube("manager", "-p", str(free_port()), "-w", bad, timeout=30))
+        assert line.startswith("cube: --workers: "), line
+    line = one_line_error(cube("manager", "-p", str(free_port()), CUBE_WORKERS="w:x"))
+    assert "invalid worker address 'w:x'" in line
+
+    worker = f"127.0.0.1:{free_port()}"  # nobody there: the node stays down, and listed
+    port = free_port()
+    args = ["manager", "-H", "127.0.0.1", "-p", str(port), "--data-dir", str(tmp_path)]
+    args += ["-w", f"{worker},{worker}, http://{worker}/"]
+    manager = ManagerProcess(args=args, log=tmp_path / "manager.log", port=port).start()
+    try:
+        nodes = wait_for(lambda: httpx.get(f"{manager.url}/nodes", timeout=2).json())
+        assert [node["Name"] for node in nodes] == [worker]
+    finally:
+        manager.stop()
+
+
 # --- cube up / down -------------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ and waits by polling with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -25,6 +24,7 @@ import pytest
 from cube.runtime import ContainerError, ContainerInfo, ContainerSpec, RuntimeUnavailable
 from cube.runtime.base import parse_docker_time
 from cube.runtime.docker import DockerRuntime
+from tests.support import EngineProxy
 
 BUSYBOX = "cube/busybox:latest"
 HTTP = "cube/http:latest"
@@ -360,43 +360,6 @@ async def test_list_filters_by_labels(runtime: DockerRuntime, labels: dict[str, 
     assert {i.id for i in await runtime.list(labels)} == {a.id, b.id, c.id}
     assert {i.id for i in await runtime.list({**labels, "cube.extra": "yes"})} == {b.id}
     assert await runtime.list({"cube.test": uuid.uuid4().hex}) == []
-
-
-class EngineProxy:
-    """A unix-socket relay to the real engine that can vanish and come back.
-
-    It stands in for a dockerd restart without disturbing anything else on the engine.
-    """
-
-    def __init__(self, path: str, target: str = "/var/run/docker.sock") -> None:
-        self.path, self.target = path, target
-        self.server: asyncio.base_events.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def up(self) -> None:
-        self.server = await asyncio.start_unix_server(self._relay, self.path)
-
-    async def down(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.writers):
-            writer.close()
-        await self.server.wait_closed()
-        os.unlink(self.path)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_unix_connection(self.target)
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self.writers -= {writer, up_writer}
 
 
 @pytest.mark.docker

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 import pytest
 
-from tests.support import WorkerProcess, containers_of, task_event, wait_for
+from tests.support import (
+    ThreadedEngineProxy,
+    WorkerProcess,
+    containers_of,
+    remove_containers,
+    task_event,
+    wait_for,
+    worker_process,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -263,3 +277,95 @@ def test_persistent_worker_marks_vanished_containers_failed(workers: StartWorker
     failed = wait_state(again, task["ID"], 4)
     assert "vanished" in failed["Reason"]
     assert not containers_of(worker.name)
+
+
+class SilentRegistry:
+    """A registry that takes connections and never answers: a pull from it hangs until
+    Docker's own timeouts (25 s here), like a pull of a big image or from a slow host."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connected = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.conns.append(conn)
+            self.connected.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_worker_stopped_during_an_image_pull_exits_at_once(
+    workers: StartWorker, sig: signal.Signals
+) -> None:
+    """The pull's thread must not hold the process: Python waits for every thread of a
+    ThreadPoolExecutor at exit, and the pull would last until Docker gives up."""
+    worker = workers()
+    registry = SilentRegistry()
+    try:
+        body = task_event(image=f"127.0.0.1:{registry.port}/cube/never:latest")
+        assert post(worker, body).status_code == 201
+        wait_for(registry.connected.is_set, what="docker pulling from the silent registry")
+        assert worker.proc is not None
+        asked = time.monotonic()
+        worker.proc.send_signal(sig)
+        try:
+            worker.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker still ran 20 s after {sig.name}:\n{worker.output()}")
+        took = time.monotonic() - asked
+    finally:
+        registry.close()
+    assert took < 5, f"the worker took {took:.1f}s to exit:\n{worker.output()}"
+    assert "Traceback" not in worker.output()
+
+
+def test_a_stop_docker_could_not_take_is_done_when_docker_is_back(tmp_path: Path) -> None:
+    """The engine goes away (its socket is a relay the test cuts) while a task runs; a
+    stop asked meanwhile is done as soon as the engine answers again, with no manager
+    around to ask twice and no periodic reconcile to stumble on it."""
+    if not os.path.exists("/var/run/docker.sock"):
+        pytest.skip("needs the engine on /var/run/docker.sock")
+    proxy = ThreadedEngineProxy(str(tmp_path / "docker.sock"))
+    proxy.up()
+    worker = worker_process(tmp_path, "--reconcile-interval", "3600")
+    worker.env["DOCKER_HOST"] = proxy.url
+    try:
+        worker.start().wait_ready()
+        body = task_event()
+        task_id = body["Task"]["ID"]
+        assert post(worker, body).status_code == 201
+        container = wait_state(worker, task_id, 2)["ContainerID"]
+
+        proxy.down()
+        wait_for(
+            lambda: not httpx.get(f"{worker.url}/health", timeout=2).json()["Docker"],
+            what="the worker to see Docker gone",
+        )
+        assert httpx.delete(f"{worker.url}/tasks/{task_id}", timeout=5).status_code == 204
+        wait_for(
+            lambda: f"task {task_id}: docker unavailable" in worker.output(),
+            what="the stop to be refused",
+        )
+        assert get_task(worker, task_id)["State"] == 2
+        assert docker_inspect(container)["State"]["Running"]
+
+        proxy.up()
+        stopped = wait_state(worker, task_id, 3, timeout=30)
+        assert stopped["Reason"] == "stopped on request"
+        assert not containers_of(worker.name)
+    finally:
+        worker.stop()
+        proxy.close()
+        remove_containers(worker.name)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cube.node import DOWN, READY, Node
+from cube.node import DOWN, READY, Node, worker_addresses
 
 WIRE_FIELDS = [
     "Name",
@@ -155,3 +155,46 @@ def test_cpu_percent_is_clamped(reported: float, kept: float) -> None:
     node = Node(Name="w1:5556")
     node.apply_stats({"CpuPercent": reported})
     assert node.CpuPercent == kept
+
+
+# --- the -w list of `cube manager` ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "addresses"),
+    [
+        ("localhost:5556", ["localhost:5556"]),
+        (" a:1 , b:2 ,", ["a:1", "b:2"]),
+        ("a:1,b:2,a:1", ["a:1", "b:2"]),
+        ("a:1,http://a:1/,A:1", ["a:1"]),
+        ("h,h:80,http://H:80", ["h"]),
+        ("https://h,h:443", ["https://h", "h:443"]),  # another scheme: another worker
+        ("h:1,h:2", ["h:1", "h:2"]),
+        ("10.0.0.7:6000,[::1]:5556", ["10.0.0.7:6000", "[::1]:5556"]),
+    ],
+)
+def test_worker_addresses_are_kept_once_each(text: str, addresses: list[str]) -> None:
+    assert worker_addresses(text) == addresses
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("host:abc", "invalid worker address 'host:abc': the port must be a number"),
+        ("a:1,host:99999", "'host:99999': the port must be a number from 1 to 65535"),
+        ("host:0", "'host:0': the port must be"),
+        ("host:", "'host:': the port must be"),
+        (":5556", "':5556': the host is missing"),
+        ("http://", "the host is missing"),
+        ("ftp://h:21", "expected host:port or an http(s) URL"),
+        ("ho st:1", "expected host:port"),
+        ("h:1?x=1", "expected host:port"),
+        ("", "name at least one worker"),
+        (" , ", "name at least one worker"),
+    ],
+)
+def test_bad_worker_addresses_are_refused_by_name(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        worker_addresses(text)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)

@@ -154,10 +154,12 @@ def manager(
     ] = "info",
 ) -> None:
     """Run a manager: accept tasks, place them on workers, keep them running."""
+    from cube.cli.errors import CliError
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.manager.api import create_app
     from cube.manager.backend import Backend, MemoryBackend, SqliteBackend
     from cube.manager.manager import Manager, Settings
+    from cube.node import worker_addresses
     from cube.scheduler import make_scheduler
 
     setup_logging(log_level)
@@ -165,9 +167,10 @@ def manager(
         chosen = make_scheduler(scheduler)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
-    addresses = [w.strip() for w in workers.split(",") if w.strip()]
-    if not addresses:
-        raise typer.BadParameter("name at least one worker", param_hint="--workers")
+    try:
+        addresses = worker_addresses(workers)
+    except ValueError as exc:
+        raise CliError(f"--workers: {exc}") from None
 
     backend: Backend
     if dbtype is DbType.persistent:

@@ -17,7 +17,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker
@@ -35,6 +34,7 @@ from cube.runtime.base import (
     RuntimeUnavailable,
     parse_docker_time,
 )
+from cube.runtime.threads import DaemonThreadPool
 
 __all__ = ["DockerRuntime"]
 
@@ -85,9 +85,8 @@ class DockerRuntime:
         self._concurrency = max(1, max_concurrency)
         self._timeout = max(1, math.ceil(timeout))
         self._init = init
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._concurrency, thread_name_prefix="cube-docker"
-        )
+        # Daemon threads: a call in progress (an image pull) must not hold up exit.
+        self._executor = DaemonThreadPool(self._concurrency, "cube-docker")
         self._client: docker.APIClient | None = None
         self._client_lock = threading.Lock()
         self._streams: set[_EventStream] = set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -54,6 +55,8 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
             yield
         finally:
             sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
             await worker.close()
 
     app = FastAPI(title=f"Cube worker {worker.name}", lifespan=lifespan)

@@ -24,6 +24,10 @@ _NDJSON = "application/x-ndjson"
 # Idle connections are kept this long (workers keep theirs longer: cube.config.serve).
 KEEPALIVE = 60.0
 _JSON = {"Content-Type": "application/json"}
+# Whatever httpx raises. HTTPError covers transport failures, but not a URL it cannot
+# parse (InvalidURL: a worker given as ``host:abc``), a cookie clash or a stream error,
+# which would otherwise escape every caller's ``except WorkerUnreachable``.
+_HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict, httpx.StreamError)
 
 
 class WorkerUnreachable(Exception):
@@ -111,7 +115,7 @@ class WorkerClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, f"{self.base_url}{path}", **kwargs)
-        except httpx.HTTPError as exc:
+        except _HTTPX_ERRORS as exc:
             raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
         return self._checked(response)
 
@@ -176,7 +180,7 @@ class WorkerClient:
                 async for line in response.aiter_lines():
                     if line:
                         yield self._change(line)
-        except httpx.HTTPError as exc:
+        except _HTTPX_ERRORS as exc:
             raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
 
     def _change(self, line: str) -> TaskChanges:

@@ -166,13 +166,23 @@ class Worker:
         self._background = [asyncio.create_task(loop()) for loop in loops]
 
     async def close(self) -> None:
-        await self._checks.close()
-        for job in self._background:
+        """Stop the loops, then the checks they started, then close the store and runtime.
+
+        In that order: a loop still running could start a check after the checks were
+        cancelled (the event loop reads Docker's events until it ends), or write to a
+        closed store. The worker owns its store and runtime; closing the runtime ends
+        its event streams and abandons calls still in progress (an image pull), which
+        must not hold up a stop.
+        """
+        loops, self._background = self._background, []
+        for job in loops:
             job.cancel()
-        for job in self._background:
+        for job in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
-        self._background = []
+        await self._checks.close()
+        await self.runtime.close()
+        self.store.close()
 
     # --- requests (sync: they only record intent, the consumers do the work) -------
 
@@ -442,10 +452,13 @@ class Worker:
                 log.exception("reconcile failed")
 
     async def reconcile(self) -> None:
-        """Compare the store with Docker: adopt, record deaths, remove strays, resume starts.
+        """Compare the store with Docker: adopt, record deaths, remove strays, and retry
+        the starts and stops Docker could not take.
 
-        Runs at start-up (this is how a restarted worker re-adopts its containers), after
-        Docker comes back, and periodically as a safety net under the event stream.
+        Runs at start-up (this is how a restarted worker re-adopts its containers), as
+        soon as Docker answers again after an outage, and periodically as a safety net
+        under the event stream. A consumer that met an unavailable engine only logs it:
+        this is where its work is taken up again, without waiting for a manager to ask.
         """
         containers = await self.runtime.list(self._labels)
         by_task: dict[str, list[ContainerInfo]] = {}
@@ -457,10 +470,21 @@ class Worker:
                 await self.runtime.remove(info.id)
         alive = {info.id for info in containers if info.running}
         for task in self.store.list():
-            if task.State is State.RUNNING and task.ContainerID not in alive:
+            desired = self._desired.get(task.ID)
+            if desired is not None and not desired.run and not is_terminal(task.State):
+                self._retry(task.ID)  # a stop not done yet
+            elif task.State is State.RUNNING and task.ContainerID not in alive:
                 await self.check(task.ID)
             elif task.State is State.SCHEDULED:
                 await self._adopt_or_start(task, by_task.get(str(task.ID), []))
+
+    def _retry(self, task_id: uuid.UUID) -> None:
+        """Queue a task again, unless a consumer is at it now: a second entry would only
+        hold another consumer on the lock (if that attempt fails, the next reconcile
+        takes the task up)."""
+        lock = self._locks.get(task_id)
+        if lock is None or not lock.locked():
+            self._queue.put_nowait(task_id)
 
     async def _adopt_or_start(self, task: Task, containers: list[ContainerInfo]) -> None:
         """A task caught mid-start by a crash: adopt its container if it made it, else start."""
