@@ -34,11 +34,17 @@ RUN, STOP = State.RUNNING, State.COMPLETED
 
 
 def task(state: State, node: str = "", desired: State = RUN, **extra: Any) -> Task:
-    return Task(Image="img", State=state, Node=node, DesiredState=desired, **extra)
+    extra.setdefault("DesiredState", desired)
+    return Task(Image="img", State=state, Node=node, **extra)
 
 
 def ago(seconds: float) -> datetime:
     return NOW - timedelta(seconds=seconds)
+
+
+def failed(restarts: int, ended_ago: float, **extra: Any) -> Task:
+    """A Failed task on node "a" that has been restarted ``restarts`` times."""
+    return task(State.FAILED, "a", RestartCount=restarts, FinishTime=ago(ended_ago), **extra)
 
 
 # (id, task, expected action type or None, expected detail)
@@ -60,21 +66,23 @@ CASES: list[tuple[str, Task, type | None, str]] = [
     ),
     ("completed: nothing", task(State.COMPLETED, "a"), None, ""),
     # restarts: first at once, then 1 s, 2 s, ... from when the run ended
-    ("failed, first restart at once", task(State.FAILED, "a", FinishTime=NOW), Restart, ""),
-    ("failed once, restart after 1 s", task(State.FAILED, "a", RestartCount=1, FinishTime=ago(0.5)), Wake, "1.0"),
-    ("failed once, 1 s later: restart", task(State.FAILED, "a", RestartCount=1, FinishTime=ago(1)), Restart, ""),
-    ("failed twice, restart after 2 s", task(State.FAILED, "a", RestartCount=2, FinishTime=ago(1)), Wake, "2.0"),
-    ("max restarts reached: stays failed", task(State.FAILED, "a", RestartCount=3, FinishTime=ago(99)), None, ""),
-    ("always is not capped", task(State.FAILED, "a", RestartCount=9, RestartPolicy="always", FinishTime=ago(99)), Restart, ""),
-    ("policy no: stays failed", task(State.FAILED, "a", RestartPolicy="no", FinishTime=ago(99)), None, ""),
+    ("failed, first restart at once", failed(0, 0), Restart, ""),
+    ("failed once, restart after 1 s", failed(1, 0.5), Wake, "1.0"),
+    ("failed once, 1 s later: restart", failed(1, 1), Restart, ""),
+    ("failed twice, restart after 2 s", failed(2, 1), Wake, "2.0"),
+    ("max restarts reached: stays failed", failed(3, 99), None, ""),
+    ("always is not capped", failed(9, 99, RestartPolicy="always"), Restart, ""),
+    ("policy no: stays failed", failed(0, 99, RestartPolicy="no"), None, ""),
     # wanted stopped
-    ("stop a pending one: cancelled", task(State.PENDING, desired=STOP), Finish, "cancelled before placement"),
+    ("stop a pending one: cancelled", task(State.PENDING, desired=STOP), Finish,
+     "cancelled before placement"),
     ("stop on a ready node", task(State.RUNNING, "a", desired=STOP), Stop, ""),
     ("stop a scheduled one on a ready node", task(State.SCHEDULED, "a", desired=STOP), Stop, ""),
-    ("stop on a lost node: done here", task(State.RUNNING, "gone", desired=STOP), Finish, "stopped (worker gone is down)"),
+    ("stop on a lost node: done here", task(State.RUNNING, "gone", desired=STOP), Finish,
+     "stopped (worker gone is down)"),
     ("stop an unplaced one: done", task(State.SCHEDULED, desired=STOP), Finish, "stopped"),
     ("stop on an unheard node waits", task(State.RUNNING, "new", desired=STOP), None, ""),
-    ("a stopped failed task is never restarted", task(State.FAILED, "a", desired=STOP, FinishTime=ago(99)), None, ""),
+    ("a stopped failed task is never restarted", failed(0, 99, DesiredState=STOP), None, ""),
 ]  # fmt: skip
 
 
