@@ -88,7 +88,7 @@ CASES: list[tuple[str, Task, type | None, str]] = [
 
 @pytest.mark.parametrize(("name", "given", "kind", "detail"), CASES, ids=[c[0] for c in CASES])
 def test_rule(name: str, given: Task, kind: type | None, detail: str) -> None:
-    action = reconcile_task(given, READY, LOST, NOW, POLICY)
+    action = reconcile_task(given, READY, LOST, NOW, POLICY, given.FinishTime)
     if kind is None:
         assert action is None
         return
@@ -99,8 +99,18 @@ def test_rule(name: str, given: Task, kind: type | None, detail: str) -> None:
     if isinstance(action, Finish):
         assert action.state is (State.FAILED if "policy no" in name else State.COMPLETED)
     if isinstance(action, Wake):
-        assert given.FinishTime is not None
+        assert given.FinishTime is not None  # here: when the manager learned of the failure
         assert (action.at - given.FinishTime).total_seconds() == float(detail)
+
+
+def test_backoff_counts_from_when_the_manager_learned_of_the_failure() -> None:
+    """Not from the worker's FinishTime: the worker's clock may be hours off."""
+    skewed = failed(1, -3600)  # FinishTime an hour in the future, by the worker's clock
+    assert isinstance(reconcile_task(skewed, READY, LOST, NOW, POLICY, ago(1)), Restart)
+    waiting = reconcile_task(skewed, READY, LOST, NOW, POLICY, ago(0.25))
+    assert isinstance(waiting, Wake) and waiting.at == NOW + timedelta(seconds=0.75)
+    unknown = reconcile_task(skewed, READY, LOST, NOW, POLICY)  # after a manager restart
+    assert isinstance(unknown, Wake) and unknown.at == NOW + timedelta(seconds=1)
 
 
 def test_backoff_doubles_to_its_cap() -> None:

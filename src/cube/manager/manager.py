@@ -131,7 +131,7 @@ class Manager:
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
         nodes = {n.Name: n for n in map(Node.for_worker, workers)}  # a repeat counts once
-        self.state = ClusterState(backend, nodes.values())
+        self.state = ClusterState(backend, nodes.values(), self.clock.now)
         connect = connect or (lambda url: WorkerClient.connect(url, s.request_timeout))
         self.clients = {name: connect(node.Api) for name, node in nodes.items()}
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
@@ -317,7 +317,8 @@ class Manager:
                 await asyncio.sleep(0)  # let requests and reports in between slices
             tasks = [self.state.tasks[i] for i in dirty[start : start + SLICE]]
             ready, lost = self.state.ready, self.state.lost
-            await self.apply(reconcile(tasks, ready, lost, now, self.policy))
+            failed_at = self.state.failed_at
+            await self.apply(reconcile(tasks, ready, lost, now, self.policy, failed_at))
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is

@@ -29,12 +29,14 @@ Finish (the worker, if it returns, is told to stop its copy). Tasks on a node th
 neither ready nor lost (not heard from yet) wait for it.
 
 Restarts follow the kubelet: the first at once, then 1 s, 2 s, 4 s… (``restart_backoff``
-doubling, capped at ``restart_backoff_max``), counted from when the run ended.
+doubling, capped at ``restart_backoff_max``), counted on the manager's clock from when
+it learned of the failure (a worker's clock may differ from the manager's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+import uuid
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -121,17 +123,25 @@ def reconcile(
     lost: Set[str],
     now: datetime,
     policy: Policy,
+    failed_at: Mapping[uuid.UUID, datetime] | None = None,
 ) -> list[Action]:
+    """``failed_at``: when the manager learned each Failed task failed (default: now)."""
     actions: list[Action] = []
+    failed_at = failed_at or {}
     for task in tasks:
-        action = reconcile_task(task, ready, lost, now, policy)
+        action = reconcile_task(task, ready, lost, now, policy, failed_at.get(task.ID))
         if action is not None:
             actions.append(action)
     return actions
 
 
 def reconcile_task(
-    task: Task, ready: Set[str], lost: Set[str], now: datetime, policy: Policy
+    task: Task,
+    ready: Set[str],
+    lost: Set[str],
+    now: datetime,
+    policy: Policy,
+    failed_at: datetime | None = None,
 ) -> Action | None:
     state, node = task.State, task.Node
     gone = not node or node in lost
@@ -157,7 +167,7 @@ def reconcile_task(
             return Send(task)
         return None
     if state is State.FAILED and restartable(task, policy):
-        due = restart_due(task, policy, now)
+        due = (failed_at or now) + timedelta(seconds=restart_delay(task.RestartCount, policy))
         return Restart(task) if due <= now else Wake(task, due)
     return None
 
@@ -174,11 +184,6 @@ def restart_delay(restart_count: int, policy: Policy) -> float:
         return 0.0
     doublings = min(restart_count - 1, 32)  # "always" may restart forever: no overflow
     return float(min(policy.restart_backoff * 2**doublings, policy.restart_backoff_max))
-
-
-def restart_due(task: Task, policy: Policy, now: datetime) -> datetime:
-    ended = task.FinishTime or now
-    return ended + timedelta(seconds=restart_delay(task.RestartCount, policy))
 
 
 def silent_nodes(

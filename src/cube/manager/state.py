@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 
 from cube.manager.backend import Backend, Change
 from cube.node import DOWN, READY, Node
@@ -27,8 +28,18 @@ _HOLDING = frozenset({TaskState.SCHEDULED, TaskState.RUNNING})
 
 
 class State:
-    def __init__(self, backend: Backend, nodes: Iterable[Node]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        nodes: Iterable[Node],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.backend = backend
+        self._now = now
+        # When the manager learned that each Failed task failed, by its own clock: restart
+        # backoff counts from here, not from a worker's FinishTime (clocks differ). Not
+        # stored: after a manager restart, a backoff counts from the restart.
+        self.failed_at: dict[uuid.UUID, datetime] = {}
         self.nodes: dict[str, Node] = {node.Name: node for node in nodes}
         self.lost: set[str] = set()
         self.ready: set[str] = {name for name, node in self.nodes.items() if node.is_ready}
@@ -41,6 +52,7 @@ class State:
         # Set whenever there is something to reconcile; the manager's loop waits on it.
         self.changed = asyncio.Event()
         for task in backend.load():
+            self._note(None, task)
             self.tasks[task.ID] = task
             self._settle(task)
             self._dirty[task.ID] = None
@@ -55,11 +67,19 @@ class State:
             return
         changes = [Change(self.tasks.get(task.ID), task) for task in tasks]
         await self.backend.commit(changes, events)
-        for task in tasks:
+        for change in changes:
+            task = change.after
+            self._note(change.before, task)
             self.tasks[task.ID] = task
             self._settle(task)
             self._dirty[task.ID] = None
         self.changed.set()
+
+    def _note(self, before: Task | None, after: Task) -> None:
+        if after.State is not TaskState.FAILED:
+            self.failed_at.pop(after.ID, None)
+        elif before is None or before.State is not TaskState.FAILED:
+            self.failed_at[after.ID] = self._now()
 
     # --- reservations -------------------------------------------------------------------
 
