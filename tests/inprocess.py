@@ -102,26 +102,43 @@ class _Breakable(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-class Crash(BaseException):
-    """The manager process dies here (a BaseException: nothing in Cube catches it)."""
-
-
 class FaultyBackend(SqliteBackend):
-    """SQLite, with a crash injected before or after the commit numbered ``crash_at``."""
+    """SQLite, and a SIGKILL injected before or after the commit numbered ``crash_at``.
+
+    At that point every coroutine of the manager is cancelled at once (``kill``) and
+    nothing is written any more: what is on disk is what a killed process leaves.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.commits = 0
         self.crash_at: int | None = None
         self.after = False
+        self.crashed = False
+        self.kill: Callable[[], None] = lambda: None
 
     async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+        if self.crashed:
+            raise asyncio.CancelledError
         self.commits += 1
         if self.commits == self.crash_at and not self.after:
-            raise Crash(f"killed before commit {self.commits}")
+            self._die()
         await super().commit(changes, events)
         if self.commits == self.crash_at and self.after:
-            raise Crash(f"killed after commit {self.commits}")
+            self._die()
+
+    def _die(self) -> None:
+        self.crashed = True
+        self.kill()
+        raise asyncio.CancelledError
+
+
+def kill(manager: Manager) -> None:
+    """Cancel every coroutine the manager runs, as SIGKILL ends them (test harness only:
+    it reaches into the manager's loops and job sets)."""
+    jobs = [*manager._loops, *manager.dispatch.jobs._jobs, *manager.tracker.jobs._jobs]
+    for job in jobs:
+        job.cancel()
 
 
 @dataclass
@@ -182,8 +199,8 @@ class Cluster:
     async def crash_manager(self) -> None:
         """Gone without a goodbye: its loops stop, its connections drop; the file stays."""
         if self.manager is not None:
-            with contextlib.suppress(Crash):
-                await self.manager.close()
+            kill(self.manager)
+            await self.manager.close()
             self.manager = None
 
     async def until(
