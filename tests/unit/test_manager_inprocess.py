@@ -62,8 +62,10 @@ async def test_a_cut_off_worker_loses_its_tasks_and_runs_none_when_back() -> Non
         await c.settle(9.0)
         assert all(c.task(i).Node == cut.name for i in on_cut)
         await c.until(
-            lambda: all(c.task(i).Node != cut.name for i in on_cut)
-            and all(c.task(i).State is State.RUNNING for i in ids),
+            lambda: (
+                all(c.task(i).Node != cut.name for i in on_cut)
+                and all(c.task(i).State is State.RUNNING for i in ids)
+            ),
             virtual=3.0,
             what="moved",
         )
@@ -99,8 +101,7 @@ async def test_a_scheduled_task_moved_away_and_back_runs_again() -> None:
         await c.until(lambda: c.task(task.ID).State is State.RUNNING, what="running elsewhere")
         other.link.cut()
         await c.until(
-            lambda: c.task(task.ID).Node == first.name
-            and c.task(task.ID).State is State.RUNNING,
+            lambda: c.task(task.ID).Node == first.name and c.task(task.ID).State is State.RUNNING,
             what="moved back and running",
         )
         assert c.task(task.ID).RestartCount == 2

@@ -1,0 +1,85 @@
+"""The manager's HTTP API in-process: the book's routes, bodies and codes, and errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from cube.clock import ManualClock
+from cube.manager.api import create_app
+from cube.manager.backend import MemoryBackend
+from cube.manager.manager import Manager
+from cube.scheduler import Epvm
+from cube.transport import InProcessTransport, lifespan
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[httpx.AsyncClient]:
+    manager = Manager(["w1:5556"], Epvm(), MemoryBackend(), clock=ManualClock())
+    app = create_app(manager)
+    async with lifespan(app):
+        transport = InProcessTransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+            yield client
+
+
+def book_event(**task: object) -> dict[str, object]:
+    """The book's TaskEvent body, as its examples send it."""
+    body = {"ID": str(uuid.uuid4()), "Name": "t", "State": 1, "Image": "strm/helloworld-http"}
+    body.update(task)
+    return {"ID": str(uuid.uuid4()), "State": 2, "Timestamp": "2026-01-01T00:00:00Z", "Task": body}
+
+
+async def test_the_books_routes(api: httpx.AsyncClient) -> None:
+    created = await api.post("/tasks", json=book_event())
+    assert created.status_code == 201
+    task = created.json()
+    assert task["State"] == 0 and task["DesiredState"] == 2
+    listed = await api.get("/tasks")
+    assert [t["ID"] for t in listed.json()] == [task["ID"]]
+    one = await api.get(f"/tasks/{task['ID']}")
+    assert one.status_code == 200 and one.json()["Name"] == "t"
+    history = await api.get(f"/tasks/{task['ID']}/events")
+    assert [e["State"] for e in history.json()] == [2]
+    assert (await api.delete(f"/tasks/{task['ID']}")).status_code == 204
+    stopped = (await api.get(f"/tasks/{task['ID']}")).json()
+    assert (stopped["State"], stopped["DesiredState"]) == (3, 3)
+    nodes = (await api.get("/nodes")).json()
+    assert [(n["Name"], n["Status"]) for n in nodes] == [("w1:5556", "down")]
+    health = (await api.get("/health")).json()
+    assert health == {"Role": "manager", "Workers": 1, "WorkersReady": 0, "Tasks": 1}
+
+
+async def test_an_array_is_accepted_together(api: httpx.AsyncClient) -> None:
+    answer = await api.post("/tasks", json=[book_event(), book_event()])
+    assert answer.status_code == 201 and len(answer.json()) == 2
+    mixed = [book_event(), {**book_event(), "State": 3}]
+    refused = await api.post("/tasks", json=mixed)
+    assert refused.status_code == 400
+    assert "each State must be Scheduled or Running" in refused.json()["Message"]
+    assert len((await api.get("/tasks")).json()) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/tasks/nope", None, 400, "expected a UUID"),
+        ("GET", f"/tasks/{uuid.uuid4()}", None, 404, "not found"),
+        ("DELETE", f"/tasks/{uuid.uuid4()}", None, 404, "not found"),
+        ("POST", "/tasks", {"State": 2, "Task": {"Image": "x", "Colour": 1}}, 400, "Colour"),
+        ("POST", "/tasks", {"State": 4, "Task": {"Image": "x"}}, 400, "not Failed"),
+        ("POST", "/tasks", [{"State": 2}], 400, "Task"),
+    ],
+)
+async def test_bad_requests_get_a_4xx_with_a_message(
+    api: httpx.AsyncClient, method: str, path: str, body: object, status: int, message: str
+) -> None:
+    answer = await api.request(method, path, json=body)
+    assert answer.status_code == status
+    assert answer.json()["HTTPStatusCode"] == status
+    assert message in answer.json()["Message"]
