@@ -177,3 +177,24 @@ async def test_closing_the_response_ends_an_app_that_does_not_listen() -> None:
         async with client.stream("GET", "/") as response:
             assert response.status_code == 200
         assert ended.is_set()
+
+
+async def test_a_stop_for_an_older_incarnation_leaves_a_newer_one_running(
+    worker: tuple[Worker, WorkerClient],
+) -> None:
+    """A manager stopping a stray copy names the incarnation it saw; a newer one sent
+    here since must survive that stop, however late it arrives."""
+    node, client = worker
+    task = Task(Image="cube/busybox")
+    await client.submit(TaskEvent(Task=task))
+    newer = task.model_copy(update={"RestartCount": 2})
+    await client.submit(TaskEvent(Task=newer))
+    await eventually(lambda: node.get(task.ID).State is State.RUNNING, what="Running")
+    await client.stop(task.ID, up_to=1)
+    assert node.get(task.ID).RestartCount == 2
+    assert node._desired[task.ID].run  # still wanted running
+    await client.stop(task.ID, up_to=2)
+    await eventually(lambda: node.get(task.ID).State is State.COMPLETED, what="stopped")
+    with pytest.raises(WorkerRejected) as refused:
+        await client._call("DELETE", f"/tasks/{task.ID}?restartCount=two")
+    assert refused.value.status == 400

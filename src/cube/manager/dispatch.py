@@ -169,11 +169,12 @@ class Dispatcher:
             delay = min(delay * 2, MAX_RETRY)
 
     def stop_copy(self, node: str, task: Task) -> None:
-        """Stop a copy that should not run there; tracking shows whether it did."""
+        """Stop a copy that should not run there (``task`` as the worker reported it);
+        only that incarnation or older, should a newer one have been sent there since."""
         client = self.clients.get(node)
         if client is not None:
             log.info("task %s: stopping stray copy on %s", task.ID, node)
-            self.jobs.spawn(_quietly(client.stop(task.ID)))
+            self.jobs.spawn(_quietly(client.stop(task.ID, task.RestartCount)))
 
     async def close(self) -> None:
         await self.jobs.close()

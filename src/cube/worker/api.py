@@ -174,8 +174,12 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         return worker.get(parse_uuid(task_id)).to_wire()
 
     @app.delete("/tasks/{task_id}", status_code=204)
-    async def delete_task(task_id: str) -> Response:
-        worker.stop(parse_uuid(task_id))
+    async def delete_task(task_id: str, request: Request) -> Response:
+        """Stop a task. ``?restartCount=N``: only if its incarnation is N or older."""
+        up_to = request.query_params.get("restartCount")
+        if up_to is not None and not up_to.isdigit():
+            raise ApiError(400, f"restartCount must be a whole number, got {up_to!r}")
+        worker.stop(parse_uuid(task_id), None if up_to is None else int(up_to))
         return Response(status_code=204)
 
     @app.get("/stats")

@@ -192,8 +192,10 @@ class WorkerClient:
             change.Tasks, change.Complete, change.Epoch, change.Version, change.Stats, change.Docker
         )
 
-    async def stop(self, task_id: uuid.UUID) -> None:
-        await self._call("DELETE", f"/tasks/{task_id}")
+    async def stop(self, task_id: uuid.UUID, up_to: int | None = None) -> None:
+        """Stop a task; with ``up_to``, only an incarnation no newer than that."""
+        query = "" if up_to is None else f"?restartCount={up_to}"
+        await self._call("DELETE", f"/tasks/{task_id}{query}")
 
     async def submit_many(self, events: Sequence[TaskEvent]) -> None:
         """Several TaskEvents in one request (a JSON array).

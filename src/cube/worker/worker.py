@@ -235,8 +235,15 @@ class Worker:
         self._want(task.ID, Desired(run=True, restart_count=task.RestartCount))
         return task
 
-    def stop(self, task_id: uuid.UUID) -> Task:
+    def stop(self, task_id: uuid.UUID, up_to: int | None = None) -> Task:
+        """Stop a task; with ``up_to``, only if its incarnation is no newer than that.
+
+        A manager stopping a copy it saw as a stray names the incarnation it saw, so
+        that a stop still in flight cannot end a newer incarnation sent here since.
+        """
         task = self.get(task_id)
+        if up_to is not None and task.RestartCount > up_to:
+            return task
         self._want(task.ID, Desired(run=False, restart_count=task.RestartCount))
         return task
 
