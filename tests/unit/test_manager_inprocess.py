@@ -172,3 +172,21 @@ async def test_an_unhealthy_task_restarts_once_or_its_container_stops(policy: st
             await c.until(lambda: c.task(task.ID).RestartCount == 1, virtual=2.0)
             await c.until(lambda: c.task(task.ID).State is State.RUNNING, virtual=0.5)
             assert c.copies() == {str(task.ID): 1}
+
+
+async def test_a_frozen_link_heals_at_once_not_at_the_next_resync() -> None:
+    """A stream that hung through the fault must not go on where it left off: the
+    copies moved away meanwhile are only seen (and stopped) in the whole list."""
+    async with cluster(2) as c:
+        m = await c.start_manager(MemoryBackend())
+        ids = [t.ID for t in await m.submit_many([sleeper() for _ in range(4)])]
+        await c.until(lambda: all(c.task(i).State is State.RUNNING for i in ids), what="running")
+        frozen = c.nodes[0]
+        assert frozen.running()
+        frozen.link.freeze()
+        await c.until(
+            lambda: all(c.task(i).Node != frozen.name for i in ids), virtual=15.0, what="moved"
+        )
+        frozen.link.heal()
+        await c.until(lambda: not frozen.running(), virtual=3.0, what="strays stopped")
+        assert c.copies() == {str(i): 1 for i in ids}

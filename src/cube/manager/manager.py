@@ -312,6 +312,7 @@ class Manager:
         for name in silent:
             log.warning("worker %s is down: silent for %ss", name, self.settings.worker_timeout)
             self.state.node_lost(name)
+            self.tracker.lost(name)
         while self._wakes and self._wakes[0][0] <= now:
             self.state.mark([heapq.heappop(self._wakes)[1]])
         dirty = self.state.take_dirty()
