@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run every test: lint, types, unit tests and the integration tests against a real
-# Docker engine. Sets up what is missing first (see scripts/setup.sh).
+# Run every test: lint, types, then pytest over unit, integration (real Docker), bench
+# smoke and chaos tests. Sets up what is missing first (see scripts/setup.sh). Tests
+# that restart the machine's Docker engine run only with --restart-docker or
+# CUBE_TEST_RESTART_DOCKER=1 (.ci/run sets it).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k worker
 set -euo pipefail
 cd "$(dirname "$0")/.."
