@@ -29,6 +29,7 @@ import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -198,6 +199,13 @@ class Link:
         self.iptables(
             "-t", "nat", "-I", "PREROUTING", "1", "-i", self.ns_if, "-p", "tcp",
             "-j", "REDIRECT", "--to-ports", str(port),
+        )  # fmt: skip
+        # A segment conntrack cannot place (out of window after losses) skips NAT, reaches
+        # the original port and is answered with a reset that no real link would cause:
+        # drop it instead, as kube-proxy does.
+        self.iptables(
+            "-t", "mangle", "-I", "PREROUTING", "1", "-i", self.ns_if,
+            "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP",
         )  # fmt: skip
 
 
@@ -402,11 +410,10 @@ class Fleet:
             link = Link()
             self.cleanup.callback(link.destroy)
             links.append(link.create())
-        engines = []
+        engines: list[Engine] = []
+        self.cleanup.callback(stop_all, engines)
         for link in links:
-            engine = Engine(link, log=self.tmp / f"dockerd-{link.tag}.log")
-            self.cleanup.callback(engine.stop)
-            engines.append(engine.start())
+            engines.append(Engine(link, log=self.tmp / f"dockerd-{link.tag}.log").start())
         started = []
         for link, engine in zip(links, engines, strict=True):
             engine.wait_ready()
@@ -438,6 +445,13 @@ class Fleet:
         for worker in self.workers:
             total.update(worker.running_copies())
         return total
+
+
+def stop_all(engines: list[Engine]) -> None:
+    """Stop engines side by side: each takes seconds to shut down."""
+    with ThreadPoolExecutor(max(len(engines), 1)) as pool:
+        for stopped in [pool.submit(engine.stop) for engine in engines]:
+            stopped.result()
 
 
 @contextlib.contextmanager
