@@ -60,6 +60,7 @@ CMD = ["sleep", "3600"]
 WORKER_CONCURRENCY = 32  # cube worker --concurrency default
 RUNNING = 2
 COMPLETED = 3
+DIRECT_TARGET = 1.05  # Cube's time over the Docker API's at the same concurrency, at most
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -429,9 +430,9 @@ def run(args: argparse.Namespace) -> Result:
             targets.append(
                 Target(
                     f"N={row['N']}, {row['system']}: vs docker API",
-                    "<= 1.10x",
+                    f"<= {DIRECT_TARGET:.2f}x",
                     f"{ratio:.2f}x",
-                    ratio <= 1.10,
+                    ratio <= DIRECT_TARGET,
                 )
             )
             if row.get("vs swarm"):
