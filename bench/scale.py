@@ -13,7 +13,8 @@ side by side and on fleets started the same way:
 - **floor**: the same task events sent straight to the workers, batched per worker,
   no manager (``bench.floor``); Cube's time over the floor's is the figure to compare
   between machines (target <= 1.5x);
-- **cube @REV** (with ``--compare REV``): that commit's manager, for "manager CPU
+- **cube @REV** (with ``--compare REV``): that commit's manager (and its simulated
+  fleet, which must speak the same wire format), for "manager CPU
   seconds no worse than before" measured in one run.
 
 Each is measured ``--repeat`` times in turns (A B C, then C B A) and the medians
@@ -182,8 +183,15 @@ async def submit_all(
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, workers: int, start_latency: float) -> Iterator[tuple[Proc, list[str]]]:
-    """A fresh simulated fleet (this tree's), its process and its workers' addresses."""
+def fleet(
+    tmp: Path, workers: int, start_latency: float, env: dict[str, str] | None = None
+) -> Iterator[tuple[Proc, list[str]]]:
+    """A fresh simulated fleet (this tree's, or another's with ``env``), its process
+    and its workers' addresses.
+
+    The fleet is of the same revision as the manager under test: workers and manager
+    share the task's wire format, and an older manager refuses fields it does not know.
+    """
     addresses_file = tmp / "workers.txt"
     proc = Proc(
         [
@@ -197,7 +205,7 @@ def fleet(tmp: Path, workers: int, start_latency: float) -> Iterator[tuple[Proc,
             str(start_latency),
         ],
         tmp / "fleet.log",
-    ).start()
+    ).start(env)
     try:
 
         def up() -> list[str] | None:
@@ -218,7 +226,7 @@ def measure_cube(
 ) -> dict[str, float]:
     """One run through a manager (this tree's, or another's with ``env``)."""
     ids = {b["Task"]["ID"] for b in bodies}
-    with fleet(tmp, workers, args.start_latency) as (fleet_proc, addresses):
+    with fleet(tmp, workers, args.start_latency, env) as (fleet_proc, addresses):
         cluster = Cluster(tmp)
         try:
             cluster.start_manager(
