@@ -144,3 +144,44 @@ async def test_close_stops_the_loops_then_what_they_feed_then_connections_and_st
     assert all(client._http.is_closed for client in node.clients.values())
     assert node.health.http.is_closed
     assert backend.closed
+
+
+async def test_an_idle_manager_still_notices_a_silent_worker() -> None:
+    """Nothing submitted, nothing changing: the worker timeout must still fire."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    def connect(url: str) -> WorkerClient:
+        return WorkerClient(url, httpx.AsyncClient(transport=httpx.MockTransport(refuse)))
+
+    clock = ManualClock()
+    node = Manager([NODE], Epvm(), MemoryBackend(), clock=clock, connect=connect)
+    await node.start()
+    try:
+        await clock.advance(9.5)
+        assert node.state.lost == set()
+        await clock.advance(1.0)
+        assert node.state.lost == {NODE}
+    finally:
+        await node.close()
+
+
+async def test_a_restart_that_waits_for_room_keeps_why_the_task_failed(manager: Manager) -> None:
+    task = await manager.submit(event())  # 1 GiB, on a 4 GiB node
+    await manager.reconcile_once()
+    placed = manager.get(task.ID)
+    await manager.state.commit(
+        [placed.model_copy(update={"State": State.FAILED, "Reason": "exited with code 1"})]
+    )
+    manager.state.nodes[NODE].Memory = 2**19  # the node shrank: no room to restart
+    await manager.reconcile_once()
+    waiting = manager.get(task.ID)
+    assert waiting.State is State.FAILED
+    assert waiting.Reason.startswith("exited with code 1 (restart waits: no feasible node")
+    manager.state.nodes[NODE].Memory = 4 * 2**20
+    manager.state.room()
+    await manager.reconcile_once()
+    restarted = manager.get(task.ID)
+    assert (restarted.State, restarted.RestartCount) == (State.SCHEDULED, 1)
+    assert restarted.Reason == "restarting after: exited with code 1"

@@ -150,7 +150,8 @@ class Manager:
         )  # fmt: skip
         self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
         self._wakes: list[tuple[datetime, uuid.UUID]] = []
-        self._next_node_check: float | None = None
+        # When to look for silent workers next: at once, then at the earliest deadline.
+        self._next_node_check = self.clock.monotonic()
         self._loops: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------------------
@@ -294,21 +295,20 @@ class Manager:
 
     def _until_next(self) -> float:
         """Seconds until something falls due without anyone saying so."""
-        waits = [3600.0]
+        waits = [self._next_node_check - self.clock.monotonic()]
         if self._wakes:
             waits.append((self._wakes[0][0] - self.clock.now()).total_seconds())
-        if self._next_node_check is not None:
-            waits.append(self._next_node_check - self.clock.monotonic())
         return max(min(waits), 0.0)
 
     async def reconcile_once(self) -> None:
         now, mono = self.clock.now(), self.clock.monotonic()
         silent: list[str] = []
-        if self._next_node_check is None or self._next_node_check <= mono:
-            # O(nodes): only when the earliest deadline seen last time has come.
-            silent, self._next_node_check = silent_nodes(
-                self.tracker.last_seen, self.state.lost, mono, self.settings.worker_timeout
-            )
+        if self._next_node_check <= mono:
+            # O(nodes): only when the earliest deadline seen last time has come (or, with
+            # every node lost, a worker timeout later: one may be back by then).
+            timeout = self.settings.worker_timeout
+            silent, due = silent_nodes(self.tracker.last_seen, self.state.lost, mono, timeout)
+            self._next_node_check = due if due is not None else mono + timeout
         for name in silent:
             log.warning("worker %s is down: silent for %ss", name, self.settings.worker_timeout)
             self.state.node_lost(name)

@@ -18,6 +18,9 @@ from cube.manager.state import State as ClusterState
 from cube.scheduler import Scheduler
 from cube.task import State, Task, transition
 
+# A Failed task whose restart fits nowhere yet keeps why it failed, and says why it waits.
+WAITS = " (restart waits: "
+
 
 @dataclass
 class Placements:
@@ -61,10 +64,11 @@ def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Plac
         choice = scheduler.place(candidate, [home])
     if choice is None or choice.node is None:
         choice = scheduler.place(candidate, list(state.nodes.values()))
+    failure = task.Reason.split(WAITS)[0]  # why it failed, without an earlier wait's note
     if choice.node is None:
-        _wait(task, task, f"restart waits: {choice.reason}", result)
+        _wait(task, task, f"{failure}{WAITS}{choice.reason})", result)
         return
-    why = f"restarting after: {task.Reason}" if task.Reason else "restarting"
+    why = f"restarting after: {failure}" if failure else "restarting"
     restarted = transition(task, State.SCHEDULED, reason=why).model_copy(
         update={"RestartCount": task.RestartCount + 1, "Node": choice.node.Name}
     )

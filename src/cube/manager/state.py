@@ -7,8 +7,9 @@ scheduling decision costs O(nodes), not O(tasks)), and which tasks changed and s
 reconciling. Nothing else writes tasks, so nothing else can forget one of those steps.
 
 Nodes live here too, with their status as the manager sees it: *ready* (answering),
-*lost* (silent past the worker timeout: its tasks are moved), or neither (not heard from
-yet since the manager started, or back but not yet answering): tasks on such a node wait.
+*lost* (silent past the worker timeout: its tasks are moved; it stays lost until it
+answers again, then it is ready), or neither (not heard from yet since the manager
+started): tasks on such a node wait.
 """
 
 from __future__ import annotations
