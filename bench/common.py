@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -45,12 +46,21 @@ RUNNING = 2
 
 @dataclass
 class Target:
-    """A goal of SPEC.md §7 and whether this run met it."""
+    """One of the project's performance targets and whether this run met it."""
 
     name: str
     goal: str
     measured: str
     met: bool
+
+
+@dataclass
+class Table:
+    """A further table of a result, printed (and rendered in the docs) after the main one."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
 
 
 @dataclass
@@ -60,6 +70,7 @@ class Result:
     columns: list[str]
     rows: list[dict[str, Any]]
     targets: list[Target] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +141,7 @@ def write_result(result: Result, out: Path, smoke: bool, started: float) -> Path
         "settings": result.settings,
         "columns": result.columns,
         "rows": result.rows,
+        "tables": [vars(t) for t in result.tables],
         "targets": [vars(t) for t in result.targets],
         "notes": result.notes,
         **result.extra,
@@ -167,6 +179,9 @@ def table_markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
 def print_result(result: Result) -> None:
     print(f"\n{result.title}\n")
     print(table_text(result.columns, result.rows))
+    for table in result.tables:
+        print(f"\n{table.title}\n")
+        print(table_text(table.columns, table.rows))
     if result.targets:
         print()
         for target in result.targets:
@@ -287,14 +302,19 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the process has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
         return _status_kb(self.pid, "VmRSS") / 1024
 
     def peak_rss_mb(self) -> float:
         return _status_kb(self.pid, "VmHWM") / 1024
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU time a process (this one by default) has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -349,7 +369,10 @@ class Cluster:
 
             wait_for(ready, timeout, f"worker {address}")
 
-    def start_manager(self, *extra: str, addresses: list[str] | None = None) -> str:
+    def start_manager(
+        self, *extra: str, addresses: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> str:
+        """Start `cube manager`; ``env`` adds to its environment (another tree's code, say)."""
         port = free_port()
         workers = ",".join(addresses if addresses is not None else [a for _, a in self.workers])
         self.manager = Proc(
@@ -369,7 +392,7 @@ class Cluster:
             self.workdir / "manager.log",
         )
         # The worker list can be long (a thousand simulated workers): pass it by environment.
-        self.manager.start(env={"CUBE_WORKERS": workers})
+        self.manager.start(env={**(env or {}), "CUBE_WORKERS": workers})
         self.manager_url = f"http://127.0.0.1:{port}"
         return self.manager_url
 
@@ -380,7 +403,7 @@ class Cluster:
         def ready() -> bool:
             manager.check_alive()
             nodes = httpx.get(f"{self.manager_url}/nodes", timeout=10).json()
-            return sum(n["Status"] == "ready" for n in nodes) >= ready_workers
+            return bool(sum(n["Status"] == "ready" for n in nodes) >= ready_workers)
 
         wait_for(ready, timeout, "manager and its workers ready", interval=0.1)
 
@@ -407,6 +430,25 @@ def task_event(image: str, cmd: list[str] | None = None, **task: Any) -> dict[st
         body["Cmd"] = cmd
     body.update(task)
     return {"ID": str(uuid.uuid4()), "State": 2, "Task": body}
+
+
+def interleaved(systems: dict[str, Callable[[], T]], repeat: int) -> dict[str, list[T]]:
+    """Each system measured ``repeat`` times, in turns, A B C then C B A.
+
+    Whatever drifts during a run (an engine that slows down as containers pile up, a
+    machine warming up) falls on whatever is measured last; in turns, on whichever comes
+    last in each round. Reversing the order every other round (ABBA counterbalancing)
+    gives every system the same average place in the sequence, so a steady drift
+    cancels out over an even number of rounds.
+    """
+    runs: dict[str, list[T]] = {name: [] for name in systems}
+    for round_ in range(repeat):
+        order = list(systems.items())
+        if round_ % 2:
+            order.reverse()
+        for name, measure in order:
+            runs[name].append(measure())
+    return runs
 
 
 def percentile(values: list[float], p: float) -> float:

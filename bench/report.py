@@ -33,6 +33,8 @@ def render(path: Path) -> str:
     lines.append(f"Command: `{data['command']}` ({data['date']}, {data['duration_s']} s)")
     lines.append("")
     lines.append(table_markdown(data["columns"], data["rows"]))
+    for table in data.get("tables", []):
+        lines += ["", f"{table['title']}:", "", table_markdown(table["columns"], table["rows"])]
     if data["targets"]:
         lines += ["", "| target | goal | measured | met |", "| --- | --- | --- | --- |"]
         for t in data["targets"]:

@@ -58,6 +58,18 @@ if ! docker_ok; then
     fi
 fi
 
+# --- Network fault tools ----------------------------------------------------------
+# The chaos suite's partition tests put workers in network namespaces (iproute2's ip)
+# and drop packets with iptables; they skip, saying why, where these cannot be used.
+if ! command -v ip >/dev/null 2>&1; then
+    log "installing Debian's iproute2"
+    apt_install iproute2
+fi
+if ! command -v iptables >/dev/null 2>&1; then
+    log "installing Debian's iptables"
+    apt_install iptables
+fi
+
 # --- Offline images ---------------------------------------------------------------
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
     log "installing Debian's busybox-static"

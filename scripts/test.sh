@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Run every test: lint, types, then pytest. Sets up what is missing first (see
-# scripts/setup.sh). With no arguments: the tests that need no Docker run first under
-# coverage.py, which prints the manager's coverage and fails below 85%; then the rest
-# (integration, bench smoke, chaos). Extra arguments go to a single pytest run instead,
-# e.g. scripts/test.sh -k worker
+# scripts/setup.sh). With no arguments: the tests that need no Docker (tests/unit) run
+# first under coverage.py, which prints the manager's line coverage and fails below
+# 85%; then the rest (integration with real Docker, bench smoke, chaos). Tests that
+# restart the machine's Docker engine run only with CUBE_TEST_RESTART_DOCKER=1
+# (.ci/run sets it). Extra arguments go to one pytest run instead, e.g.
+# scripts/test.sh -k worker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,29 @@ from tests.support import (
     remove_containers,
     worker_process,
 )
+
+RESTART_DOCKER_ENV = "CUBE_TEST_RESTART_DOCKER"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--restart-docker",
+        action="store_true",
+        help=f"also run the tests that restart the Docker engine (or {RESTART_DOCKER_ENV}=1)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Running Cube's tests must never restart someone's Docker unasked: CI opts in."""
+    if config.getoption("--restart-docker") or os.environ.get(RESTART_DOCKER_ENV) == "1":
+        return
+    skip = pytest.mark.skip(
+        reason="restarts this machine's Docker engine: opt in with --restart-docker "
+        f"or {RESTART_DOCKER_ENV}=1 (.ci/run does)"
+    )
+    for item in items:
+        if "restarts_docker" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

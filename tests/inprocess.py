@@ -44,6 +44,8 @@ class Link(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.up = True
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self._open: set[_Breakable] = set()
 
     def cut(self) -> None:
@@ -51,12 +53,19 @@ class Link(httpx.AsyncBaseTransport):
         for body in list(self._open):
             body.broken.set()
 
+    def freeze(self) -> None:
+        """Packets stop but connections stay: requests and open streams hang until
+        :meth:`heal`, then go on where they were (a stream that outlived the fault)."""
+        self.flowing.clear()
+
     def heal(self) -> None:
         self.up = True
+        self.flowing.set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("link is down", request=request)
+        await self.flowing.wait()
         response = await self.inner.handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         body = _Breakable(response.stream, self)
@@ -93,9 +102,11 @@ class _Breakable(httpx.AsyncByteStream):
             if self.broken.is_set():
                 raise httpx.ReadError("link is down")
             try:
-                yield nxt.result()
+                chunk = nxt.result()
             except StopAsyncIteration:
                 return
+            await self.link.flowing.wait()
+            yield chunk
 
     async def aclose(self) -> None:
         self.link._open.discard(self)

@@ -44,6 +44,8 @@ class SystemClock:
         await asyncio.sleep(max(seconds, 0.0))
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True  # no timer and no task for what is already there
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), max(timeout, 0.0))
         return event.is_set()

@@ -10,50 +10,109 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_smoke(name: str, out: Path) -> dict[str, object]:
+def run_smoke(name: str, out: Path, *extra: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(out), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert done.returncode == 0, f"bench.{name} failed:\n{done.stdout}\n{done.stderr}"
-    result = json.loads((out / f"{name}.json").read_text())
+    result: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
     assert result["benchmark"] == name
     assert result["smoke"] is True
     assert result["rows"], "no measurements"
-    assert result["command"].endswith(f"-m bench.{name} --smoke --out {out}")
+    assert result["command"].endswith(" ".join([f"-m bench.{name} --smoke --out {out}", *extra]))
     assert {"machine", "versions"} <= result.keys()
     return result
 
 
 def test_scheduler_smoke(tmp_path: Path) -> None:
     result = run_smoke("scheduler", tmp_path)
-    assert [row["workers"] for row in result["rows"]] == [10, 100]  # type: ignore[index]
+    assert [row["workers"] for row in result["rows"]] == [10, 100]
 
 
-def test_scale_smoke(tmp_path: Path) -> None:
-    result = run_smoke("scale", tmp_path)
-    assert result["settings"]["tasks"] == 200  # type: ignore[index]
+def _head() -> str | None:
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def test_scale_smoke_beside_floor_and_an_older_manager(tmp_path: Path) -> None:
+    """Cube, the floor and HEAD's committed manager (--compare), side by side in one run."""
+    head = _head()
+    if head is None:
+        pytest.skip("not a git checkout: --compare has no commit to measure")
+    result = run_smoke("scale", tmp_path, "--compare", "HEAD")
+    assert result["settings"]["tasks"] == 200
+    rows = {row["system"]: row for row in result["rows"]}
+    before = result["compare"]["system"]
+    assert before == f"cube @{head[:7]}"
+    assert set(rows) == {"cube", "floor", before}
+    for system in rows:
+        assert rows[system]["all Running (s)"] > 0
+        assert rows[system]["workers' CPU (s)"] >= 0
+    # The floor has no manager; each manager run has its time over the floor's.
+    assert rows["floor"].get("manager CPU (s)") is None
+    for system in ("cube", before):
+        assert rows[system]["manager CPU (s)"] > 0
+        floor_ratio = rows[system]["all Running (s)"] / rows["floor"]["all Running (s)"]
+        assert rows[system]["vs floor"] == f"{floor_ratio:.2f}x"
+    cpu = rows["cube"]["manager CPU (s)"] / rows[before]["manager CPU (s)"]
+    assert rows["cube"][f"manager CPU vs {before}"] == f"{cpu:.2f}x"
+    targets = {t["name"] for t in result["targets"]}
+    assert {"vs floor", f"manager CPU vs {before}"} <= targets
+    # Every task of every run reached Running, by the measures each run recorded.
+    runs = result["runs"]
+    assert {len(runs[s]) for s in rows} == {1}
+    assert all(r["end to end (tasks/s)"] > 0 for s in rows for r in runs[s])
+
+
+def test_scale_refuses_an_unknown_revision(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.scale", "--smoke", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [*command, "--compare", "no-such-revision"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "error: --compare no-such-revision: not a commit of this repository"
+    ]
+    assert not (tmp_path / "scale.json").exists()
 
 
 @pytest.mark.docker
 def test_containers_smoke(tmp_path: Path) -> None:
     result = run_smoke("containers", tmp_path)
-    systems = {row["system"] for row in result["rows"]}  # type: ignore[attr-defined]
+    systems = {row["system"] for row in result["rows"]}
     assert {"cube, 1 worker", "cube, 3 workers"} <= systems
 
 
 @pytest.mark.docker
-def test_healing_smoke(tmp_path: Path) -> None:
-    run_smoke("healing", tmp_path)
+def test_healing_smoke_beside_swarm(tmp_path: Path) -> None:
+    result = run_smoke("healing", tmp_path)
+    killed = [r for r in result["rows"] if r["failure"].startswith("container killed")]
+    cube = next(r for r in killed if r["system"] == "cube")
+    assert cube["median (s)"] > 0
+    assert any(r["failure"].startswith("worker killed") for r in result["rows"])
+    if not result["swarm"]["measured"]:
+        pytest.skip(f"swarm not usable on this engine: {result['swarm']['skipped']}")
+    (swarm,) = [r for r in killed if r["system"].startswith("swarm")]
+    assert swarm["median (s)"] > 0
+    assert cube["vs swarm"] == f"{cube['median (s)'] / swarm['median (s)']:.2f}x"
+    assert result["runs"]["swarm_container_killed"] == [swarm["median (s)"]]
 
 
 @pytest.mark.docker

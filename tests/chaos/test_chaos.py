@@ -231,6 +231,7 @@ def dockerd_restart() -> Iterator[Callable[[], None]]:
         restart()
 
 
+@pytest.mark.restarts_docker
 def test_docker_restart_converges_back(
     workers: StartWorker, managers: StartManager, dockerd_restart: Callable[[], None]
 ) -> None:

@@ -360,3 +360,35 @@ def test_next_commands_name_the_manager_only_when_it_is_not_the_default(tmp_path
     moved = ready_message(Cluster(data_dir=tmp_path, workers=1, port=6000), detach=True)
     assert "cube status -m 127.0.0.1:6000" in moved
     assert f"cube down --data-dir {tmp_path}" in moved
+
+
+class _Replay:
+    """A ManagerClient stand-in answering a task's successive versions."""
+
+    def __init__(self, versions: list[Task]) -> None:
+        self.versions = versions
+
+    def task(self, task_id: uuid.UUID) -> Task:
+        return self.versions.pop(0)
+
+
+def test_run_wait_reports_a_first_failure_it_only_saw_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manager restarts a first failure at once: a poll may see the restart only."""
+    from cube.cli import tasks
+
+    monkeypatch.setattr(tasks, "POLL_INTERVAL", 0.0)
+    pending = Task(Image="img")
+    restarted = pending.model_copy(
+        update={
+            "State": State.SCHEDULED,
+            "RestartCount": 1,
+            "Reason": "restarting after: exited with code 1",
+        }
+    )
+    running_again = restarted.model_copy(update={"State": State.RUNNING})
+    for seen in (restarted, running_again):  # the new run may already be Running
+        client = _Replay([pending, seen])
+        with pytest.raises(CliError, match=r"failed: exited with code 1 \(restarting\)$"):
+            tasks.watch(client, pending, timeout=10, quiet=True)  # type: ignore[arg-type]

@@ -64,6 +64,7 @@ def cluster(count: int, port: int, clock: ManualClock) -> ClusterState:
             HostPorts={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]},
         )
         state.tasks[task.ID] = task
+        state.since[task.ID] = started  # when the manager learned it runs
     return state
 
 
@@ -126,7 +127,7 @@ async def test_grace_period_and_stopped_tasks_are_not_checked() -> None:
     clock = ManualClock()
     state = cluster(3, 1, clock)
     young, stopping, checked = state.tasks.values()
-    state.tasks[young.ID] = young.model_copy(update={"StartTime": clock.now()})
+    state.since[young.ID] = clock.now()
     state.tasks[stopping.ID] = stopping.model_copy(update={"DesiredState": State.COMPLETED})
     health = checker(state, clock, [])
     assert health.due() == [checked]

@@ -115,3 +115,32 @@ async def test_a_task_too_big_waits_with_its_reason_then_fits(manager: Manager) 
     await manager.reconcile_once()
     await manager.reconcile_once()
     assert manager.get(big.ID).State is State.SCHEDULED
+
+
+class ClosingBackend(MemoryBackend):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_repeated_worker_address_is_one_worker_with_one_client() -> None:
+    """Defect 5: a duplicate -w built a second client that nobody closed."""
+    node = Manager(["w1:1", "w1:1", "http://w1:1"], Epvm(), MemoryBackend())
+    assert list(node.clients) == ["w1:1"] and [n.Name for n in node.nodes()] == ["w1:1"]
+    await node.close()
+
+
+async def test_close_stops_the_loops_then_what_they_feed_then_connections_and_store() -> None:
+    """Defect 6: job sets were closed while the loops feeding them still ran; stores
+    were never closed."""
+    backend = ClosingBackend()
+    node = Manager([NODE], Epvm(), backend, clock=ManualClock())
+    await node.start()
+    loops = list(node._loops)
+    await node.close()
+    assert all(loop.done() for loop in loops)
+    assert len(node.dispatch.jobs) == 0 and len(node.tracker.jobs) == 0
+    assert all(client._http.is_closed for client in node.clients.values())
+    assert node.health.http.is_closed
+    assert backend.closed

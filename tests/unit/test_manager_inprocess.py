@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cube.manager.backend import MemoryBackend, SqliteBackend
 from cube.task import State
-from tests.inprocess import FaultyBackend, cluster, kill, sleeper
+from tests.inprocess import SETTINGS, FaultyBackend, cluster, kill, sleeper
 
 pytestmark = pytest.mark.anyio
 
@@ -143,3 +145,48 @@ async def test_a_stop_survives_a_manager_killed_at_any_write(
         assert c.task(task.ID).State is State.COMPLETED
         assert c.copies() == {}
         assert runtime.starts == starts  # never ran again
+
+
+def unhealthy(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(500)
+
+
+@pytest.mark.parametrize("policy", ["", "no"])
+async def test_an_unhealthy_task_restarts_once_or_its_container_stops(policy: str) -> None:
+    settings = replace(SETTINGS, health_interval=1.0, health_grace=0.0, health_failures=3)
+    async with cluster(1) as c:
+        m = await c.start_manager(
+            MemoryBackend(), settings, health_transport=httpx.MockTransport(unhealthy)
+        )
+        (task,) = await m.submit_many(
+            [sleeper(HealthCheck="/health", ExposedPorts={"80/tcp": {}}, RestartPolicy=policy)]
+        )
+        await c.until(lambda: c.task(task.ID).State is State.RUNNING, what="running")
+        await c.settle(1.5)  # checks every second: two failures at most, not yet unhealthy
+        assert (c.task(task.ID).State, c.task(task.ID).RestartCount) == (State.RUNNING, 0)
+        if policy == "no":
+            await c.until(lambda: c.task(task.ID).State is State.FAILED, virtual=2.0)
+            assert c.task(task.ID).Reason == "health check failed: HTTP 500"
+            await c.until(lambda: not c.copies(), virtual=0.5, what="its container stopped")
+        else:
+            await c.until(lambda: c.task(task.ID).RestartCount == 1, virtual=2.0)
+            await c.until(lambda: c.task(task.ID).State is State.RUNNING, virtual=0.5)
+            assert c.copies() == {str(task.ID): 1}
+
+
+async def test_a_frozen_link_heals_at_once_not_at_the_next_resync() -> None:
+    """A stream that hung through the fault must not go on where it left off: the
+    copies moved away meanwhile are only seen (and stopped) in the whole list."""
+    async with cluster(2) as c:
+        m = await c.start_manager(MemoryBackend())
+        ids = [t.ID for t in await m.submit_many([sleeper() for _ in range(4)])]
+        await c.until(lambda: all(c.task(i).State is State.RUNNING for i in ids), what="running")
+        frozen = c.nodes[0]
+        assert frozen.running()
+        frozen.link.freeze()
+        await c.until(
+            lambda: all(c.task(i).Node != frozen.name for i in ids), virtual=15.0, what="moved"
+        )
+        frozen.link.heal()
+        await c.until(lambda: not frozen.running(), virtual=3.0, what="strays stopped")
+        assert c.copies() == {str(i): 1 for i in ids}

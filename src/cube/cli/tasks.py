@@ -141,20 +141,29 @@ def run(
             watch(client, task, timeout, quiet)
 
 
+RESTARTING = "restarting after: "
+
+
 def watch(client: ManagerClient, task: Task, timeout: float, quiet: bool = False) -> Task:
     """Follow a task to Running, with a deadline.
 
     Completed counts as success too: a short batch task can finish between two polls
     and never be seen Running. Failed ends the wait at once, even if the manager will
-    restart the task, because a first run that fails is what the user needs to hear.
+    restart the task, because a first run that fails is what the user needs to hear;
+    so does a restart seen instead (the manager restarts a first failure at once, so
+    a poll may never catch the task Failed).
     """
     deadline = time.monotonic() + timeout
+    first_run = task.RestartCount
     seen = ""
     while True:
         line = progress(task)
         if line != seen and not quiet:
             print(line, flush=True)
             seen = line
+        if task.RestartCount > first_run:
+            reason = task.Reason.removeprefix(RESTARTING) or "no reason given"
+            raise CliError(f"task {task.ID} failed: {reason} (restarting)")
         if task.State in (State.RUNNING, State.COMPLETED):
             return task
         if task.State is State.FAILED:

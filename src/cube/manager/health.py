@@ -27,6 +27,7 @@ from cube.task import State, Task
 log = logging.getLogger(__name__)
 
 Report = Callable[[Task, State, str], Awaitable[None]]
+UNHEALTHY = "health check failed"
 
 
 @dataclass
@@ -76,7 +77,8 @@ class HealthChecker:
                 or task.DesiredState is not State.RUNNING
             ):
                 continue
-            started = task.StartTime or now
+            # Grace counts on the manager's clock from when it learned the task runs.
+            started = self.state.since.get(task.ID, now)
             if (now - started).total_seconds() >= self.settings.grace:
                 due.append(task)
         return due
@@ -122,7 +124,7 @@ class HealthChecker:
         self._failed.pop(task.ID, None)
         # The container stays until its replacement starts (or, with no restart due,
         # until tracking stops the copy that should no longer run).
-        await self.report(current, State.FAILED, f"health check failed: {detail}")
+        await self.report(current, State.FAILED, f"{UNHEALTHY}: {detail}")
 
     async def _probe(self, url: str) -> str | None:
         """None when healthy, else what went wrong."""

@@ -35,7 +35,7 @@ import httpx
 from cube.clock import Clock, SystemClock
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
-from cube.manager.health import HealthChecker, HealthSettings
+from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
 from cube.manager.observe import observe
 from cube.manager.placement import place, undo
 from cube.manager.reconciler import (
@@ -50,6 +50,7 @@ from cube.manager.reconciler import (
     StopCopy,
     Wake,
     reconcile,
+    restartable,
     silent_nodes,
 )
 from cube.manager.state import State as ClusterState
@@ -264,12 +265,14 @@ class Manager:
             return
         log.info("task %s: %s (%s)", task.ID, state.label, reason)
         await self.state.commit([transition(current, state, reason=reason)])
+        if current.State is State.RUNNING and not restartable(current, self.policy):
+            # Unhealthy and not to be restarted: its container is not to run either.
+            self.dispatch.stop_copy(current.Node, current)
 
     async def observed(self, node: str, tasks: list[Task], complete: bool) -> None:
         """A worker reported its tasks: fold them in, and act on what that shows."""
-        found = observe(
-            self.state.tasks, node, tasks, complete=complete, held=self.state.held_on(node)
-        )
+        held = self.state.held_on(node) if complete else ()
+        found = observe(self.state.tasks, node, tasks, complete=complete, held=held)
         for task in found.changes:
             before = self.state.tasks[task.ID]
             if task.State is not before.State:
@@ -309,6 +312,7 @@ class Manager:
         for name in silent:
             log.warning("worker %s is down: silent for %ss", name, self.settings.worker_timeout)
             self.state.node_lost(name)
+            self.tracker.lost(name)
         while self._wakes and self._wakes[0][0] <= now:
             self.state.mark([heapq.heappop(self._wakes)[1]])
         dirty = self.state.take_dirty()
@@ -317,8 +321,8 @@ class Manager:
                 await asyncio.sleep(0)  # let requests and reports in between slices
             tasks = [self.state.tasks[i] for i in dirty[start : start + SLICE]]
             ready, lost = self.state.ready, self.state.lost
-            failed_at = self.state.failed_at
-            await self.apply(reconcile(tasks, ready, lost, now, self.policy, failed_at))
+            since = self.state.since
+            await self.apply(reconcile(tasks, ready, lost, now, self.policy, since))
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is
@@ -347,6 +351,14 @@ class Manager:
             self.state.placed(task.ID)
             log.info("task %s: placed on %s", task.ID, task.Node)
             self.dispatch.send(task)
+        for action in wanted:
+            old = action.task
+            if isinstance(action, Restart) and old.Reason.startswith(UNHEALTHY):
+                new = self.state.tasks[old.ID]
+                if new.Node != old.Node:
+                    # Restarted elsewhere: its unhealthy container still runs where it
+                    # was, and nothing replaces it there, so stop it.
+                    self.dispatch.stop_copy(old.Node, old)
         self._carry_out(actions)
 
     def _carry_out(self, actions: Sequence[Action]) -> None:

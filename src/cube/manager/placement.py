@@ -30,6 +30,8 @@ def place(
     actions: Sequence[Place | Move | Restart], state: ClusterState, scheduler: Scheduler
 ) -> Placements:
     result = Placements()
+    if not actions:
+        return result
     nodes = list(state.nodes.values())
     for action in actions:
         task = action.task

@@ -123,13 +123,13 @@ def reconcile(
     lost: Set[str],
     now: datetime,
     policy: Policy,
-    failed_at: Mapping[uuid.UUID, datetime] | None = None,
+    since: Mapping[uuid.UUID, datetime] | None = None,
 ) -> list[Action]:
-    """``failed_at``: when the manager learned each Failed task failed (default: now)."""
+    """``since``: when the manager learned each task entered its state (default: now)."""
     actions: list[Action] = []
-    failed_at = failed_at or {}
+    since = since or {}
     for task in tasks:
-        action = reconcile_task(task, ready, lost, now, policy, failed_at.get(task.ID))
+        action = reconcile_task(task, ready, lost, now, policy, since.get(task.ID))
         if action is not None:
             actions.append(action)
     return actions
@@ -141,7 +141,7 @@ def reconcile_task(
     lost: Set[str],
     now: datetime,
     policy: Policy,
-    failed_at: datetime | None = None,
+    since: datetime | None = None,
 ) -> Action | None:
     state, node = task.State, task.Node
     gone = not node or node in lost
@@ -167,7 +167,7 @@ def reconcile_task(
             return Send(task)
         return None
     if state is State.FAILED and restartable(task, policy):
-        due = (failed_at or now) + timedelta(seconds=restart_delay(task.RestartCount, policy))
+        due = (since or now) + timedelta(seconds=restart_delay(task.RestartCount, policy))
         return Restart(task) if due <= now else Wake(task, due)
     return None
 

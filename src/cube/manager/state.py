@@ -36,10 +36,11 @@ class State:
     ) -> None:
         self.backend = backend
         self._now = now
-        # When the manager learned that each Failed task failed, by its own clock: restart
-        # backoff counts from here, not from a worker's FinishTime (clocks differ). Not
-        # stored: after a manager restart, a backoff counts from the restart.
-        self.failed_at: dict[uuid.UUID, datetime] = {}
+        # When the manager learned each task entered its current state, by its own
+        # clock: restart backoff and health-check grace count from here, not from a
+        # worker's FinishTime or StartTime (clocks differ). Not stored: after a manager
+        # restart they count from the restart.
+        self.since: dict[uuid.UUID, datetime] = {}
         self.nodes: dict[str, Node] = {node.Name: node for node in nodes}
         self.lost: set[str] = set()
         self.ready: set[str] = {name for name, node in self.nodes.items() if node.is_ready}
@@ -76,10 +77,8 @@ class State:
         self.changed.set()
 
     def _note(self, before: Task | None, after: Task) -> None:
-        if after.State is not TaskState.FAILED:
-            self.failed_at.pop(after.ID, None)
-        elif before is None or before.State is not TaskState.FAILED:
-            self.failed_at[after.ID] = self._now()
+        if before is None or before.State is not after.State:
+            self.since[after.ID] = self._now()
 
     # --- reservations -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ stats (an older one, or one whose stream is broken) is polled on ``/stats``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,7 @@ class _Worker:
     version: int | None = None
     last_full: float = 0.0
     stats_at: float = -1e9  # when the stream last brought stats
+    session: asyncio.Future[bool] | None = None  # the stream being followed
 
 
 class Tracker:
@@ -89,13 +91,28 @@ class Tracker:
                 worker.epoch = None  # when it is back, start again from the whole list
                 await self.clock.sleep(self.settings.poll_interval)
                 continue
+            worker.session = session = asyncio.ensure_future(self._track(worker))
             try:
-                streams = await self._track(worker)
+                streams = await session
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # shutting down
+                continue  # lost meanwhile (see lost): from the whole list once it is back
             except Exception:
                 log.exception("tracking %s failed", worker.name)
                 streams = False
             if not streams:
                 await self.clock.sleep(self.settings.poll_interval)
+
+    def lost(self, name: str) -> None:
+        """The worker was declared lost: drop its stream now, even one that still
+        hangs on a cut link, so that when it is back its whole list is read at once
+        (and the copies moved away meanwhile are stopped), not where it left off."""
+        worker = self.workers[name]
+        worker.epoch = None
+        if worker.session is not None and not worker.session.done():
+            worker.session.cancel()
 
     async def _track(self, worker: _Worker) -> bool:
         """Fold a worker's stream of changes in; return whether it streams at all."""
