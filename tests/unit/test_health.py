@@ -11,7 +11,6 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 import pytest
 
@@ -53,14 +52,14 @@ async def endpoint(answer: Callable[[], tuple[float, int]]) -> AsyncIterator[int
 def cluster(count: int, port: int, clock: ManualClock) -> ClusterState:
     node = Node(Name="w", Ip="127.0.0.1", Status=READY, Cores=64, Memory=2**30)
     state = ClusterState(MemoryBackend(), [node])
-    started = clock.now() - timedelta(seconds=60)
+    started = clock.monotonic() - 60
     for _ in range(count):
         task = Task(
             Image="img",
             State=State.RUNNING,
             Node="w",
             HealthCheck="/health",
-            StartTime=started,
+            StartTime=clock.now(),
             HostPorts={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]},
         )
         state.tasks[task.ID] = task
@@ -127,7 +126,7 @@ async def test_grace_period_and_stopped_tasks_are_not_checked() -> None:
     clock = ManualClock()
     state = cluster(3, 1, clock)
     young, stopping, checked = state.tasks.values()
-    state.since[young.ID] = clock.now()
+    state.since[young.ID] = clock.monotonic()
     state.tasks[stopping.ID] = stopping.model_copy(update={"DesiredState": State.COMPLETED})
     health = checker(state, clock, [])
     assert health.due() == [checked]

@@ -5,7 +5,8 @@ Pure and table-driven, as Nomad tests its ``scheduler/reconcile``: no I/O, no cl
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from cube.manager.reconciler import (
 )
 from cube.task import State, Task
 
-NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+NOW = 5000.0  # monotonic seconds
 POLICY = Policy(max_restarts=3, restart_backoff=1.0, restart_backoff_max=30.0)
 READY = frozenset({"a"})
 LOST = frozenset({"gone"})
@@ -38,13 +39,15 @@ def task(state: State, node: str = "", desired: State = RUN, **extra: Any) -> Ta
     return Task(Image="img", State=state, Node=node, **extra)
 
 
-def ago(seconds: float) -> datetime:
-    return NOW - timedelta(seconds=seconds)
+SINCE: dict[uuid.UUID, float] = {}  # when the manager learned of each failure
 
 
 def failed(restarts: int, ended_ago: float, **extra: Any) -> Task:
-    """A Failed task on node "a" that has been restarted ``restarts`` times."""
-    return task(State.FAILED, "a", RestartCount=restarts, FinishTime=ago(ended_ago), **extra)
+    """A Failed task on node "a" that has been restarted ``restarts`` times, which the
+    manager learned of ``ended_ago`` seconds ago."""
+    made = task(State.FAILED, "a", RestartCount=restarts, **extra)
+    SINCE[made.ID] = NOW - ended_ago
+    return made
 
 
 # (id, task, expected action type or None, expected detail)
@@ -88,7 +91,7 @@ CASES: list[tuple[str, Task, type | None, str]] = [
 
 @pytest.mark.parametrize(("name", "given", "kind", "detail"), CASES, ids=[c[0] for c in CASES])
 def test_rule(name: str, given: Task, kind: type | None, detail: str) -> None:
-    action = reconcile_task(given, READY, LOST, NOW, POLICY, given.FinishTime)
+    action = reconcile_task(given, READY, LOST, NOW, POLICY, SINCE.get(given.ID))
     if kind is None:
         assert action is None
         return
@@ -99,18 +102,18 @@ def test_rule(name: str, given: Task, kind: type | None, detail: str) -> None:
     if isinstance(action, Finish):
         assert action.state is (State.FAILED if "policy no" in name else State.COMPLETED)
     if isinstance(action, Wake):
-        assert given.FinishTime is not None  # here: when the manager learned of the failure
-        assert (action.at - given.FinishTime).total_seconds() == float(detail)
+        assert action.at - SINCE[given.ID] == float(detail)
 
 
 def test_backoff_counts_from_when_the_manager_learned_of_the_failure() -> None:
     """Not from the worker's FinishTime: the worker's clock may be hours off."""
-    skewed = failed(1, -3600)  # FinishTime an hour in the future, by the worker's clock
-    assert isinstance(reconcile_task(skewed, READY, LOST, NOW, POLICY, ago(1)), Restart)
-    waiting = reconcile_task(skewed, READY, LOST, NOW, POLICY, ago(0.25))
-    assert isinstance(waiting, Wake) and waiting.at == NOW + timedelta(seconds=0.75)
+    future = datetime(2099, 1, 1, tzinfo=UTC)  # the worker's clock, far ahead
+    skewed = task(State.FAILED, "a", RestartCount=1, FinishTime=future)
+    assert isinstance(reconcile_task(skewed, READY, LOST, NOW, POLICY, NOW - 1), Restart)
+    waiting = reconcile_task(skewed, READY, LOST, NOW, POLICY, NOW - 0.25)
+    assert isinstance(waiting, Wake) and waiting.at == NOW + 0.75
     unknown = reconcile_task(skewed, READY, LOST, NOW, POLICY)  # after a manager restart
-    assert isinstance(unknown, Wake) and unknown.at == NOW + timedelta(seconds=1)
+    assert isinstance(unknown, Wake) and unknown.at == NOW + 1
 
 
 def test_backoff_doubles_to_its_cap() -> None:

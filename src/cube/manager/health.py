@@ -68,7 +68,7 @@ class HealthChecker:
                 log.exception("health checks failed")
 
     def due(self) -> list[Task]:
-        now = self.clock.now()
+        now = self.clock.monotonic()
         due = []
         for task in self.state.tasks.values():
             if (
@@ -79,7 +79,7 @@ class HealthChecker:
                 continue
             # Grace counts on the manager's clock from when it learned the task runs.
             started = self.state.since.get(task.ID, now)
-            if (now - started).total_seconds() >= self.settings.grace:
+            if now - started >= self.settings.grace:
                 due.append(task)
         return due
 

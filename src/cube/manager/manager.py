@@ -27,7 +27,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -132,7 +131,7 @@ class Manager:
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
         nodes = {n.Name: n for n in map(Node.for_worker, workers)}  # a repeat counts once
-        self.state = ClusterState(backend, nodes.values(), self.clock.now)
+        self.state = ClusterState(backend, nodes.values(), self.clock.monotonic)
         connect = connect or (lambda url: WorkerClient.connect(url, s.request_timeout))
         self.clients = {name: connect(node.Api) for name, node in nodes.items()}
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
@@ -149,7 +148,7 @@ class Manager:
             s.health_concurrency,
         )  # fmt: skip
         self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
-        self._wakes: list[tuple[datetime, uuid.UUID]] = []
+        self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         # When to look for silent workers next: at once, then at the earliest deadline.
         self._next_node_check = self.clock.monotonic()
         self._loops: list[asyncio.Task[None]] = []
@@ -297,11 +296,11 @@ class Manager:
         """Seconds until something falls due without anyone saying so."""
         waits = [self._next_node_check - self.clock.monotonic()]
         if self._wakes:
-            waits.append((self._wakes[0][0] - self.clock.now()).total_seconds())
+            waits.append(self._wakes[0][0] - self.clock.monotonic())
         return max(min(waits), 0.0)
 
     async def reconcile_once(self) -> None:
-        now, mono = self.clock.now(), self.clock.monotonic()
+        mono = self.clock.monotonic()
         silent: list[str] = []
         if self._next_node_check <= mono:
             # O(nodes): only when the earliest deadline seen last time has come (or, with
@@ -313,7 +312,7 @@ class Manager:
             log.warning("worker %s is down: silent for %ss", name, self.settings.worker_timeout)
             self.state.node_lost(name)
             self.tracker.lost(name)
-        while self._wakes and self._wakes[0][0] <= now:
+        while self._wakes and self._wakes[0][0] <= mono:
             self.state.mark([heapq.heappop(self._wakes)[1]])
         dirty = self.state.take_dirty()
         for start in range(0, len(dirty), SLICE):
@@ -322,7 +321,7 @@ class Manager:
             tasks = [self.state.tasks[i] for i in dirty[start : start + SLICE]]
             ready, lost = self.state.ready, self.state.lost
             since = self.state.since
-            await self.apply(reconcile(tasks, ready, lost, now, self.policy, since))
+            await self.apply(reconcile(tasks, ready, lost, mono, self.policy, since))
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is
@@ -341,7 +340,7 @@ class Manager:
         except Exception:
             log.exception("storing %d placements failed; trying again shortly", len(placed))
             undo(placements, self.state)
-            retry = self.clock.now() + timedelta(seconds=RETRY_AFTER)
+            retry = self.clock.monotonic() + RETRY_AFTER
             for action in actions:
                 self._wake(action.task.ID, retry)
             return
@@ -372,7 +371,7 @@ class Manager:
             elif isinstance(action, Wake):
                 self._wake(action.task.ID, action.at)
 
-    def _wake(self, task_id: uuid.UUID, at: datetime) -> None:
+    def _wake(self, task_id: uuid.UUID, at: float) -> None:
         heapq.heappush(self._wakes, (at, task_id))
         self.state.changed.set()  # the loop recomputes how long it may sleep
 

@@ -29,8 +29,9 @@ Finish (the worker, if it returns, is told to stop its copy). Tasks on a node th
 neither ready nor lost (not heard from yet) wait for it.
 
 Restarts follow the kubelet: the first at once, then 1 s, 2 s, 4 s… (``restart_backoff``
-doubling, capped at ``restart_backoff_max``), counted on the manager's clock from when
-it learned of the failure (a worker's clock may differ from the manager's).
+doubling, capped at ``restart_backoff_max``), counted on the manager's monotonic clock
+from when it learned of the failure (a worker's clock may differ from the manager's,
+and a wall clock may step).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from cube.task import State, Task
 
@@ -108,10 +108,10 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Wake:
-    """Nothing to do yet; reconcile the task again at ``at``."""
+    """Nothing to do yet; reconcile the task again at ``at`` (monotonic seconds)."""
 
     task: Task
-    at: datetime
+    at: float
 
 
 Action = Place | Restart | Move | Send | Stop | StopCopy | Finish | Wake
@@ -121,11 +121,12 @@ def reconcile(
     tasks: Iterable[Task],
     ready: Set[str],
     lost: Set[str],
-    now: datetime,
+    now: float,
     policy: Policy,
-    since: Mapping[uuid.UUID, datetime] | None = None,
+    since: Mapping[uuid.UUID, float] | None = None,
 ) -> list[Action]:
-    """``since``: when the manager learned each task entered its state (default: now)."""
+    """``now`` and ``since`` (when the manager learned each task entered its state;
+    default: now) are monotonic seconds: a step of the wall clock moves no deadline."""
     actions: list[Action] = []
     since = since or {}
     for task in tasks:
@@ -139,9 +140,9 @@ def reconcile_task(
     task: Task,
     ready: Set[str],
     lost: Set[str],
-    now: datetime,
+    now: float,
     policy: Policy,
-    since: datetime | None = None,
+    since: float | None = None,
 ) -> Action | None:
     state, node = task.State, task.Node
     gone = not node or node in lost
@@ -167,7 +168,7 @@ def reconcile_task(
             return Send(task)
         return None
     if state is State.FAILED and restartable(task, policy):
-        due = (since or now) + timedelta(seconds=restart_delay(task.RestartCount, policy))
+        due = (now if since is None else since) + restart_delay(task.RestartCount, policy)
         return Restart(task) if due <= now else Wake(task, due)
     return None
 

@@ -15,9 +15,9 @@ started): tasks on such a node wait.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 
 from cube.manager.backend import Backend, Change
 from cube.node import DOWN, READY, Node
@@ -33,15 +33,15 @@ class State:
         self,
         backend: Backend,
         nodes: Iterable[Node],
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self._now = now
-        # When the manager learned each task entered its current state, by its own
-        # clock: restart backoff and health-check grace count from here, not from a
-        # worker's FinishTime or StartTime (clocks differ). Not stored: after a manager
-        # restart they count from the restart.
-        self.since: dict[uuid.UUID, datetime] = {}
+        # When the manager learned each task entered its current state, in monotonic
+        # seconds of its own clock: restart backoff and health-check grace count from
+        # here, not from a worker's FinishTime or StartTime (clocks differ, and wall
+        # clocks step). Not stored: after a manager restart they count from the restart.
+        self.since: dict[uuid.UUID, float] = {}
         self.nodes: dict[str, Node] = {node.Name: node for node in nodes}
         self.lost: set[str] = set()
         self.ready: set[str] = {name for name, node in self.nodes.items() if node.is_ready}
