@@ -88,9 +88,10 @@ class ManualClock:
         end = self._mono + seconds
         while self._timers and self._timers[0][0] <= end:
             at, _, future = heapq.heappop(self._timers)
+            if future.done():
+                continue  # a cancelled sleeper (an event came first): nothing to wake
             self._step_to(at)
-            if not future.done():
-                future.set_result(None)
+            future.set_result(None)
             for _ in range(20):  # let the woken coroutines run to their next wait
                 await asyncio.sleep(0)
         self._step_to(end)

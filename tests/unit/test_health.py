@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -27,7 +28,11 @@ pytestmark = pytest.mark.anyio
 
 @asynccontextmanager
 async def endpoint(answer: Callable[[], tuple[float, int]]) -> AsyncIterator[int]:
-    """An HTTP server whose every answer waits and answers as ``answer()`` says."""
+    """An HTTP server whose every answer waits and answers as ``answer()`` says.
+
+    It runs on an event loop of its own, in a thread, as an endpoint on another
+    machine would: its work does not slow the checker's loop down.
+    """
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -41,12 +46,26 @@ async def endpoint(answer: Callable[[], tuple[float, int]]) -> AsyncIterator[int
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield port
-    finally:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    start = asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
+    server = asyncio.run_coroutine_threadsafe(start, loop).result(10)
+
+    async def shutdown() -> None:
         server.close()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def cluster(count: int, port: int, clock: ManualClock) -> ClusterState:

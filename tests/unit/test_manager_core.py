@@ -185,3 +185,58 @@ async def test_a_restart_that_waits_for_room_keeps_why_the_task_failed(manager: 
     restarted = manager.get(task.ID)
     assert (restarted.State, restarted.RestartCount) == (State.SCHEDULED, 1)
     assert restarted.Reason == "restarting after: exited with code 1"
+
+
+async def test_a_failed_task_to_be_restarted_keeps_its_room(manager: Manager) -> None:
+    """A task waiting for room must not take the slot of one whose restart is due."""
+    node = manager.state.nodes[NODE]
+    first = await manager.submit(event(Cpu=4))
+    await manager.reconcile_once()
+    waiting = await manager.submit(event(Cpu=4))
+    await manager.reconcile_once()
+    assert manager.get(waiting.ID).State is State.PENDING
+    placed = manager.get(first.ID)
+    await manager.state.commit([placed.model_copy(update={"State": State.FAILED})])
+    assert node.CpuAllocated == 4  # still held
+    await manager.reconcile_once()
+    assert (manager.get(first.ID).State, manager.get(first.ID).RestartCount) == (
+        State.SCHEDULED,
+        1,
+    )
+    assert manager.get(waiting.ID).State is State.PENDING
+    assert node.CpuAllocated == 4 and node.TaskCount == 1
+
+
+async def test_a_pass_that_fails_drops_no_task(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = await manager.submit(event())
+    real = manager.scheduler.place
+    calls = 0
+
+    def flaky(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in a scoring plugin")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager.scheduler, "place", flaky)
+    with pytest.raises(RuntimeError):
+        await manager.reconcile_once()
+    node = manager.state.nodes[NODE]
+    assert node.TaskCount == 0
+    await manager.reconcile_once()
+    assert manager.get(task.ID).State is State.SCHEDULED and node.TaskCount == 1
+
+
+async def test_a_failure_reported_for_a_task_being_stopped_is_its_stop(manager: Manager) -> None:
+    """A probe or a send in flight when the user stops: the task ends Completed."""
+    task = await manager.submit(event())
+    await manager.reconcile_once()
+    placed = manager.get(task.ID)
+    await manager.state.commit([placed.model_copy(update={"State": State.RUNNING})])
+    await manager.stop(task.ID)
+    await manager.report(manager.get(task.ID), State.FAILED, "health check failed: HTTP 500")
+    ended = manager.get(task.ID)
+    assert (ended.State, ended.Reason) == (State.COMPLETED, "stopped on request")

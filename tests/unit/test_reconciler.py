@@ -116,6 +116,16 @@ def test_backoff_counts_from_when_the_manager_learned_of_the_failure() -> None:
     assert isinstance(unknown, Wake) and unknown.at == NOW + 1
 
 
+def test_a_node_the_manager_does_not_know_is_gone() -> None:
+    """A worker dropped from -w: its tasks move, a stop there is done here."""
+    known = {"a", "gone"}
+    running = task(State.RUNNING, "dropped")
+    assert isinstance(reconcile_task(running, READY, LOST, NOW, POLICY, None, known), Move)
+    stopping = task(State.RUNNING, "dropped", desired=STOP)
+    assert isinstance(reconcile_task(stopping, READY, LOST, NOW, POLICY, None, known), Finish)
+    assert reconcile_task(task(State.RUNNING, "new"), READY, LOST, NOW, POLICY) is None
+
+
 def test_backoff_doubles_to_its_cap() -> None:
     delays = [restart_delay(n, POLICY) for n in range(8)]
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]

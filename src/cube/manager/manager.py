@@ -131,10 +131,10 @@ class Manager:
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
         nodes = {n.Name: n for n in map(Node.for_worker, workers)}  # a repeat counts once
-        self.state = ClusterState(backend, nodes.values(), self.clock.monotonic)
+        self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
+        self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
         connect = connect or (lambda url: WorkerClient.connect(url, s.request_timeout))
         self.clients = {name: connect(node.Api) for name, node in nodes.items()}
-        self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         self.dispatch = Dispatcher(
             self.state, self.clients, self.clock, self.report, s.send_concurrency
         )
@@ -249,6 +249,9 @@ class Manager:
         await self.state.commit([task], [TaskEvent(State=State.COMPLETED, Task=task)])
         return task
 
+    def _will_restart(self, task: Task) -> bool:
+        return restartable(task, self.policy)
+
     # --- what effectors report -------------------------------------------------------------
 
     async def report(self, task: Task, state: State, reason: str) -> None:
@@ -263,9 +266,12 @@ class Manager:
             or current.State is state
         ):
             return
+        if current.DesiredState is State.COMPLETED and state is State.FAILED:
+            state, reason = State.COMPLETED, "stopped on request"  # whatever ended it
         log.info("task %s: %s (%s)", task.ID, state.label, reason)
         await self.state.commit([transition(current, state, reason=reason)])
-        if current.State is State.RUNNING and not restartable(current, self.policy):
+        failed = state is State.FAILED and current.State is State.RUNNING
+        if failed and not restartable(current, self.policy):
             # Unhealthy and not to be restarted: its container is not to run either.
             self.dispatch.stop_copy(current.Node, current)
 
@@ -319,9 +325,13 @@ class Manager:
             if start:
                 await asyncio.sleep(0)  # let requests and reports in between slices
             tasks = [self.state.tasks[i] for i in dirty[start : start + SLICE]]
-            ready, lost = self.state.ready, self.state.lost
-            since = self.state.since
-            await self.apply(reconcile(tasks, ready, lost, mono, self.policy, since))
+            ready, lost, known = self.state.ready, self.state.lost, self.state.nodes
+            try:
+                actions = reconcile(tasks, ready, lost, mono, self.policy, self.state.since, known)
+                await self.apply(actions)
+            except Exception:
+                self.state.mark(dirty[start:])  # nothing taken is dropped: tried again
+                raise
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is
@@ -347,7 +357,7 @@ class Manager:
         for task_id in placements.waiting:
             self.state.wait_for_room(task_id)
         for task in placed:
-            self.state.placed(task.ID)
+            self.state.stop_waiting(task.ID)
             log.info("task %s: placed on %s", task.ID, task.Node)
             self.dispatch.send(task)
         for action in wanted:

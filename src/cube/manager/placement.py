@@ -35,6 +35,20 @@ def place(
     result = Placements()
     if not actions:
         return result
+    try:
+        _place_all(actions, state, scheduler, result)
+    except BaseException:
+        undo(result, state)  # a decision that raised must not leave holds behind
+        raise
+    return result
+
+
+def _place_all(
+    actions: Sequence[Place | Move | Restart],
+    state: ClusterState,
+    scheduler: Scheduler,
+    result: Placements,
+) -> None:
     nodes = list(state.nodes.values())
     for action in actions:
         task = action.task
@@ -46,19 +60,21 @@ def place(
             task = task.model_copy(update={"RestartCount": task.RestartCount + 1, "Node": ""})
         choice = scheduler.place(task, nodes)
         if choice.node is None:
-            _wait(task, action.task, choice.reason, result)
+            moved = isinstance(action, Move) or task.State is State.SCHEDULED
+            why = f"{task.Reason.split(WAITS)[0]}{WAITS}{choice.reason})" if moved else ""
+            _wait(task, action.task, why or choice.reason, result)
             continue
         if task.State is State.PENDING:
             task = transition(task, State.SCHEDULED)
-        reason = task.Reason if task.Reason.startswith("restarting") else ""
+        reason = task.Reason.split(WAITS)[0] if task.Reason.startswith("restarting") else ""
         _hold(task.model_copy(update={"Node": choice.node.Name, "Reason": reason}), state, result)
-    return result
 
 
 def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Placements) -> None:
     """Same node when it is ready and has room (its image and data are there), else any."""
     candidate = task.model_copy(update={"Node": ""})
     home = state.nodes.get(task.Node)
+    state.release(task)  # its own room counts when it looks for room
     choice = None
     if home is not None and home.is_ready:
         choice = scheduler.place(candidate, [home])
@@ -66,6 +82,7 @@ def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Plac
         choice = scheduler.place(candidate, list(state.nodes.values()))
     failure = task.Reason.split(WAITS)[0]  # why it failed, without an earlier wait's note
     if choice.node is None:
+        state.hold(task)  # still to be restarted: it keeps its room
         _wait(task, task, f"{failure}{WAITS}{choice.reason})", result)
         return
     why = f"restarting after: {failure}" if failure else "restarting"

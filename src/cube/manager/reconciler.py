@@ -37,7 +37,7 @@ and a wall clock may step).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Container, Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from cube.task import State, Task
@@ -124,13 +124,14 @@ def reconcile(
     now: float,
     policy: Policy,
     since: Mapping[uuid.UUID, float] | None = None,
+    known: Container[str] | None = None,
 ) -> list[Action]:
     """``now`` and ``since`` (when the manager learned each task entered its state;
     default: now) are monotonic seconds: a step of the wall clock moves no deadline."""
     actions: list[Action] = []
     since = since or {}
     for task in tasks:
-        action = reconcile_task(task, ready, lost, now, policy, since.get(task.ID))
+        action = reconcile_task(task, ready, lost, now, policy, since.get(task.ID), known)
         if action is not None:
             actions.append(action)
     return actions
@@ -143,9 +144,12 @@ def reconcile_task(
     now: float,
     policy: Policy,
     since: float | None = None,
+    known: Container[str] | None = None,
 ) -> Action | None:
+    """``known``: the nodes the manager has (default: all); a task on another one (a
+    worker dropped from ``-w``) is treated as on a lost node."""
     state, node = task.State, task.Node
-    gone = not node or node in lost
+    gone = not node or node in lost or (known is not None and node not in known)
     if task.DesiredState is State.COMPLETED:
         if state is State.PENDING:
             return Finish(task, State.COMPLETED, "cancelled before placement")

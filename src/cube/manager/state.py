@@ -34,9 +34,14 @@ class State:
         backend: Backend,
         nodes: Iterable[Node],
         now: Callable[[], float] = time.monotonic,
+        restarts: Callable[[Task], bool] = lambda task: False,
     ) -> None:
         self.backend = backend
         self._now = now
+        # Whether a Failed task is to be restarted: it then keeps its room on its node
+        # (as a kubelet's crash-looping pod does), so a task waiting for room cannot
+        # take it meanwhile, and an unhealthy container that still runs stays counted.
+        self._restarts = restarts
         # When the manager learned each task entered its current state, in monotonic
         # seconds of its own clock: restart backoff and health-check grace count from
         # here, not from a worker's FinishTime or StartTime (clocks differ, and wall
@@ -97,8 +102,13 @@ class State:
 
     def _settle(self, task: Task) -> None:
         """Make the task's reservation match its version: on its node while it is
-        Scheduled or Running there, nowhere otherwise."""
-        want = task.Node if task.State in _HOLDING and task.Node in self.nodes else None
+        Scheduled or Running there, or Failed there and to be restarted; else nowhere."""
+        holds = task.State in _HOLDING or (
+            task.State is TaskState.FAILED
+            and task.DesiredState is TaskState.RUNNING
+            and self._restarts(task)
+        )
+        want = task.Node if holds and task.Node in self.nodes else None
         have = self._held.get(task.ID)
         if want == have:
             return
@@ -139,7 +149,11 @@ class State:
         """The task fits nowhere now: reconcile it again when capacity may appear."""
         self._waiting[task_id] = None
 
-    def placed(self, task_id: uuid.UUID) -> None:
+    def release(self, task: Task) -> None:
+        """Give up a task's room for now (a restart looks for room, its own included)."""
+        self._release(task)
+
+    def stop_waiting(self, task_id: uuid.UUID) -> None:
         self._waiting.pop(task_id, None)
 
     def room(self) -> None:

@@ -131,9 +131,10 @@ class Tracker:
                     self._heard(worker)
                     if answer.complete:
                         worker.last_full = worker.last_seen
+                    await self.observed(worker.name, answer.tasks, answer.complete)
+                    # Only now: a report that failed to fold in is asked for again.
                     worker.epoch, worker.version = answer.epoch, answer.version
                     streams = answer.epoch is not None
-                    await self.observed(worker.name, answer.tasks, answer.complete)
                     if answer.stats is not None:
                         worker.stats_at = worker.last_seen
                         self._took_stats(worker, answer.stats)
