@@ -11,7 +11,7 @@ same moment, whose ratio the machine moves far less than either time.
 
 The floor does what the manager does at the edges and nothing in between: it follows
 every worker's watch stream (``GET /tasks?watch=true``, with the manager's heartbeat
-and stats interval), sends each worker its share in one batch (``POST /tasks`` with an
+and stats period), sends each worker its share in one batch (``POST /tasks`` with an
 array, as many requests in flight as the manager's default), with the manager's own
 worker client, and takes a task to be Running when its worker's stream says so, as
 the manager does.
@@ -33,6 +33,8 @@ from cube.worker.client import WorkerClient
 REQUEST_TIMEOUT = 5.0
 WATCH_HEARTBEAT = 10.0
 STATS_INTERVAL = 2.0
+MAX_STATS_RATE = 200.0
+WORKER_TIMEOUT = 10.0
 SEND_CONCURRENCY = 64
 
 
@@ -76,6 +78,9 @@ async def deliver(
         address: WorkerClient.connect(f"http://{address}", REQUEST_TIMEOUT) for address in shares
     }
     running: dict[str, float] = {}
+    # As the manager's Tracker.stats_period: stats less often on a large fleet.
+    spread = min(len(shares) / MAX_STATS_RATE, WORKER_TIMEOUT / 2)
+    stats = max(STATS_INTERVAL, spread)
     following: dict[str, asyncio.Event] = {address: asyncio.Event() for address in shares}
     done: dict[str, asyncio.Event] = {address: asyncio.Event() for address in shares}
 
@@ -83,7 +88,7 @@ async def deliver(
         due = {str(event.Task.ID) for event in shares[address]}
         if not due:
             done[address].set()
-        changes = clients[address].watch(heartbeat=WATCH_HEARTBEAT, stats=STATS_INTERVAL)
+        changes = clients[address].watch(heartbeat=WATCH_HEARTBEAT, stats=stats)
         async with contextlib.aclosing(changes):
             async for change in changes:
                 now = clock()

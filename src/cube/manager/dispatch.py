@@ -77,8 +77,12 @@ class Dispatcher:
     async def _drain(self, node: str, outbox: _Outbox) -> None:
         try:
             while outbox.events:
-                batch, outbox.events = list(outbox.events.values()), {}
-                await self._send_batch(node, batch)
+                # A slot first, the batch after: what is placed there while this waits
+                # for a slot goes in the same request, so a busy manager sends bigger
+                # batches, not more requests (and an idle one sends at once).
+                async with self._slots:
+                    batch, outbox.events = list(outbox.events.values()), {}
+                    await self._send_batch(node, batch)
         finally:
             outbox.sending = False
 
@@ -98,12 +102,11 @@ class Dispatcher:
         if not due:
             return
         client = self.clients[node]
-        try:
-            async with self._slots:
-                if len(due) == 1:
-                    await client.submit(due[0])
-                else:
-                    await client.submit_many(due)
+        try:  # the caller holds a slot
+            if len(due) == 1:
+                await client.submit(due[0])
+            else:
+                await client.submit_many(due)
         except (WorkerRejected, WorkerUnreachable) as exc:
             log.info("sending %d tasks to %s failed: %s", len(due), node, exc)
             for event in due:

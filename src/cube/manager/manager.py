@@ -140,7 +140,7 @@ class Manager:
         )
         tracking = TrackingSettings(
             s.poll_interval, s.watch_heartbeat, s.resync_interval, s.stats_interval,
-            s.max_stats_rate,
+            s.max_stats_rate, s.worker_timeout,
         )  # fmt: skip
         self.tracker = Tracker(self.state, self.clients, self.clock, tracking, self.observed)
         health = HealthSettings(

@@ -11,8 +11,9 @@ watch does), so a change is known at once and costs no request of its own. The
 stream starts from where the last one left off, or from the whole list at first,
 after the worker was away, and every ``resync_interval``; a line at least every
 ``watch_heartbeat`` seconds shows the worker is alive, and the stream carries the
-worker's stats every ``stats_interval``. Only a worker whose stream does not bring
-stats (an older one, or one whose stream is broken) is polled on ``/stats``.
+worker's stats every ``stats_interval`` (less often on a cluster too large for
+``max_stats_rate``: :attr:`Tracker.stats_period`). Only a worker whose stream does not
+bring stats (an older one, or one whose stream is broken) is polled on ``/stats``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ class TrackingSettings:
     watch_heartbeat: float = 10.0
     resync_interval: float = 30.0
     stats_interval: float = 2.0
-    # Stats polls per second over the whole cluster, at most: a large cluster's workers
-    # are each polled less often (1,000 workers: every 5 s), as Nomad caps heartbeats.
+    # Stats per second over the whole cluster (streamed or polled), at most: a large
+    # cluster's workers each send theirs less often (1,000 workers: every 5 s), as
+    # Nomad caps heartbeats.
     max_stats_rate: float = 200.0
+    # A worker must be heard from well within this (see stats_period).
+    worker_timeout: float = 10.0
 
 
 @dataclass
@@ -121,7 +125,7 @@ class Tracker:
         since, epoch = (None, None) if full else (worker.version, worker.epoch)
         streams = False
         changes = worker.client.watch(
-            since, epoch, self.settings.watch_heartbeat, self.settings.stats_interval
+            since, epoch, self.settings.watch_heartbeat, self.stats_period
         )
         try:
             async with contextlib.aclosing(changes):
@@ -149,6 +153,17 @@ class Tracker:
 
     # --- stats and liveness -----------------------------------------------------------
 
+    @property
+    def stats_period(self) -> float:
+        """How often each worker's stats are wanted: ``stats_interval``, or longer on a
+        cluster so large that this would exceed ``max_stats_rate`` a second (streamed
+        or polled, each stats body costs the manager the same to read and apply); but
+        at most half the worker timeout, as the stats lines are what shows a quiet
+        worker alive between heartbeats."""
+        s = self.settings
+        spread = min(len(self.workers) / s.max_stats_rate, s.worker_timeout / 2)
+        return max(s.stats_interval, spread)
+
     async def _stats_loop(self) -> None:
         """Poll the stats of workers whose stream does not bring them, spread evenly.
 
@@ -171,7 +186,7 @@ class Tracker:
             started = self.clock.monotonic()
             for index, worker in enumerate(workers):
                 streamed = self.clock.monotonic() - worker.stats_at
-                if streamed >= 2 * self.settings.stats_interval and worker.name not in in_flight:
+                if streamed >= 2 * self.stats_period and worker.name not in in_flight:
                     in_flight.add(worker.name)
                     self.jobs.spawn(poll(worker))
                 next_at = started + (index + 1) * step
