@@ -24,6 +24,7 @@ import httpx
 from cube.clock import ManualClock
 from cube.manager.backend import Backend, Change, SqliteBackend
 from cube.manager.manager import Manager, Settings
+from cube.runtime.base import ContainerInfo
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm
 from cube.stats import StatsSampler
@@ -111,6 +112,27 @@ class _Breakable(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         self.link._open.discard(self)
         await self.inner.aclose()
+
+
+class GatedRuntime(SimulatedRuntime):
+    """Holds every inspect until the test opens the gate (to force an interleaving),
+    and records being closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+        self.closed = False
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().inspect(container_id)
+
+    async def close(self) -> None:
+        self.closed = True
+        await super().close()
 
 
 class FaultyBackend(SqliteBackend):

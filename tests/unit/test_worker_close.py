@@ -6,13 +6,12 @@ import asyncio
 
 import pytest
 
-from cube.runtime.base import ContainerInfo
-from cube.runtime.simulated import SimulatedRuntime
 from cube.stats import StatsSampler
 from cube.store import MemoryStore
 from cube.task import State, Task, TaskEvent
 from cube.worker.api import create_app
 from cube.worker.worker import Worker
+from tests.inprocess import GatedRuntime
 from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
@@ -25,26 +24,6 @@ class ClosingStore(MemoryStore[Task]):
 
     def close(self) -> None:
         self.closed = True
-
-
-class GatedRuntime(SimulatedRuntime):
-    """Holds every inspect until the gate opens, and records being closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.waiting = 0
-        self.closed = False
-
-    async def inspect(self, container_id: str) -> ContainerInfo | None:
-        self.waiting += 1
-        await self.gate.wait()
-        return await super().inspect(container_id)
-
-    async def close(self) -> None:
-        self.closed = True
-        await super().close()
 
 
 async def running(worker: Worker, task: Task) -> Task:

@@ -7,28 +7,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from cube.runtime.base import ContainerInfo
 from cube.runtime.simulated import SimulatedRuntime
 from cube.store import MemoryStore
 from cube.task import State, Task, TaskEvent
 from cube.worker.worker import Worker
+from tests.inprocess import GatedRuntime
 
 pytestmark = pytest.mark.anyio
-
-
-class GatedRuntime(SimulatedRuntime):
-    """Holds every inspect until the test opens the gate, to force an interleaving."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.waiting = 0
-
-    async def inspect(self, container_id: str) -> ContainerInfo | None:
-        self.waiting += 1
-        await self.gate.wait()
-        return await super().inspect(container_id)
 
 
 async def until(check: Callable[[], bool], steps: int = 10_000) -> None:

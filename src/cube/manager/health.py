@@ -114,17 +114,10 @@ class HealthChecker:
         )
         if count < self.settings.failures:
             return
-        current = self.state.tasks.get(task.ID)
-        if (
-            current is None
-            or current.State is not State.RUNNING
-            or current.RestartCount != task.RestartCount
-        ):
-            return
         self._failed.pop(task.ID, None)
-        # The container stays until its replacement starts (or, with no restart due,
-        # until tracking stops the copy that should no longer run).
-        await self.report(current, State.FAILED, f"{UNHEALTHY}: {detail}")
+        # ``report`` records it only if this incarnation still runs there. The container
+        # stays until its replacement starts (or is stopped when none will).
+        await self.report(task, State.FAILED, f"{UNHEALTHY}: {detail}")
 
     async def _probe(self, url: str) -> str | None:
         """None when healthy, else what went wrong."""

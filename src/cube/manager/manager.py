@@ -139,14 +139,21 @@ class Manager:
             self.state, self.clients, self.clock, self.report, s.send_concurrency
         )
         tracking = TrackingSettings(
-            s.poll_interval, s.watch_heartbeat, s.resync_interval, s.stats_interval,
-            s.max_stats_rate, s.worker_timeout,
-        )  # fmt: skip
+            poll_interval=s.poll_interval,
+            watch_heartbeat=s.watch_heartbeat,
+            resync_interval=s.resync_interval,
+            stats_interval=s.stats_interval,
+            max_stats_rate=s.max_stats_rate,
+            worker_timeout=s.worker_timeout,
+        )
         self.tracker = Tracker(self.state, self.clients, self.clock, tracking, self.observed)
         health = HealthSettings(
-            s.health_interval, s.health_grace, s.health_timeout, s.health_failures,
-            s.health_concurrency,
-        )  # fmt: skip
+            interval=s.health_interval,
+            grace=s.health_grace,
+            timeout=s.health_timeout,
+            failures=s.health_failures,
+            concurrency=s.health_concurrency,
+        )
         self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         # When to look for silent workers next: at once, then at the earliest deadline.

@@ -130,9 +130,6 @@ class State:
     def held_on(self, node: str) -> list[uuid.UUID]:
         return list(self._on_node.get(node, ()))
 
-    def holder(self, task_id: uuid.UUID) -> str | None:
-        return self._held.get(task_id)
-
     # --- what to reconcile ----------------------------------------------------------------
 
     def mark(self, task_ids: Iterable[uuid.UUID]) -> None:
