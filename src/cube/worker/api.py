@@ -8,9 +8,9 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
@@ -174,9 +174,17 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         return worker.get(parse_uuid(task_id)).to_wire()
 
     @app.delete("/tasks/{task_id}", status_code=204)
-    async def delete_task(task_id: str, request: Request) -> Response:
+    async def delete_task(
+        task_id: str,
+        up_to: Annotated[
+            str | None,
+            Query(
+                alias="restartCount",
+                description="Stop only if the task's incarnation is this one or older.",
+            ),
+        ] = None,
+    ) -> Response:
         """Stop a task. ``?restartCount=N``: only if its incarnation is N or older."""
-        up_to = request.query_params.get("restartCount")
         if up_to is not None and not up_to.isdigit():
             raise ApiError(400, f"restartCount must be a whole number, got {up_to!r}")
         worker.stop(parse_uuid(task_id), None if up_to is None else int(up_to))
