@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from cube.clock import Clock
 from cube.manager.state import State as ClusterState
@@ -54,7 +55,13 @@ class HealthChecker:
         self.report = report
         slots = max(settings.concurrency, 1)
         limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
-        self.http = httpx.AsyncClient(limits=limits, transport=transport)
+        # aiohttp's connections under httpx's API: httpcore's pool scans every
+        # connection for every request, so at 100 in flight a probe cost ~19 ms of CPU
+        # (measured: 200 probes of a 0.5 s endpoint took 4.6 s, not 1 s); aiohttp's
+        # costs ~1 ms.
+        self.http = httpx.AsyncClient(
+            transport=transport or AiohttpTransport(limits=limits),
+        )
         self._slots = asyncio.Semaphore(slots)
         # Consecutive failures, per task incarnation.
         self._failed: dict[uuid.UUID, tuple[int, int]] = {}
