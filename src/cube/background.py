@@ -20,12 +20,17 @@ log = logging.getLogger(__name__)
 class Background:
     def __init__(self, name: str) -> None:
         self.name = name
-        self._jobs: set[asyncio.Task[None]] = set()
+        # A dict, not a set: cancelled in the order they started, not in memory order,
+        # so a simulated run with a crash in it replays exactly.
+        self._jobs: dict[asyncio.Task[None], None] = {}
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         handle = asyncio.create_task(self._logged(job))
-        self._jobs.add(handle)
-        handle.add_done_callback(self._jobs.discard)
+        self._jobs[handle] = None
+        handle.add_done_callback(self._forget)
+
+    def _forget(self, handle: asyncio.Task[None]) -> None:
+        self._jobs.pop(handle, None)
 
     async def _logged(self, job: Coroutine[Any, Any, None]) -> None:
         try:

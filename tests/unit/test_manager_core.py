@@ -187,6 +187,23 @@ async def test_a_restart_that_waits_for_room_keeps_why_the_task_failed(manager: 
     assert restarted.Reason == "restarting after: exited with code 1"
 
 
+async def test_a_restart_that_fits_nowhere_does_not_wake_itself(manager: Manager) -> None:
+    """Found by the simulator: a restart looked for room by giving its own up, which
+    woke every waiting task, itself included, so with no node ready the reconcile loop
+    spun at full speed, forever, at one instant."""
+    task = await manager.submit(event())
+    await manager.reconcile_once()
+    placed = manager.get(task.ID)
+    await manager.state.commit([placed.model_copy(update={"State": State.FAILED})])
+    manager.state.node_lost(NODE)  # nowhere to restart it
+    await manager.reconcile_once()  # it waits, and stores why (which marks it once more)
+    await manager.reconcile_once()
+    assert manager.get(task.ID).Reason.startswith(" (restart waits: no feasible node")
+    assert manager.state.take_dirty() == []  # nothing to do until a node or room appears
+    manager.state.node_ready(NODE)
+    assert manager.state.take_dirty() == [task.ID]
+
+
 async def test_a_failed_task_to_be_restarted_keeps_its_room(manager: Manager) -> None:
     """A task waiting for room must not take the slot of one whose restart is due."""
     node = manager.state.nodes[NODE]

@@ -90,6 +90,8 @@ def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Plac
         update={"RestartCount": task.RestartCount + 1, "Node": choice.node.Name}
     )
     _hold(restarted, state, result)
+    if restarted.Node != task.Node:
+        state.room()  # it left room behind where it was
 
 
 def _hold(task: Task, state: ClusterState, result: Placements) -> None:

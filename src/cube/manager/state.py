@@ -119,13 +119,14 @@ class State:
             self._held[task.ID] = want
             self._on_node[want].add(task.ID)
 
-    def _release(self, task: Task) -> None:
+    def _release(self, task: Task, *, wake: bool = True) -> None:
         name = self._held.pop(task.ID, None)
         if name is None:
             return
         self._on_node[name].discard(task.ID)
         release(self.nodes[name], task)  # a task's resources are the same in every version
-        self.room()
+        if wake:
+            self.room()
 
     def held_on(self, node: str) -> list[uuid.UUID]:
         return list(self._on_node.get(node, ()))
@@ -147,8 +148,13 @@ class State:
         self._waiting[task_id] = None
 
     def release(self, task: Task) -> None:
-        """Give up a task's room for now (a restart looks for room, its own included)."""
-        self._release(task)
+        """Give up a task's room for now (a restart looks for room, its own included).
+
+        Waiting tasks are not woken: the restart either takes the room back or moves,
+        and the caller says when room really appeared (:meth:`room`). Waking them here
+        woke the restart itself when it fit nowhere: a reconcile loop spinning forever.
+        """
+        self._release(task, wake=False)
 
     def stop_waiting(self, task_id: uuid.UUID) -> None:
         self._waiting.pop(task_id, None)

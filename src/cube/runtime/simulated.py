@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -55,18 +56,25 @@ class SimulatedRuntime:
     """
 
     def __init__(
-        self, start_latency: float = 0.0, *, fail_images: frozenset[str] = frozenset()
+        self,
+        start_latency: float = 0.0,
+        *,
+        fail_images: frozenset[str] = frozenset(),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if start_latency < 0:
             raise ValueError(f"start latency must not be negative, got {start_latency}")
         self.start_latency = start_latency
         self.fail_images = fail_images
+        self.now = now  # the deterministic simulator gives its virtual clock
         self.available = True
         self.starts = 0
         self._containers: dict[str, _Container] = {}
         self._ids_by_name: dict[str, str] = {}
         self._ports = itertools.cycle(range(_FIRST_HOST_PORT, _LAST_HOST_PORT + 1))
-        self._subscribers: set[_Subscription] = set()
+        # A dict, not a set: events reach subscribers in the order they subscribed, so a
+        # simulated run does not depend on where objects happen to sit in memory.
+        self._subscribers: dict[_Subscription, None] = {}
         self._closed = False
 
     # -- the Runtime interface ---------------------------------------------------------
@@ -100,7 +108,7 @@ class SimulatedRuntime:
             oom_killed=False,
             error="",
             host_ports=host_ports,
-            started_at=datetime.now(UTC),
+            started_at=self.now(),
             finished_at=None,
         )
         self._containers[container_id] = _Container(info, spec)
@@ -137,7 +145,7 @@ class SimulatedRuntime:
         if not self.available or self._closed:
             subscription.end(RuntimeUnavailable("the simulated engine is unavailable"))
         else:
-            self._subscribers.add(subscription)
+            self._subscribers[subscription] = None
         return subscription
 
     async def ping(self) -> None:
@@ -164,7 +172,7 @@ class SimulatedRuntime:
             running=False,
             exit_code=exit_code,
             oom_killed=oom_killed,
-            finished_at=datetime.now(UTC),
+            finished_at=self.now(),
         )
         self._emit(container.info, "oom" if oom_killed else "die")
         return container.info
@@ -233,7 +241,7 @@ class _Subscription:
         self.queue.put_nowait(item)
 
     async def aclose(self) -> None:
-        self.runtime._subscribers.discard(self)
+        self.runtime._subscribers.pop(self, None)
         if not self._done:
             self.end(None)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -125,7 +124,7 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
             complete, tasks = worker.changes(since, epoch)
             since, epoch = worker.version, worker.epoch
             extra = b""
-            now = time.monotonic()
+            now = asyncio.get_running_loop().time()  # the loop's clock: virtual when simulated
             if every and now >= stats_due:
                 stats_due = now + every
                 extra = b',"Stats":' + sampler.current().model_dump_json(by_alias=True).encode()
@@ -145,7 +144,8 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
                     b"}\n",
                 )
             )
-            wait_for = min(beat, stats_due - time.monotonic()) if every else beat
+            left = stats_due - asyncio.get_running_loop().time()
+            wait_for = min(beat, left) if every else beat
             await worker.wait_for_change(since, epoch, max(wait_for, 0.0))
 
     @app.post("/tasks", status_code=201, response_model=None)
