@@ -131,7 +131,12 @@ def parse_size(value: Any) -> Any:
 
 
 def now() -> datetime:
+    """Cube's wall clock (the simulator swaps it for its virtual one)."""
     return datetime.now(UTC)
+
+
+def _stamp() -> datetime:
+    return now()  # looked up at each call, so a swapped clock is the one used
 
 
 StateField = Annotated[State, BeforeValidator(_parse_state)]
@@ -257,7 +262,7 @@ class TaskEvent(_Wire):
 
     ID: uuid.UUID = Field(default_factory=uuid.uuid4)
     State: StateField = State.SCHEDULED
-    Timestamp: Time = Field(default_factory=now)
+    Timestamp: Time = Field(default_factory=_stamp)
     Task: Task
 
 

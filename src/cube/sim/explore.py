@@ -1,0 +1,99 @@
+"""Many seeds in parallel, one replayed, a failure shrunk to the steps that matter."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cube.sim.run import Outcome, simulate
+from cube.sim.schedule import Scenario, generate
+
+REPLAY = "scripts/sim.sh"
+FAILURES = Path("sim-failures")
+
+
+def run_scenario(scenario: Scenario) -> Outcome:
+    logging.disable(logging.CRITICAL)  # the trace says what happened; logs are noise here
+    with tempfile.TemporaryDirectory(prefix="cube-sim-") as root:
+        return simulate(scenario, Path(root))
+
+
+def _summary(seed: int) -> tuple[int, str | None, float, float]:
+    outcome = run_scenario(generate(seed))
+    return seed, outcome.violation, outcome.virtual_seconds, outcome.wall_seconds
+
+
+def explore(first: int, count: int, jobs: int, *, shrink: bool = True) -> int:
+    began = time.perf_counter()
+    seeds = range(first, first + count)
+    failures: list[tuple[int, str]] = []
+    virtual = 0.0
+    with multiprocessing.get_context("fork").Pool(max(jobs, 1)) as pool:
+        for seed, violation, simulated, _ in pool.imap_unordered(_summary, seeds):
+            virtual += simulated
+            if violation:
+                failures.append((seed, violation))
+                print(f"seed {seed}: {violation}", flush=True)
+                print(f"  replay: {REPLAY} --seed {seed}", flush=True)
+    wall = time.perf_counter() - began
+    print(
+        f"{count} seeds, {len(failures)} failed, {virtual:,.0f} simulated seconds in "
+        f"{wall:.1f} s ({virtual / wall:,.0f} simulated seconds per second, {jobs} processes)"
+    )
+    if failures and shrink:
+        seed, violation = min(failures)
+        scenario = generate(seed)
+        print(f"shrinking seed {seed} ({len(scenario.steps)} steps)...", flush=True)
+        small = shrink_scenario(scenario, violation.split(":")[0], run_scenario)
+        FAILURES.mkdir(exist_ok=True)
+        path = FAILURES / f"seed-{seed}.json"
+        path.write_text(small.to_json() + "\n")
+        print(f"  {len(small.steps)} steps still fail: {REPLAY} --scenario {path}")
+        for step in small.steps:
+            print(f"    {step.at:8.3f} {step.describe()}")
+    return 1 if failures else 0
+
+
+def shrink_scenario(
+    scenario: Scenario, kind: str, run: Callable[[Scenario], Outcome], budget: int = 200
+) -> Scenario:
+    """Drop steps while the same invariant still breaks (delta debugging: halves first,
+    then smaller and smaller chunks, down to single steps)."""
+    current = scenario
+    chunk = max(len(current.steps) // 2, 1)
+    while chunk >= 1 and budget > 0:
+        start, shrunk = 0, False
+        while start < len(current.steps) and budget > 0:
+            candidate = current.without(set(range(start, start + chunk)))
+            budget -= 1
+            if candidate.steps and run(candidate).kind == kind:
+                current, shrunk = candidate, True  # the same start now names the next chunk
+            else:
+                start += chunk
+        if not shrunk:
+            chunk //= 2
+    return current
+
+
+def replay(seed: int | None, scenario_file: Path | None, trace_file: Path | None) -> int:
+    if scenario_file is not None:
+        scenario = Scenario.from_json(scenario_file.read_text())
+    else:
+        assert seed is not None
+        scenario = generate(seed)
+    outcome = run_scenario(scenario)
+    text = "\n".join(outcome.trace) + "\n"
+    if trace_file is not None:
+        trace_file.write_text(text)
+    else:
+        print(text, end="")
+    ratio = outcome.virtual_seconds / max(outcome.wall_seconds, 1e-9)
+    print(
+        f"seed {scenario.seed}: {outcome.violation or 'every invariant held'} "
+        f"({outcome.virtual_seconds:.0f} simulated s in {outcome.wall_seconds:.2f} s: {ratio:,.0f}x)"
+    )
+    return 0 if outcome.ok else 1

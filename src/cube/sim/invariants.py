@@ -1,0 +1,187 @@
+"""What must hold in every simulated run, whatever the faults.
+
+Checked after every step (the safety properties) and once the cluster is quiet again
+(those, and what a converged cluster must look like). Each check returns a message
+starting with the invariant's name, or None.
+
+To add one when a feature lands: write a function of (world, user view) here, add it to
+:data:`ALWAYS` or :data:`WHEN_QUIET`, and break the feature once to see a seed find it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cube.manager.manager import Manager
+from cube.scheduler import Demand
+from cube.sim.world import World
+from cube.task import State, Task
+
+_HOLDING = (State.SCHEDULED, State.RUNNING)
+
+
+@dataclass
+class UserView:
+    """What the simulated user did and was told."""
+
+    submitted: list[uuid.UUID] = field(default_factory=list)
+    acknowledged: list[uuid.UUID] = field(default_factory=list)  # a 201 came back
+    stop_asked: set[uuid.UUID] = field(default_factory=set)  # acknowledged or not
+    stopped: set[uuid.UUID] = field(default_factory=set)  # the stop was acknowledged
+    exited_zero: set[uuid.UUID] = field(default_factory=set)  # a container of it exited 0
+    health_checked: set[uuid.UUID] = field(default_factory=set)
+
+
+def _short(task_id: uuid.UUID) -> str:
+    return str(task_id)[:8]
+
+
+def acknowledged_kept(m: Manager, user: UserView, _: World) -> str | None:
+    for task_id in user.acknowledged:
+        if task_id not in m.state.tasks:
+            return f"lost: acknowledged task {_short(task_id)} is not in the manager's state"
+    return None
+
+
+def completed_only_if_done(m: Manager, user: UserView, _: World) -> str | None:
+    for task in m.state.tasks.values():
+        if task.State is State.COMPLETED and task.ID not in user.stop_asked | user.exited_zero:
+            return (
+                f"completed: {_short(task.ID)} is Completed ({task.Reason!r}) though it "
+                f"never exited 0 and nobody stopped it"
+            )
+    return None
+
+
+def reservations_add_up(m: Manager, _: UserView, __: World) -> str | None:
+    held: dict[str, list[Task]] = {name: [] for name in m.state.nodes}
+    for task in m.state.tasks.values():
+        holds = task.State in _HOLDING or (
+            task.State is State.FAILED
+            and task.DesiredState is State.RUNNING
+            and m._will_restart(task)
+        )
+        if holds and task.Node in held:
+            held[task.Node].append(task)
+    for name, node in m.state.nodes.items():
+        tasks = held[name]
+        memory = sum(Demand.of(t).memory_kb for t in tasks)
+        if node.TaskCount != len(tasks) or node.MemoryAllocated != memory:
+            return (
+                f"reservations: {name} holds {node.TaskCount} tasks, {node.MemoryAllocated} kB; "
+                f"its placed tasks add up to {len(tasks)}, {memory} kB"
+            )
+        if node.Memory and node.MemoryAllocated > node.Memory:
+            return f"reservations: {name} has {node.MemoryAllocated} kB reserved of {node.Memory}"
+    return None
+
+
+class RestartCounts:
+    """RestartCount never goes down, across manager restarts too."""
+
+    def __init__(self, seen: dict[uuid.UUID, int]) -> None:
+        self.seen = seen
+
+    def __call__(self, m: Manager, _: UserView, __: World) -> str | None:
+        for task in m.state.tasks.values():
+            before = self.seen.get(task.ID, 0)
+            if task.RestartCount < before:
+                return (
+                    f"restart-count: {_short(task.ID)} went from {before} to {task.RestartCount}"
+                )
+            self.seen[task.ID] = task.RestartCount
+        return None
+
+
+def exactly_once(m: Manager, user: UserView, world: World) -> str | None:
+    copies: dict[uuid.UUID, int] = {}
+    for w in world.workers:
+        for task_id, n in w.running().items():
+            copies[task_id] = copies.get(task_id, 0) + n
+    for task_id, n in copies.items():
+        task = m.state.tasks.get(task_id)
+        if task_id in user.stopped and n:
+            return f"stopped-runs: {_short(task_id)} was stopped yet runs {n}x"
+        if task is None:
+            return f"stray: {_short(task_id)} runs {n}x but the manager never heard of it"
+        if task.DesiredState is State.RUNNING and task.State is State.RUNNING and n != 1:
+            return f"exactly-once: {_short(task_id)} runs {n}x"
+        if task.State is not State.RUNNING and n:
+            return f"exactly-once: {_short(task_id)} is {task.State.label} yet runs {n}x"
+    for task in m.state.tasks.values():
+        if task.DesiredState is not State.RUNNING or copies.get(task.ID, 0) == 1:
+            continue
+        waits = task.State is State.PENDING or (
+            task.State is State.FAILED and m._will_restart(task)
+        )
+        if waits and not _fits_somewhere(m, task):
+            continue  # no room anywhere: waiting is right
+        if task.State in (State.COMPLETED, State.FAILED) and not waits:
+            continue  # ended, not to be restarted
+        return (
+            f"exactly-once: {_short(task.ID)} should run ({task.State.label}, "
+            f"{task.Reason!r}) but runs {copies.get(task.ID, 0)}x"
+        )
+    return None
+
+
+def _fits_somewhere(m: Manager, task: Task) -> bool:
+    """Would any ready node take it, its own room (if it holds some) counted free?"""
+    need = Demand.of(task).memory_kb
+    for name in m.state.ready:
+        node = m.state.nodes[name]
+        free = node.Memory - node.MemoryAllocated
+        if task.State is State.FAILED and task.Node == name:
+            free += need
+        if node.Docker and free >= need:
+            return True
+    return False
+
+
+def views_agree(m: Manager, _: UserView, world: World) -> str | None:
+    for w in world.workers:
+        assert w.worker is not None
+        theirs = {t.ID: t for t in w.worker.tasks()}
+        for task in m.state.tasks.values():
+            if task.Node != w.name or task.State is not State.RUNNING:
+                continue
+            other = theirs.get(task.ID)
+            if other is None or other.State is not State.RUNNING:
+                seen = other.State.label if other else "nothing"
+                return f"views: manager has {_short(task.ID)} Running on {w.name}, worker has {seen}"
+            if other.RestartCount != task.RestartCount:
+                return f"views: {_short(task.ID)} RestartCount {task.RestartCount} vs {other.RestartCount}"
+    return None
+
+
+Check = Callable[[Manager, UserView, World], str | None]
+ALWAYS: list[Check] = [acknowledged_kept, completed_only_if_done, reservations_add_up]
+WHEN_QUIET: list[Check] = [exactly_once, views_agree]
+
+
+def check(
+    world: World, user: UserView, restarts: dict[uuid.UUID, int], *, final: bool
+) -> str | None:
+    m = world.manager
+    if m is None or world.manager_dead:
+        return None  # nothing to ask; checked again once it is back
+    for invariant in [*ALWAYS, RestartCounts(restarts), *(WHEN_QUIET if final else [])]:
+        violation = invariant(m, user, world)
+        if violation:
+            return violation
+    return None
+
+
+def picture(world: World) -> str:
+    """Everything that should stop changing once the cluster is quiet."""
+    m = world.manager
+    parts = []
+    if m is not None:
+        for task in sorted(m.state.tasks.values(), key=lambda t: str(t.ID)):
+            parts.append(f"{_short(task.ID)}:{task.State.label}:{task.Node}:{task.RestartCount}")
+    for w in world.workers:
+        running = sorted(str(t)[:8] for t in w.running())
+        parts.append(f"{w.name}={','.join(running)}")
+    return " ".join(parts)

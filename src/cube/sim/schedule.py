@@ -1,0 +1,125 @@
+"""What happens in a simulated run: user actions and faults, drawn from a seed.
+
+A run is a :class:`Scenario`: how many workers, and a list of :class:`Step` at virtual
+times. Each step stands alone (a fault carries its own duration and its own random
+generator), so the shrinker can drop any subset of steps and the rest still mean the
+same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# kind -> weight when drawing a step
+KINDS: dict[str, int] = {
+    "submit": 24,
+    "stop": 10,
+    "exit": 10,  # a container ends by itself (code 0, 1 or 137)
+    "partition": 8,  # the manager cut off from some workers
+    "lossy": 7,  # messages lost on a link
+    "slow": 6,  # messages delayed (and so reordered) on a link
+    "duplicate": 5,  # writes delivered twice on a link
+    "worker_crash": 7,
+    "manager_crash": 5,  # at a moment
+    "manager_crash_commit": 5,  # just before or after a given write
+    "docker_down": 6,
+    "health": 7,  # a task's health endpoint fails or is slow
+}
+POLICIES = ["", "no", "on-failure", "always"]
+ACTIVE = 60.0  # virtual seconds during which steps happen
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        detail = " ".join(f"{key}={value}" for key, value in sorted(self.args.items()))
+        return f"{self.kind} {detail}".strip()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int
+    workers: int
+    steps: tuple[Step, ...]
+
+    def without(self, drop: set[int]) -> Scenario:
+        kept = tuple(s for i, s in enumerate(self.steps) if i not in drop)
+        return Scenario(self.seed, self.workers, kept)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"seed": self.seed, "workers": self.workers, "steps": [asdict(s) for s in self.steps]},
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Scenario:
+        data = json.loads(text)
+        steps = tuple(Step(s["at"], s["kind"], s["args"]) for s in data["steps"])
+        return cls(int(data["seed"]), int(data["workers"]), steps)
+
+
+def generate(seed: int) -> Scenario:
+    rng = random.Random(seed)
+    workers = rng.randint(2, 4)
+    kinds, weights = list(KINDS), list(KINDS.values())
+    steps: list[Step] = [Step(0.5, "submit", _submit_args(rng))]
+    at = 0.5
+    while True:
+        at += rng.expovariate(1 / 1.5)
+        if at >= ACTIVE:
+            break
+        kind = rng.choices(kinds, weights)[0]
+        steps.append(Step(round(at, 3), kind, _args(kind, rng, workers)))
+    return Scenario(seed, workers, tuple(steps))
+
+
+def _submit_args(rng: random.Random) -> dict[str, Any]:
+    return {
+        "count": rng.randint(1, 4),
+        "memory_mib": rng.choice([0, 64, 256]),
+        "policy": rng.choice(POLICIES),
+        "health": rng.random() < 0.4,
+    }
+
+
+def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
+    worker = rng.randrange(workers)
+    lasting = round(rng.uniform(1.0, 25.0), 3)
+    if kind == "submit":
+        return _submit_args(rng)
+    if kind == "stop":
+        return {"pick": rng.randrange(1 << 16)}
+    if kind == "exit":
+        return {"worker": worker, "pick": rng.randrange(1 << 16), "code": rng.choice([0, 1, 137])}
+    if kind == "partition":
+        chosen = sorted(rng.sample(range(workers), rng.randint(1, workers)))
+        return {"workers": chosen, "mode": rng.choice(["refuse", "blackhole"]), "for": lasting}
+    if kind == "lossy":
+        return {"worker": worker, "p": round(rng.uniform(0.05, 0.5), 3), "for": lasting}
+    if kind == "slow":
+        return {"worker": worker, "max": round(rng.uniform(0.05, 3.0), 3), "for": lasting}
+    if kind == "duplicate":
+        return {"worker": worker, "p": round(rng.uniform(0.1, 1.0), 3), "for": lasting}
+    if kind == "worker_crash":
+        return {"worker": worker, "keep_store": rng.random() < 0.7, "for": lasting}
+    if kind == "manager_crash":
+        return {"for": round(rng.uniform(0.0, 15.0), 3)}
+    if kind == "manager_crash_commit":
+        return {
+            "commits": rng.randint(0, 5),
+            "after": rng.random() < 0.5,
+            "for": round(rng.uniform(0.0, 15.0), 3),
+        }
+    if kind == "docker_down":
+        return {"worker": worker, "for": lasting}
+    if kind == "health":
+        return {"pick": rng.randrange(1 << 16), "mode": rng.choice(["fail", "slow"]), "for": lasting}
+    raise ValueError(kind)

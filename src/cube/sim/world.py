@@ -1,0 +1,263 @@
+"""The simulated cluster: the real manager and real workers, started, crashed, restarted.
+
+Each worker is the real :class:`~cube.worker.worker.Worker` behind its real FastAPI app,
+on a :class:`~cube.runtime.simulated.SimulatedRuntime` standing in for that machine's
+Docker engine: the engine (and its containers) outlives the worker process, as on a
+real machine, so a crashed worker that comes back finds its containers still there.
+Its store is SQLite on disk, kept or wiped when it comes back.
+
+The manager is the real :class:`~cube.manager.manager.Manager` on SQLite in the run's
+directory: a crash cancels every coroutine it runs at once (what is on disk is what a
+SIGKILL leaves) and a restart loads the file through the real recovery code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from cube.manager.backend import Change, SqliteBackend
+from cube.manager.manager import Manager, Settings
+from cube.runtime.simulated import SimulatedRuntime
+from cube.scheduler import Epvm
+from cube.sim.loop import LoopClock
+from cube.sim.net import Link
+from cube.stats import Stats, StatsSampler
+from cube.store import Database
+from cube.task import Task, TaskEvent
+from cube.transport import InProcessTransport
+from cube.worker.api import create_app
+from cube.worker.client import WorkerClient
+from cube.worker.worker import LABEL_TASK, Capacity, Worker
+
+CORES = 2.0
+MEMORY = 1 << 30  # bytes a worker offers
+
+SETTINGS = Settings(
+    worker_timeout=10.0,
+    stats_interval=2.0,
+    watch_heartbeat=5.0,
+    health_interval=5.0,
+    health_grace=2.0,
+    health_timeout=1.0,
+    restart_backoff=1.0,
+    restart_backoff_max=8.0,
+)
+
+
+class FixedSampler(StatsSampler):
+    """Machine figures that are the same in every run (a real sampler reads /proc)."""
+
+    def sample(self) -> Stats:
+        self._latest = Stats(task_count=self._task_count(), cores=int(CORES))
+        return self._latest
+
+
+class CrashingBackend(SqliteBackend):
+    """SQLite with a crash that can be armed at a commit: before it reaches the disk,
+    or just after (the caller never hears that it did)."""
+
+    def __init__(self, path: Path, crash: Callable[[], None]) -> None:
+        super().__init__(path)
+        self.crash = crash
+        self.armed: tuple[int, bool] | None = None  # (commits from now, after the write)
+        self.dead = False
+
+    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+        if self.dead:
+            raise asyncio.CancelledError  # a killed process writes nothing more
+        if self.armed is None:
+            return await super().commit(changes, events)
+        left, after = self.armed
+        if left > 0:
+            self.armed = (left - 1, after)
+            return await super().commit(changes, events)
+        self.armed = None
+        if after:
+            await super().commit(changes, events)
+        self.dead = True
+        self.crash()
+        raise asyncio.CancelledError
+
+
+@dataclass
+class SimWorker:
+    name: str
+    runtime: SimulatedRuntime
+    link: Link
+    db: Path
+    worker: Worker | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.worker is not None
+
+    def running(self) -> dict[uuid.UUID, int]:
+        """Running containers per task on this machine, whatever the worker thinks."""
+        counts: dict[uuid.UUID, int] = {}
+        for info in self.runtime.containers:
+            if info.running and LABEL_TASK in info.labels:
+                task = uuid.UUID(info.labels[LABEL_TASK])
+                counts[task] = counts.get(task, 0) + 1
+        return counts
+
+
+@dataclass
+class World:
+    root: Path
+    workers: list[SimWorker]
+    clock: LoopClock = field(default_factory=LoopClock)
+    manager: Manager | None = None
+    backend: CrashingBackend | None = None
+    health: HealthEndpoints | None = None
+    crashes: int = 0
+    restart_after: float = 0.0  # how long an armed crash keeps the manager down
+    _restart: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, root: Path, count: int, links: Callable[[str], Link]) -> World:
+        clock = LoopClock()
+        workers = []
+        for index in range(count):
+            name = f"w{index + 1}:5556"
+            runtime = SimulatedRuntime(now=clock.now)
+            workers.append(SimWorker(name, runtime, links(name), root / f"worker-{index + 1}.db"))
+        world = cls(root, workers, clock)
+        world.health = HealthEndpoints(world)
+        return world
+
+    # --- workers ----------------------------------------------------------------------
+
+    async def start_worker(self, w: SimWorker, *, keep_store: bool = True) -> None:
+        if w.worker is not None:
+            return
+        if not keep_store:
+            w.db.unlink(missing_ok=True)
+        store = Database(w.db).store("tasks", Task)
+        worker = Worker(w.name, store, w.runtime, concurrency=4, reconcile_interval=15.0)
+        sampler = FixedSampler(task_count=worker.running_count, interval=3600)
+        app = create_app(worker, sampler, Capacity(cores=CORES, memory=MEMORY, disk=1 << 40))
+        await worker.start()
+        w.worker = worker
+        w.link.attach(InProcessTransport(app))
+
+    async def crash_worker(self, w: SimWorker) -> None:
+        """The process dies: its loops stop mid-step, its connections reset; the engine
+        and its containers stay."""
+        worker, w.worker = w.worker, None
+        if worker is None:
+            return
+        w.link.attach(None)
+        loops, worker._background = worker._background, []
+        for job in loops:
+            job.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await worker._checks.close()
+        worker.store.close()
+
+    # --- the manager ------------------------------------------------------------------
+
+    def connect(self, url: str) -> WorkerClient:
+        w = next(w for w in self.workers if url.endswith(w.name))
+        return WorkerClient(url, httpx.AsyncClient(transport=w.link, timeout=5.0))
+
+    async def start_manager(self) -> None:
+        if self.manager is not None:
+            return
+        self.backend = CrashingBackend(self.root / "manager.db", self._crash_now)
+        self.manager = Manager(
+            [w.name for w in self.workers],
+            Epvm(),
+            self.backend,
+            SETTINGS,
+            clock=self.clock,
+            connect=self.connect,
+            health_transport=self.health,
+        )
+        await self.manager.start()
+
+    def _crash_now(self) -> None:
+        """An armed crash went off: every coroutine of the manager ends where it stands
+        and nothing more reaches its disk; :meth:`crash_manager` clears up after it."""
+        if self.manager is not None:
+            _kill(self.manager)
+            self.crashes += 1
+
+    @property
+    def manager_dead(self) -> bool:
+        return self.backend is not None and self.backend.dead
+
+    async def bury_manager(self) -> None:
+        """After an armed crash went off: clear up, and start again ``restart_after`` on."""
+        if not self.manager_dead:
+            return
+        await self.crash_manager()
+
+        async def restart() -> None:
+            await asyncio.sleep(self.restart_after)
+            await self.start_manager()
+
+        self._restart = asyncio.create_task(restart())
+
+    async def crash_manager(self) -> None:
+        manager, self.manager, self.backend = self.manager, None, None
+        if manager is None:
+            return
+        _kill(manager)
+        if isinstance(manager.backend, CrashingBackend):
+            manager.backend.dead = True
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await manager.close()
+
+    async def close(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+        await self.crash_manager()
+        for w in self.workers:
+            await self.crash_worker(w)
+            await w.runtime.close()
+
+
+def _kill(manager: Manager) -> None:
+    """Cancel every coroutine the manager runs, as SIGKILL ends them."""
+    for job in [*manager._loops, *manager.dispatch.jobs._jobs, *manager.tracker.jobs._jobs]:
+        job.cancel()
+
+
+class HealthEndpoints(httpx.AsyncBaseTransport):
+    """Every task's health endpoint, reached over the same links as its worker.
+
+    A probe reaches the container that holds the host port on that machine, if one
+    runs; ``failing`` tasks answer 500 and ``slow`` ones not before the probe gives up.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.failing: set[uuid.UUID] = set()
+        self.slow: set[uuid.UUID] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host, port = request.url.host, str(request.url.port)
+        w = next((w for w in self.world.workers if w.name.split(":")[0] == host), None)
+        if w is None or w.link.partition == "refuse":
+            raise httpx.ConnectError("no route", request=request)
+        read = (request.extensions.get("timeout") or {}).get("read") or 5.0
+        if w.link.partition == "blackhole":
+            await asyncio.sleep(read)
+            raise httpx.ConnectTimeout("no route (partitioned)", request=request)
+        for info in w.runtime.containers:
+            ports = [b.get("HostPort") for bs in info.host_ports.values() for b in bs]
+            if info.running and port in ports:
+                task = uuid.UUID(info.labels[LABEL_TASK])
+                if task in self.slow:
+                    await asyncio.sleep(read)
+                    raise httpx.ReadTimeout("endpoint too slow", request=request)
+                status = 500 if task in self.failing else 200
+                return httpx.Response(status, content=b"ok", request=request)
+        raise httpx.ConnectError("connection refused", request=request)
