@@ -94,6 +94,7 @@ def replay(seed: int | None, scenario_file: Path | None, trace_file: Path | None
     ratio = outcome.virtual_seconds / max(outcome.wall_seconds, 1e-9)
     print(
         f"seed {scenario.seed}: {outcome.violation or 'every invariant held'} "
-        f"({outcome.virtual_seconds:.0f} simulated s in {outcome.wall_seconds:.2f} s: {ratio:,.0f}x)"
+        f"({outcome.virtual_seconds:.0f} simulated s in {outcome.wall_seconds:.2f} s: "
+        f"{ratio:,.0f}x)"
     )
     return 0 if outcome.ok else 1

@@ -88,9 +88,7 @@ class RestartCounts:
         for task in m.state.tasks.values():
             before = self.seen.get(task.ID, 0)
             if task.RestartCount < before:
-                return (
-                    f"restart-count: {_short(task.ID)} went from {before} to {task.RestartCount}"
-                )
+                return f"restart-count: {_short(task.ID)} went from {before} to {task.RestartCount}"
             self.seen[task.ID] = task.RestartCount
         return None
 
@@ -150,9 +148,14 @@ def views_agree(m: Manager, _: UserView, world: World) -> str | None:
             other = theirs.get(task.ID)
             if other is None or other.State is not State.RUNNING:
                 seen = other.State.label if other else "nothing"
-                return f"views: manager has {_short(task.ID)} Running on {w.name}, worker has {seen}"
+                return (
+                    f"views: manager has {_short(task.ID)} Running on {w.name}, worker has {seen}"
+                )
             if other.RestartCount != task.RestartCount:
-                return f"views: {_short(task.ID)} RestartCount {task.RestartCount} vs {other.RestartCount}"
+                return (
+                    f"views: {_short(task.ID)} RestartCount {task.RestartCount} in the "
+                    f"manager, {other.RestartCount} on {w.name}"
+                )
     return None
 
 
@@ -167,7 +170,8 @@ def check(
     m = world.manager
     if m is None or world.manager_dead:
         return None  # nothing to ask; checked again once it is back
-    for invariant in [*ALWAYS, RestartCounts(restarts), *(WHEN_QUIET if final else [])]:
+    checks: list[Check] = [*ALWAYS, RestartCounts(restarts), *(WHEN_QUIET if final else [])]
+    for invariant in checks:
         violation = invariant(m, user, world)
         if violation:
             return violation

@@ -29,8 +29,18 @@ import cube.task
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+# Loop iterations in a row without a timer coming due: beyond this, something spins.
+SPIN_LIMIT = 200_000
+TICK = 1e-9  # what one turn of the loop costs on the virtual clock
+
+
 class Stalled(RuntimeError):
     """Nothing is ready and no timer is set: every coroutine waits for the others."""
+
+
+class Spinning(RuntimeError):
+    """Time stands still while the loop keeps running: a livelock, which on a real
+    clock would be a process at full CPU doing nothing useful."""
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -43,16 +53,43 @@ class _VirtualSelector(selectors.DefaultSelector):
     def __init__(self) -> None:
         super().__init__()
         self.loop: VirtualLoop | None = None
+        self.spins = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        assert self.loop is not None
+        # Each turn of the loop takes a nanosecond, as on a real clock: asyncio runs a
+        # timer up to its clock resolution early, and code that then finds its deadline
+        # a hair away would otherwise wait for it forever at one instant.
+        self.loop.now += TICK
         ready = super().select(0)
         if ready or timeout == 0:
+            self.spins += 1
+            if self.spins > SPIN_LIMIT:
+                raise Spinning(
+                    f"the loop ran {SPIN_LIMIT:,} times at t={self.loop.now:.3f}: "
+                    + ", ".join(_describe(self.loop))
+                )
             return ready
+        self.spins = 0
         if timeout is None:
             raise Stalled("the simulation stalled: nothing to run and no timer set")
-        assert self.loop is not None
         self.loop.now += timeout
         return []
+
+
+def _describe(loop: VirtualLoop) -> list[str]:
+    """What the spinning loop is running: the coroutines behind the ready callbacks."""
+    seen: dict[str, None] = {}
+    for handle in list(loop._ready)[:50]:  # type: ignore[attr-defined]
+        owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+        if isinstance(owner, asyncio.Task):
+            coro = owner.get_coro()
+            frame = getattr(coro, "cr_frame", None)
+            where = f"{frame.f_code.co_filename.split('/')[-1]}:{frame.f_lineno}" if frame else ""
+            seen[f"{getattr(coro, '__qualname__', coro)} {where}"] = None
+        else:
+            seen[repr(handle)[:80]] = None
+    return list(seen)[:5]
 
 
 class VirtualLoop(asyncio.SelectorEventLoop):
@@ -97,7 +134,10 @@ def deterministic(seed: int, clock: LoopClock) -> Iterator[None]:
     def urandom(size: int) -> bytes:
         return entropy.randbytes(size)
 
-    saved: list[tuple[Any, str, Any]] = [(os, "urandom", os.urandom), (cube.task, "now", cube.task.now)]
+    saved: list[tuple[Any, str, Any]] = [
+        (os, "urandom", os.urandom),
+        (cube.task, "now", cube.task.now),
+    ]
     os.urandom = urandom
     cube.task.now = clock.now
     try:
@@ -114,7 +154,8 @@ def run(main: Callable[[], Any], seed: int) -> Any:
         with deterministic(seed, LoopClock()):
             return loop.run_until_complete(main())
     finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cube.sim import invariants
+from cube.sim.loop import Spinning, Stalled
 from cube.sim.loop import run as run_virtual
 from cube.sim.net import Link
 from cube.sim.schedule import Scenario, Step
@@ -92,7 +93,11 @@ class Run:
             self.later(a["for"], lambda: _heal(links))
         elif kind in ("lossy", "slow", "duplicate"):
             link = self.worker(a["worker"]).link
-            attr, value = {"lossy": ("loss", "p"), "slow": ("delay", "max"), "duplicate": ("duplicate", "p")}[kind]
+            attr, value = {
+                "lossy": ("loss", "p"),
+                "slow": ("delay", "max"),
+                "duplicate": ("duplicate", "p"),
+            }[kind]
             setattr(link, attr, a[value])
             self.later(a["for"], lambda: _reset(link, attr))
         elif kind == "worker_crash":
@@ -232,7 +237,9 @@ class Run:
             same = same + 1 if picture == last else 0
             last = picture
             if loop.time() - start > QUIET_LIMIT:
-                return f"liveness: no quiet after {QUIET_LIMIT:.0f} s; still changing: {picture[:300]}"
+                return (
+                    f"liveness: no quiet after {QUIET_LIMIT:.0f} s; still changing: {picture[:300]}"
+                )
         self.log("quiet")
         return self.check(final=True)
 
@@ -280,8 +287,14 @@ def simulate(scenario: Scenario, root: Path) -> Outcome:
                     job.cancel()
                 await world.close()
 
-    run_virtual(main, scenario.seed)
+    try:
+        run_virtual(main, scenario.seed)
+    except (Spinning, Stalled) as exc:
+        box["violation"] = f"liveness: {exc}"
+        box.setdefault("virtual", 0.0)
     run = box["run"]
+    if isinstance(box.get("violation"), str) and box["violation"].startswith("liveness: the"):
+        run.trace.append(f"VIOLATION {box['violation']}")
     trace = run.trace + _event_log(root / "manager.db")
     return Outcome(
         scenario, box.get("violation"), trace, box["virtual"], time.perf_counter() - began

@@ -121,5 +121,9 @@ def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
     if kind == "docker_down":
         return {"worker": worker, "for": lasting}
     if kind == "health":
-        return {"pick": rng.randrange(1 << 16), "mode": rng.choice(["fail", "slow"]), "for": lasting}
+        return {
+            "pick": rng.randrange(1 << 16),
+            "mode": rng.choice(["fail", "slow"]),
+            "for": lasting,
+        }
     raise ValueError(kind)
