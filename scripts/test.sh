@@ -2,7 +2,8 @@
 # Run every test: lint, types, then pytest. Sets up what is missing first (see
 # scripts/setup.sh). With no arguments: the tests that need no Docker (tests/unit) run
 # first under coverage.py, which prints the manager's line coverage and fails below
-# 85%; then the rest (integration with real Docker, bench smoke, chaos). Tests that
+# 85%; then the deterministic simulator over CUBE_SIM_SEEDS seeds (default 500, see
+# docs/testing.md); then the rest (integration with real Docker, bench smoke, chaos). Tests that
 # restart the machine's Docker engine run only with CUBE_TEST_RESTART_DOCKER=1
 # (.ci/run sets it). Extra arguments go to one pytest run instead, e.g.
 # scripts/test.sh -k worker
@@ -19,5 +20,6 @@ fi
 .venv/bin/coverage run -m pytest tests/unit
 echo "Coverage of cube.manager by the tests that need no Docker:"
 .venv/bin/coverage report --include='*/cube/manager/*' --fail-under=85
+scripts/sim.sh --seeds "${CUBE_SIM_SEEDS:-500}"
 # The rest of pyproject's testpaths (--ignore does not apply to testpaths).
 exec .venv/bin/pytest tests/integration tests/bench tests/chaos

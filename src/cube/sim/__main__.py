@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cube.sim.explore import explore, replay
+from cube.sim.explore import explore, replay, soak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,15 +21,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", type=Path, help="replay a (shrunk) scenario file")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes")
     parser.add_argument("--no-shrink", action="store_true", help="report failures as found")
+    parser.add_argument("--until-failure", action="store_true", help="stop at the first")
+    parser.add_argument(
+        "--soak", type=int, metavar="WORKERS", help="a quiet cluster of this many workers"
+    )
+    parser.add_argument("--seconds", type=float, default=3600.0, help="how long --soak runs")
     parser.add_argument("--trace", type=Path, help="write the trace of --seed/--scenario here")
     args = parser.parse_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":
         # String hashing must be the same in every run, and only a new process can fix it.
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         os.execve(sys.executable, [sys.executable, "-m", "cube.sim", *sys.argv[1:]], env)
+    if args.soak:
+        return soak(args.soak, args.seconds)
     if args.seed is not None or args.scenario is not None:
         return replay(args.seed, args.scenario, args.trace)
-    return explore(args.first, args.seeds, args.jobs, shrink=not args.no_shrink)
+    shrink = not args.no_shrink
+    return explore(
+        args.first, args.seeds, args.jobs, shrink=shrink, until_failure=args.until_failure
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cube.sim.run import Outcome, simulate
-from cube.sim.schedule import Scenario, generate
+from cube.sim.schedule import Scenario, Step, generate
 
 REPLAY = "scripts/sim.sh"
 FAILURES = Path("sim-failures")
@@ -27,22 +27,29 @@ def _summary(seed: int) -> tuple[int, str | None, float, float]:
     return seed, outcome.violation, outcome.virtual_seconds, outcome.wall_seconds
 
 
-def explore(first: int, count: int, jobs: int, *, shrink: bool = True) -> int:
+def explore(
+    first: int, count: int, jobs: int, *, shrink: bool = True, until_failure: bool = False
+) -> int:
     began = time.perf_counter()
     seeds = range(first, first + count)
     failures: list[tuple[int, str]] = []
     virtual = 0.0
     with multiprocessing.get_context("fork").Pool(max(jobs, 1)) as pool:
+        done = 0
         for seed, violation, simulated, _ in pool.imap_unordered(_summary, seeds):
+            done += 1
             virtual += simulated
             if violation:
                 failures.append((seed, violation))
                 print(f"seed {seed}: {violation}", flush=True)
                 print(f"  replay: {REPLAY} --seed {seed}", flush=True)
+                if until_failure:
+                    break
     wall = time.perf_counter() - began
     print(
-        f"{count} seeds, {len(failures)} failed, {virtual:,.0f} simulated seconds in "
-        f"{wall:.1f} s ({virtual / wall:,.0f} simulated seconds per second, {jobs} processes)"
+        f"{done} seeds from {first}: {len(failures)} failed; {virtual:,.0f} simulated "
+        f"seconds in {wall:.1f} s ({virtual / wall:,.0f} simulated seconds per second, "
+        f"{jobs} processes)"
     )
     if failures and shrink:
         seed, violation = min(failures)
@@ -77,6 +84,28 @@ def shrink_scenario(
         if not shrunk:
             chunk //= 2
     return current
+
+
+def soak(workers: int, seconds: float) -> int:
+    """A quiet cluster for a long while: how fast does simulated time go?"""
+    tasks = workers * 5
+    steps = [
+        Step(
+            1.0 + i,
+            "submit",
+            {"count": 4, "memory_mib": 64, "policy": "always", "health": i % 2 == 0},
+        )
+        for i in range(tasks // 4)
+    ]
+    steps.append(Step(seconds, "tick"))
+    outcome = run_scenario(Scenario(0, workers, tuple(steps)))
+    ratio = outcome.virtual_seconds / outcome.wall_seconds
+    print(
+        f"{workers} workers, {tasks} tasks (half health-checked), {outcome.virtual_seconds:,.0f} "
+        f"simulated seconds in {outcome.wall_seconds:.1f} s: {ratio:,.0f} simulated seconds "
+        f"per second; {outcome.violation or 'every invariant held'}"
+    )
+    return 0 if outcome.ok else 1
 
 
 def replay(seed: int | None, scenario_file: Path | None, trace_file: Path | None) -> int:

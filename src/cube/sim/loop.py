@@ -152,10 +152,10 @@ def run(main: Callable[[], Any], seed: int) -> Any:
     loop = VirtualLoop()
     try:
         with deterministic(seed, LoopClock()):
-            return loop.run_until_complete(main())
-    finally:
-        with contextlib.suppress(Exception):
+            result = loop.run_until_complete(main())
             loop.run_until_complete(loop.shutdown_asyncgens())
+            return result
+    finally:
         loop.close()
 
 

@@ -117,6 +117,8 @@ class Run:
             self.later(a["for"], lambda: _docker_up(runtime))
         elif kind == "health":
             self.health(a["pick"], a["mode"], a["for"])
+        elif kind == "tick":
+            pass  # a moment that only marks time (a soak's end)
         else:
             raise ValueError(f"unknown step {kind!r}")
 

@@ -150,6 +150,10 @@ class Worker:
         self.version = 0
         self._versions: dict[uuid.UUID, int] = {}
         self._changed = asyncio.Event()
+        # Tasks stored as Running (kept by _save, the one write path).
+        self._running: dict[uuid.UUID, None] = {
+            task.ID: None for task in store.list() if task.State is State.RUNNING
+        }
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -196,7 +200,8 @@ class Worker:
         return task
 
     def running_count(self) -> int:
-        return sum(1 for t in self.store.list() if t.State is State.RUNNING)
+        """From memory: every stats sample asks, and reading the store parsed every task."""
+        return len(self._running)
 
     def submit(self, event: TaskEvent) -> Task:
         """Record a TaskEvent and queue the work; idempotent for a repeated event.
@@ -352,6 +357,10 @@ class Worker:
             )
             return False
         self.store.put(str(task.ID), task)
+        if task.State is State.RUNNING:
+            self._running[task.ID] = None
+        else:
+            self._running.pop(task.ID, None)
         self.version += 1
         self._versions.pop(task.ID, None)
         self._versions[task.ID] = self.version
