@@ -115,3 +115,17 @@ class Deployment(_Wire):
     Healthy: int = 0
     Unhealthy: int = 0
     Reason: str = ""
+
+
+# Inside JobRecord, these names are its fields.
+_Job = Job
+_Deployment = Deployment
+
+
+class JobRecord(_Wire):
+    """What the manager stores per job: the job, every version, its deployment."""
+
+    Job: _Job
+    Versions: list[_Job] = Field(default_factory=list)  # newest first
+    Deployment: _Deployment | None = None
+    LastGood: int | None = None  # the last version whose deployment succeeded

@@ -84,8 +84,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS events_grp ON events (grp, seq);
     """,
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        key TEXT PRIMARY KEY, grp TEXT NOT NULL DEFAULT '', value TEXT NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
-TABLES = ("tasks", "events")
+TABLES = ("tasks", "events", "jobs")
 
 
 class Database:

@@ -187,6 +187,9 @@ class Task(_Wire):
     # Running, or Completed once a stop was asked for. Kept on the task so a stop is
     # as durable as the task itself.
     DesiredState: StateField = State.RUNNING
+    # Output, for a task made by a job (cube.job): which job, and which of its versions.
+    Job: str = ""
+    JobVersion: int = Field(default=0, ge=0, le=MAX_SIZE)
 
     @field_validator("DesiredState")
     @classmethod

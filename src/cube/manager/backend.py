@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cube.store import Database, SqliteStore
+from cube.job import JobRecord
 from cube.task import Task, TaskEvent
 
 
@@ -47,6 +48,15 @@ class Backend(Protocol):
         """A task's events, oldest first."""
         ...
 
+    def load_jobs(self) -> list[JobRecord]:
+        """Every job, as last saved (at start-up)."""
+        ...
+
+    async def save_job(self, record: JobRecord) -> None:
+        """Store a job's record, durably. Its tasks say which job they are of, so a
+        job and its tasks need no common transaction: the job reconciler counts."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -73,6 +83,13 @@ class MemoryBackend(_Checked):
     def __init__(self) -> None:
         super().__init__()
         self._events: dict[uuid.UUID, list[TaskEvent]] = {}
+        self._jobs: dict[str, JobRecord] = {}
+
+    def load_jobs(self) -> list[JobRecord]:
+        return list(self._jobs.values())
+
+    async def save_job(self, record: JobRecord) -> None:
+        self._jobs[record.Job.Name] = record
 
     def load(self) -> list[Task]:
         return list(self._current.values())
@@ -106,6 +123,13 @@ class SqliteBackend(_Checked):
         self.db = Database(path)
         self._tasks: SqliteStore[Task] = self.db.store("tasks", Task)
         self._events: SqliteStore[TaskEvent] = self.db.store("events", TaskEvent, _group)
+        self._jobs: SqliteStore[JobRecord] = self.db.store("jobs", JobRecord)
+
+    def load_jobs(self) -> list[JobRecord]:
+        return self._jobs.list()
+
+    async def save_job(self, record: JobRecord) -> None:
+        self.db.write([(self._jobs, [(record.Job.Name, record)])])
 
     def load(self) -> list[Task]:
         tasks = self._tasks.list()

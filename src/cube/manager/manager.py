@@ -74,6 +74,8 @@ _ACCEPTED: dict[str, Any] = {
     "FinishTime": None,
     "RestartCount": 0,
     "Reason": "",
+    "Job": "",  # only a job's own tasks say they are of a job
+    "JobVersion": 0,
 }
 # Tasks reconciled between two looks at the event loop (about 20-50 ms of work).
 SLICE = 256
