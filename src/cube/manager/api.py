@@ -18,6 +18,7 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
+from cube.manager.jobs_api import router as jobs_router
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
@@ -41,9 +42,13 @@ def create_app(manager: Manager) -> FastAPI:
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
         return error_response(404, f"task {exc.args[0]} not found")
 
+    app.include_router(jobs_router(manager.jobs))
+
     @app.get("/tasks")
-    async def list_tasks() -> Response:
-        return Response(tasks_json(manager.list_tasks()), media_type="application/json")
+    async def list_tasks(job: str | None = None) -> Response:
+        """Every task; ``?job=NAME``: the tasks of that job."""
+        tasks = manager.list_tasks() if job is None else manager.jobs.tasks_of(job)
+        return Response(tasks_json(tasks), media_type="application/json")
 
     @app.post("/tasks", status_code=201, response_model=None)
     async def post_task(request: Request) -> dict[str, Any] | Response:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cube.store import Database, SqliteStore
 from cube.job import JobRecord
+from cube.store import Database, SqliteStore
 from cube.task import Task, TaskEvent
 
 

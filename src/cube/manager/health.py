@@ -65,6 +65,9 @@ class HealthChecker:
         self._slots = asyncio.Semaphore(slots)
         # Consecutive failures, per task incarnation.
         self._failed: dict[uuid.UUID, tuple[int, int]] = {}
+        # The incarnation whose check passed last, per task (a job's task counts healthy
+        # only once its check has passed).
+        self._passed: dict[uuid.UUID, int] = {}
 
     async def loop(self) -> None:
         while True:
@@ -95,6 +98,8 @@ class HealthChecker:
         live = {task.ID for task in due}
         for task_id in [t for t in self._failed if t not in live]:
             del self._failed[task_id]
+        for task_id in [t for t in self._passed if t not in live]:
+            del self._passed[task_id]
         await asyncio.gather(*(self._check(task) for task in due))
 
     async def _check(self, task: Task) -> None:
@@ -107,7 +112,9 @@ class HealthChecker:
             detail = await self._probe(url)
         if detail is None:
             self._failed.pop(task.ID, None)
+            self._passed[task.ID] = task.RestartCount
             return
+        self._passed.pop(task.ID, None)
         count, incarnation = self._failed.get(task.ID, (0, task.RestartCount))
         count = count + 1 if incarnation == task.RestartCount else 1
         self._failed[task.ID] = (count, task.RestartCount)
@@ -125,6 +132,10 @@ class HealthChecker:
         # ``report`` records it only if this incarnation still runs there. The container
         # stays until its replacement starts (or is stopped when none will).
         await self.report(task, State.FAILED, f"{UNHEALTHY}: {detail}")
+
+    def checks_ok(self, task: Task) -> bool:
+        """Its health checks pass: the last one of this incarnation passed (or it has none)."""
+        return not task.HealthCheck or self._passed.get(task.ID) == task.RestartCount
 
     async def _probe(self, url: str) -> str | None:
         """None when healthy, else what went wrong."""

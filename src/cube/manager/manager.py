@@ -35,6 +35,7 @@ from cube.clock import Clock, SystemClock
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
+from cube.manager.jobs import Jobs
 from cube.manager.observe import observe
 from cube.manager.placement import place, undo
 from cube.manager.reconciler import (
@@ -157,6 +158,7 @@ class Manager:
             concurrency=s.health_concurrency,
         )
         self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
+        self.jobs = Jobs(self.state, backend, self.clock, self._will_restart, self.health.checks_ok)
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         # When to look for silent workers next: at once, then at the earliest deadline.
         self._next_node_check = self.clock.monotonic()
@@ -312,6 +314,8 @@ class Manager:
         waits = [self._next_node_check - self.clock.monotonic()]
         if self._wakes:
             waits.append(self._wakes[0][0] - self.clock.monotonic())
+        if self.jobs.next_due is not None:
+            waits.append(self.jobs.next_due - self.clock.monotonic())
         return max(min(waits), 0.0)
 
     async def reconcile_once(self) -> None:
@@ -341,6 +345,7 @@ class Manager:
             except Exception:
                 self.state.mark(dirty[start:])  # nothing taken is dropped: tried again
                 raise
+        await self.jobs.reconcile()
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is
