@@ -47,7 +47,10 @@ def acknowledged_kept(m: Manager, user: UserView, _: World) -> str | None:
 
 def completed_only_if_done(m: Manager, user: UserView, _: World) -> str | None:
     for task in m.state.tasks.values():
-        if task.State is State.COMPLETED and task.ID not in user.stop_asked | user.exited_zero:
+        asked = task.DesiredState is State.COMPLETED  # a stop is stored on the task
+        if asked and not task.Job and task.ID not in user.stop_asked:
+            return f"completed: {_short(task.ID)} is to stop though the user never asked"
+        if task.State is State.COMPLETED and not asked and task.ID not in user.exited_zero:
             return (
                 f"completed: {_short(task.ID)} is Completed ({task.Reason!r}) though it "
                 f"never exited 0 and nobody stopped it"
@@ -159,9 +162,35 @@ def views_agree(m: Manager, _: UserView, world: World) -> str | None:
     return None
 
 
+def jobs_converge(m: Manager, _: UserView, __: World) -> str | None:
+    """Once quiet, a service job runs Count tasks, all of its current version (unless
+    its deployment failed, or there is no room for them)."""
+    for record in m.jobs.all():
+        job = record.Job
+        if job.Type != "service":
+            continue
+        live = [
+            t
+            for t in m.jobs.tasks_of(job.Name)
+            if t.DesiredState is State.RUNNING and t.State in (State.PENDING, *_HOLDING)
+        ]
+        want = 0 if job.Stopped else job.Count
+        failed = record.Deployment is not None and record.Deployment.Status == "failed"
+        waiting = [t for t in live if t.State is State.PENDING]
+        if waiting and not any(_fits_somewhere(m, t) for t in waiting):
+            continue  # no room: waiting is right
+        versions = sorted({t.JobVersion for t in live})
+        if len(live) != want or (live and versions != [job.Version] and not failed):
+            return (
+                f"job: {job.Name} v{job.Version} wants {want}, has {len(live)} live "
+                f"of versions {versions}"
+            )
+    return None
+
+
 Check = Callable[[Manager, UserView, World], str | None]
 ALWAYS: list[Check] = [acknowledged_kept, completed_only_if_done, reservations_add_up]
-WHEN_QUIET: list[Check] = [exactly_once, views_agree]
+WHEN_QUIET: list[Check] = [exactly_once, views_agree, jobs_converge]
 
 
 def check(

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cube.job import Job, TaskTemplate, UpdatePolicy
+from cube.manager.jobs import UnknownJob
 from cube.sim import invariants
 from cube.sim.loop import Spinning, Stalled
 from cube.sim.loop import run as run_virtual
@@ -117,6 +119,8 @@ class Run:
             self.later(a["for"], lambda: _docker_up(runtime))
         elif kind == "health":
             self.health(a["pick"], a["mode"], a["for"])
+        elif kind in ("job", "job_scale", "job_stop"):
+            await self.job(kind, a)
         elif kind == "tick":
             pass  # a moment that only marks time (a soak's end)
         else:
@@ -162,6 +166,36 @@ class Run:
             return
         self.user.stopped.add(task_id)
         self.log(f"  stopped {str(task_id)[:8]}")
+
+    async def job(self, kind: str, a: dict[str, Any]) -> None:
+        manager = self.world.manager
+        if manager is None:
+            self.log("  not acknowledged: the manager is down")
+            return
+        try:
+            if kind == "job":
+                task = TaskTemplate(
+                    Image="cube/busybox", Env=[f"V={a['env']}"], Memory=a["memory_mib"] << 20
+                )
+                update = UpdatePolicy(
+                    MaxParallel=a["parallel"],
+                    MinHealthyTime=1,
+                    HealthyDeadline=30,
+                    Order=a["order"],
+                )
+                job = Job(Name=a["name"], Count=a["count"], Task=task, Update=update)
+                record = await manager.jobs.submit(job)
+            elif kind == "job_scale":
+                record = await manager.jobs.scale(a["name"], a["count"])
+            else:
+                record = await manager.jobs.stop(a["name"])
+        except UnknownJob:
+            self.log("  no such job")
+            return
+        except (Exception, asyncio.CancelledError) as exc:
+            self.log(f"  not acknowledged: {type(exc).__name__}")
+            return
+        self.log(f"  job {record.Job.Name} v{record.Job.Version} x{record.Job.Count}")
 
     def exit(self, w: SimWorker, pick: int, code: int) -> None:
         running = sorted(

@@ -27,7 +27,11 @@ KINDS: dict[str, int] = {
     "manager_crash_commit": 5,  # just before or after a given write
     "docker_down": 6,
     "health": 7,  # a task's health endpoint fails or is slow
+    "job": 8,  # a service job created or updated (a new version or a new Count)
+    "job_scale": 4,
+    "job_stop": 2,
 }
+JOBS = ["web", "api"]
 POLICIES = ["", "no", "on-failure", "always"]
 ACTIVE = 60.0  # virtual seconds during which steps happen
 
@@ -120,6 +124,19 @@ def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
         }
     if kind == "docker_down":
         return {"worker": worker, "for": lasting}
+    if kind == "job":
+        return {
+            "name": rng.choice(JOBS),
+            "count": rng.randint(0, 5),
+            "env": rng.randint(1, 3),  # a different value: a new version
+            "parallel": rng.randint(1, 3),
+            "order": rng.choice(["start-first", "stop-first"]),
+            "memory_mib": rng.choice([0, 64, 128]),
+        }
+    if kind == "job_scale":
+        return {"name": rng.choice(JOBS), "count": rng.randint(0, 6)}
+    if kind == "job_stop":
+        return {"name": rng.choice(JOBS)}
     if kind == "health":
         return {
             "pick": rng.randrange(1 << 16),
