@@ -108,7 +108,9 @@ class Settings:
     restart_backoff_max: float = 30.0
     worker_timeout: float = 10.0
     request_timeout: float = 5.0
-    send_concurrency: int = 64
+    # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
+    # enough that a burst's placements queue into one or two requests per worker.
+    send_concurrency: int = 16
 
 
 Connect = Callable[[str], WorkerClient]
