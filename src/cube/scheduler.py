@@ -113,6 +113,21 @@ class Demand:
 
     @classmethod
     def of(cls, task: TaskRequest) -> Demand:
+        if task.PortBindings:
+            return cls._make(task)
+        # Most tasks ask for one of a few sizes and no fixed port: a decision works a
+        # request out three times (filter, reservation, and its release later), so
+        # those are kept rather than built each time. Demands are immutable.
+        key = (task.Memory, task.Disk, task.Cpu)
+        demand = _PLAIN.get(key)
+        if demand is None:
+            if len(_PLAIN) >= _PLAIN_MAX:
+                _PLAIN.clear()
+            demand = _PLAIN[key] = cls._make(task)
+        return demand
+
+    @classmethod
+    def _make(cls, task: TaskRequest) -> Demand:
         memory = max(task.Memory, 0)
         return cls(
             memory=memory,
@@ -121,6 +136,11 @@ class Demand:
             cpu=max(task.Cpu, 0.0),
             ports=fixed_host_ports(task),
         )
+
+
+# Demands of tasks without fixed host ports, by (Memory, Disk, Cpu); see Demand.of.
+_PLAIN: dict[tuple[int, int, float], Demand] = {}
+_PLAIN_MAX = 1024
 
 
 def fixed_host_ports(task: TaskRequest) -> frozenset[int]:

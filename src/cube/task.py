@@ -261,23 +261,32 @@ class TaskEvent(_Wire):
     Task: Task
 
 
-def transition(task: Task, dst: State, *, reason: str = "", at: datetime | None = None) -> Task:
+def transition(
+    task: Task,
+    dst: State,
+    *,
+    reason: str = "",
+    at: datetime | None = None,
+    also: Mapping[str, Any] | None = None,
+) -> Task:
     """Return a copy of ``task`` in state ``dst``, or raise :class:`InvalidTransition`.
 
     Times follow the state: entering Running stamps StartTime, entering a final state
     stamps FinishTime, and a restart (back to Scheduled) clears the previous run's
-    output so nobody reads a stale container ID.
+    output so nobody reads a stale container ID. ``also``: further fields to change in
+    the same copy (a placement's Node, say).
     """
     src = task.State
     if not can_transition(src, dst):
         raise InvalidTransition(src, dst)
-    at = at or now()
     changes: dict[str, Any] = {"State": dst, "Reason": reason}
     if dst is State.RUNNING and src is not State.RUNNING:
-        changes["StartTime"] = task.StartTime or at
+        changes["StartTime"] = task.StartTime or at or now()
         changes["FinishTime"] = None
     elif dst in (State.COMPLETED, State.FAILED):
-        changes["FinishTime"] = task.FinishTime or at
+        changes["FinishTime"] = task.FinishTime or at or now()
     elif dst is State.SCHEDULED and src in (State.RUNNING, State.FAILED):
         changes.update(ContainerID="", HostPorts=None, StartTime=None, FinishTime=None)
+    if also:
+        changes.update(also)
     return task.model_copy(update=changes)

@@ -65,8 +65,12 @@ class Dispatcher:
 
     # --- sends ------------------------------------------------------------------------
 
-    def send(self, task: Task, *, again: bool = False) -> None:
-        """Queue a placed task for its worker (once per incarnation, unless ``again``)."""
+    def send(self, task: Task, *, again: bool = False, event: TaskEvent | None = None) -> None:
+        """Queue a placed task for its worker (once per incarnation, unless ``again``).
+
+        ``event``: the Scheduled TaskEvent the placement was stored with, if there is
+        one, sent as it is rather than a new one made for the send.
+        """
         if again:
             self._sent.pop(task.ID, None)
         elif self._sent.get(task.ID) == task.RestartCount:
@@ -75,7 +79,9 @@ class Dispatcher:
         if outbox is None:
             return
         self._sent[task.ID] = task.RestartCount
-        outbox.events[task.ID] = TaskEvent(State=State.SCHEDULED, Task=task)
+        if event is None or event.Task is not task or event.State is not State.SCHEDULED:
+            event = TaskEvent(State=State.SCHEDULED, Task=task)
+        outbox.events[task.ID] = event
         if not outbox.sending:
             outbox.sending = True
             self.jobs.spawn(self._drain(task.Node, outbox))
