@@ -38,9 +38,9 @@ _JSON = {"Content-Type": "application/json"}
 # parse (InvalidURL: a worker given as ``host:abc``), a cookie clash or a stream error,
 # which would otherwise escape every caller's ``except WorkerUnreachable``.
 _HTTPX_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict, httpx.StreamError)
-# And whatever aiohttp raises: its ClientError, timeouts, a socket's OSError, and the
-# ValueError of a URL yarl cannot parse.
-_AIOHTTP_ERRORS = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
+# And whatever aiohttp raises: its ClientError (a URL it cannot parse included),
+# timeouts, and a socket's OSError.
+_AIOHTTP_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
 class WorkerUnreachable(Exception):
