@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -154,6 +154,30 @@ class _Wire(BaseModel):
     """Strict about names (unknown fields are a 400, as in the book), lenient about nulls."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's shallow copy in half its time: the same copy of the fields and of
+        the fields set, with ``update`` applied unvalidated (as pydantic applies it),
+        without the generic ``copy.copy`` steps for what these models never have
+        (extra fields, private attributes). The manager and the workers copy every
+        task several times on its way to Running."""
+        if deep:
+            return super().model_copy(update=update, deep=True)
+        copied = _new(self.__class__)
+        fields = self.__dict__.copy()
+        fields_set = self.__pydantic_fields_set__.copy()
+        if update:
+            fields.update(update)
+            fields_set.update(update)
+        _set(copied, "__dict__", fields)
+        _set(copied, "__pydantic_fields_set__", fields_set)
+        _set(copied, "__pydantic_extra__", None)
+        _set(copied, "__pydantic_private__", None)
+        return copied
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 class Task(_Wire):
