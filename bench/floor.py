@@ -12,7 +12,7 @@ same moment, whose ratio the machine moves far less than either time.
 The floor does what the manager does at the edges and nothing in between: it follows
 every worker's watch stream (``GET /tasks?watch=true``, with the manager's heartbeat
 and stats period), sends each worker its share in one batch (``POST /tasks`` with an
-array, as many requests in flight as the manager's default), with the manager's own
+array, 64 requests in flight, which delivers them soonest), with the manager's own
 worker client, and takes a task to be Running when its worker's stream says so, as
 the manager does.
 """
@@ -35,6 +35,9 @@ WATCH_HEARTBEAT = 10.0
 STATS_INTERVAL = 2.0
 MAX_STATS_RATE = 200.0
 WORKER_TIMEOUT = 10.0
+# More than the manager's 16: the floor's 1,000 requests are all there from the start,
+# and 64 in flight delivered them sooner (1.89 s against 2.43 s, medians of 3), so 64
+# keeps the floor a floor. The manager's 16 is for batching, which the floor has done.
 SEND_CONCURRENCY = 64
 
 

@@ -4,9 +4,9 @@ A micro-benchmark of :mod:`cube.scheduler`, in process: each decision is what th
 manager does per task (``place`` — feasibility, score, pick — then ``reserve``) on nodes
 that fill up as tasks land, so scores move as they would in a real cluster.
 
-``epvm`` is the manager's default (it scores about 100 feasible nodes from a rotating
-start, as Kubernetes' percentageOfNodesToScore); ``epvm-all`` scores every node, as the
-book does; ``roundrobin`` is the book's.
+``epvm`` is the manager's default (it scores about 16 feasible nodes from a rotating
+start, as Kubernetes' percentageOfNodesToScore and Nomad's log2 limit); ``epvm-all``
+scores every node, as the book does; ``roundrobin`` is the book's.
 
     .venv/bin/python -m bench.scheduler
     .venv/bin/python -m bench.scheduler --smoke
@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.common import ROOT, Result, main
 from bench.plot import Series, line_chart
 from cube.node import READY, Node
-from cube.scheduler import Epvm, RoundRobin, Scheduler, reserve
+from cube.scheduler import DEFAULT_MAX_CANDIDATES, Epvm, RoundRobin, Scheduler, reserve
 
 SIZES = [10, 100, 1000, 2000, 5000]
 GiB_KB = 1024**2
@@ -113,7 +113,10 @@ def run(args: argparse.Namespace) -> Result:
         columns=["workers", *(f"{n} (µs)" for n in names)],
         rows=rows,
         settings={"decisions_per_round": decisions, "rounds": 5, "statistic": "min"},
-        notes=["epvm scores at most 100 feasible nodes per decision; epvm-all scores all."],
+        notes=[
+            f"epvm scores at most {DEFAULT_MAX_CANDIDATES} feasible nodes per decision; "
+            "epvm-all scores all."
+        ],
     )
 
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -160,6 +160,30 @@ class _Wire(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's shallow copy in half its time: the same copy of the fields and of
+        the fields set, with ``update`` applied unvalidated (as pydantic applies it),
+        without the generic ``copy.copy`` steps for what these models never have
+        (extra fields, private attributes). The manager and the workers copy every
+        task several times on its way to Running."""
+        if deep:
+            return super().model_copy(update=update, deep=True)
+        copied = _new(self.__class__)
+        fields = self.__dict__.copy()
+        fields_set = self.__pydantic_fields_set__.copy()
+        if update:
+            fields.update(update)
+            fields_set.update(update)
+        _set(copied, "__dict__", fields)
+        _set(copied, "__pydantic_fields_set__", fields_set)
+        _set(copied, "__pydantic_extra__", None)
+        _set(copied, "__pydantic_private__", None)
+        return copied
+
+
+_new = object.__new__
+_set = object.__setattr__
+
 
 class Task(_Wire):
     ID: uuid.UUID = Field(default_factory=uuid.uuid4)
@@ -269,23 +293,32 @@ class TaskEvent(_Wire):
     Task: Task
 
 
-def transition(task: Task, dst: State, *, reason: str = "", at: datetime | None = None) -> Task:
+def transition(
+    task: Task,
+    dst: State,
+    *,
+    reason: str = "",
+    at: datetime | None = None,
+    also: Mapping[str, Any] | None = None,
+) -> Task:
     """Return a copy of ``task`` in state ``dst``, or raise :class:`InvalidTransition`.
 
     Times follow the state: entering Running stamps StartTime, entering a final state
     stamps FinishTime, and a restart (back to Scheduled) clears the previous run's
-    output so nobody reads a stale container ID.
+    output so nobody reads a stale container ID. ``also``: further fields to change in
+    the same copy (a placement's Node, say).
     """
     src = task.State
     if not can_transition(src, dst):
         raise InvalidTransition(src, dst)
-    at = at or now()
     changes: dict[str, Any] = {"State": dst, "Reason": reason}
     if dst is State.RUNNING and src is not State.RUNNING:
-        changes["StartTime"] = task.StartTime or at
+        changes["StartTime"] = task.StartTime or at or now()
         changes["FinishTime"] = None
     elif dst in (State.COMPLETED, State.FAILED):
-        changes["FinishTime"] = task.FinishTime or at
+        changes["FinishTime"] = task.FinishTime or at or now()
     elif dst is State.SCHEDULED and src in (State.RUNNING, State.FAILED):
         changes.update(ContainerID="", HostPorts=None, StartTime=None, FinishTime=None)
+    if also:
+        changes.update(also)
     return task.model_copy(update=changes)

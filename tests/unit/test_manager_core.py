@@ -141,7 +141,7 @@ async def test_close_stops_the_loops_then_what_they_feed_then_connections_and_st
     await node.close()
     assert all(loop.done() for loop in loops)
     assert len(node.dispatch.jobs) == 0 and len(node.tracker.jobs) == 0
-    assert all(client._http.is_closed for client in node.clients.values())
+    assert all(client.is_closed for client in node.clients.values())
     assert node.health.http.is_closed
     assert backend.closed
 

@@ -203,3 +203,21 @@ def test_times_follow_the_state() -> None:
 def test_invalid_transition_message_names_both_states() -> None:
     with pytest.raises(InvalidTransition, match="from Completed to Scheduled"):
         transition(Task(Image="x", State=State.COMPLETED), State.SCHEDULED)
+
+
+def test_model_copy_is_pydantics_shallow_copy() -> None:
+    """Task and TaskEvent copy faster than pydantic's generic copy, and the same."""
+    from pydantic import BaseModel
+
+    task = Task(Image="img", Cmd=["sleep", "1"], Env=["A=1"])
+    update = {"Node": "w1:1", "State": State.SCHEDULED}
+    ours, theirs = task.model_copy(update=update), BaseModel.model_copy(task, update=update)
+    assert ours == theirs and ours.model_fields_set == theirs.model_fields_set
+    assert ours.model_dump_json() == theirs.model_dump_json()
+    assert task.Node == "" and task.model_fields_set == {"Image", "Cmd", "Env"}  # untouched
+    assert ours.Cmd is task.Cmd  # shallow, as pydantic's
+    deep = task.model_copy(deep=True)
+    assert deep == task and deep.Cmd is not task.Cmd
+    event = TaskEvent(Task=task)
+    moved = event.model_copy(update={"Task": ours})
+    assert moved.Task is ours and event.Task is task and moved.ID == event.ID

@@ -6,8 +6,12 @@ refused a task; it never had the task we asked it to stop) by calling
 Everything it sends is checked against the current state first, so a send or a stop
 that was overtaken (the task moved, was restarted or stopped meanwhile) is dropped.
 
-Sends are batched per worker: whatever is placed there while a request is in flight
-goes out in the next one, so a burst costs a request per worker, not per task.
+Sends are batched per worker: whatever is placed there while a request is in flight,
+or waits for one of the send slots, goes out in the next one, so a burst costs a
+request or two per worker, not one per task. A send keeps its slot only while it is
+young (``SLOT_HOLD``): the slots are there to make a burst queue into batches, and a
+worker that does not answer must not keep them from the others for a whole request
+timeout.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[Task, State, str], Awaitable[None]]
 FIRST_RETRY = 0.2
 MAX_RETRY = 5.0
+# How long a send counts against the send slots at most (it goes on after that).
+SLOT_HOLD = 0.5
 
 
 @dataclass
@@ -59,8 +65,12 @@ class Dispatcher:
 
     # --- sends ------------------------------------------------------------------------
 
-    def send(self, task: Task, *, again: bool = False) -> None:
-        """Queue a placed task for its worker (once per incarnation, unless ``again``)."""
+    def send(self, task: Task, *, again: bool = False, event: TaskEvent | None = None) -> None:
+        """Queue a placed task for its worker (once per incarnation, unless ``again``).
+
+        ``event``: the Scheduled TaskEvent the placement was stored with, if there is
+        one, sent as it is rather than a new one made for the send.
+        """
         if again:
             self._sent.pop(task.ID, None)
         elif self._sent.get(task.ID) == task.RestartCount:
@@ -69,7 +79,9 @@ class Dispatcher:
         if outbox is None:
             return
         self._sent[task.ID] = task.RestartCount
-        outbox.events[task.ID] = TaskEvent(State=State.SCHEDULED, Task=task)
+        if event is None or event.Task is not task or event.State is not State.SCHEDULED:
+            event = TaskEvent(State=State.SCHEDULED, Task=task)
+        outbox.events[task.ID] = event
         if not outbox.sending:
             outbox.sending = True
             self.jobs.spawn(self._drain(task.Node, outbox))
@@ -82,9 +94,22 @@ class Dispatcher:
                 # batches, not more requests (and an idle one sends at once).
                 async with self._slots:
                     batch, outbox.events = list(outbox.events.values()), {}
-                    await self._send_batch(node, batch)
+                    sending = await self._start(node, batch)
+                await sending  # one request in flight per worker, slot or not
         finally:
             outbox.sending = False
+
+    async def _start(self, node: str, batch: list[TaskEvent]) -> asyncio.Future[None]:
+        """Start sending; return when it is done or ``SLOT_HOLD`` has passed."""
+        sending = asyncio.ensure_future(self._send_batch(node, batch))
+        done = asyncio.Event()
+        sending.add_done_callback(lambda _: done.set())
+        try:
+            await self.clock.wait(done, SLOT_HOLD)
+        except BaseException:
+            sending.cancel()
+            raise
+        return sending
 
     def _due(self, task: Task) -> bool:
         """Is this still the placement to hand over (not stopped, moved or reported)?"""

@@ -111,7 +111,9 @@ class Settings:
     restart_backoff_max: float = 30.0
     worker_timeout: float = 10.0
     request_timeout: float = 5.0
-    send_concurrency: int = 64
+    # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
+    # enough that a burst's placements queue into one or two requests per worker.
+    send_concurrency: int = 16
 
 
 Connect = Callable[[str], WorkerClient]
@@ -356,11 +358,9 @@ class Manager:
         wanted = [a for a in actions if isinstance(a, Place | Move | Restart)]
         placements = place(wanted, self.state, self.scheduler)
         placed = placements.placed
+        records = [TaskEvent(State=State.SCHEDULED, Task=task) for task in placed]
         try:
-            await self.state.commit(
-                finished + placements.updated + placed,
-                [TaskEvent(State=State.SCHEDULED, Task=task) for task in placed],
-            )
+            await self.state.commit(finished + placements.updated + placed, records)
         except Exception:
             log.exception("storing %d placements failed; trying again shortly", len(placed))
             undo(placements, self.state)
@@ -370,10 +370,10 @@ class Manager:
             return
         for task_id in placements.waiting:
             self.state.wait_for_room(task_id)
-        for task in placed:
+        for task, record in zip(placed, records, strict=True):
             self.state.stop_waiting(task.ID)
             log.info("task %s: placed on %s", task.ID, task.Node)
-            self.dispatch.send(task)
+            self.dispatch.send(task, event=record)  # the worker gets the stored event
         for action in wanted:
             old = action.task
             if isinstance(action, Restart) and old.Reason.startswith(UNHEALTHY):

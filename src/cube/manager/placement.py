@@ -64,10 +64,12 @@ def _place_all(
             why = f"{task.Reason.split(WAITS)[0]}{WAITS}{choice.reason})" if moved else ""
             _wait(task, action.task, why or choice.reason, result)
             continue
+        node = choice.node.Name
         if task.State is State.PENDING:
-            task = transition(task, State.SCHEDULED)
+            _hold(transition(task, State.SCHEDULED, also={"Node": node}), state, result)
+            continue
         reason = task.Reason.split(WAITS)[0] if task.Reason.startswith("restarting") else ""
-        _hold(task.model_copy(update={"Node": choice.node.Name, "Reason": reason}), state, result)
+        _hold(task.model_copy(update={"Node": node, "Reason": reason}), state, result)
 
 
 def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Placements) -> None:
