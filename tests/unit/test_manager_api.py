@@ -83,3 +83,61 @@ async def test_bad_requests_get_a_4xx_with_a_message(
     assert answer.status_code == status
     assert answer.json()["HTTPStatusCode"] == status
     assert message in answer.json()["Message"]
+
+
+JOB = {"Name": "web", "Count": 3, "Task": {"Image": "cube/http"}, "Update": {"MaxParallel": 2}}
+
+
+async def test_the_jobs_routes(api: httpx.AsyncClient) -> None:
+    created = await api.post("/jobs", json=JOB)
+    assert created.status_code == 201
+    job = created.json()
+    assert (job["Version"], job["Count"], job["Deployment"]["Status"]) == (1, 3, "running")
+    assert (await api.post("/jobs", json=JOB)).json()["Version"] == 1  # the same: no change
+    changed = {**JOB, "Task": {"Image": "cube/http", "Env": ["A=1"]}}
+    assert (await api.post("/jobs", json=changed)).json()["Version"] == 2
+    assert [j["Name"] for j in (await api.get("/jobs")).json()] == ["web"]
+    assert (await api.get("/jobs/web")).json()["Deployment"]["Version"] == 2
+    versions = (await api.get("/jobs/web/versions")).json()
+    assert [v["Version"] for v in versions] == [2, 1]
+    scaled = await api.post("/jobs/web/scale", json={"Count": 5})
+    assert scaled.status_code == 200 and scaled.json()["Count"] == 5
+    assert scaled.json()["Version"] == 2  # Count alone is no new version
+    reverted = await api.post("/jobs/web/revert", json={"Version": 1})
+    assert reverted.json()["Version"] == 3 and reverted.json()["Task"]["Env"] is None
+    tasks = (await api.get("/tasks", params={"job": "web"})).json()
+    assert tasks and {t["Job"] for t in tasks} == {"web"}
+    assert (await api.get("/tasks", params={"job": "none"})).json() == []
+    stopped = await api.delete("/jobs/web")
+    assert stopped.status_code == 200 and stopped.json()["Stopped"] is True
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("post", "/jobs", {**JOB, "Name": "Web!"}, 400, "Name must be"),
+        ("post", "/jobs", {**JOB, "Count": -1}, 400, "Count"),
+        ("post", "/jobs", {**JOB, "Task": {}}, 400, "Image"),
+        ("post", "/jobs", {**JOB, "Bogus": 1}, 400, "Bogus"),
+        ("post", "/jobs", {**JOB, "Update": {"Order": "random"}}, 400, "Order"),
+        ("get", "/jobs/nope", None, 404, "job nope not found"),
+        ("get", "/jobs/nope/versions", None, 404, "job nope not found"),
+        ("post", "/jobs/nope/scale", {"Count": 1}, 404, "job nope not found"),
+        ("delete", "/jobs/nope", None, 404, "job nope not found"),
+    ],
+)
+async def test_bad_job_requests_get_a_clear_4xx(
+    api: httpx.AsyncClient, method: str, path: str, body: object, status: int, message: str
+) -> None:
+    kwargs = {"json": body} if body is not None else {}
+    answer = await api.request(method.upper(), path, **kwargs)  # type: ignore[arg-type]
+    assert answer.status_code == status
+    assert message in answer.json()["Message"]
+
+
+async def test_bad_scale_and_revert_bodies(api: httpx.AsyncClient) -> None:
+    await api.post("/jobs", json=JOB)
+    assert (await api.post("/jobs/web/scale", json={"Count": -2})).status_code == 400
+    assert (await api.post("/jobs/web/scale", content=b"nope")).status_code == 400
+    missing = await api.post("/jobs/web/revert", json={"Version": 7})
+    assert missing.status_code == 400 and "no version 7" in missing.json()["Message"]
