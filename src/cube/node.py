@@ -53,6 +53,9 @@ class Node:
     CpuAllocated: float = Field(default=0.0, ge=0)
     CpuPercent: float = Field(default=0.0, ge=0)
     PortsAllocated: set[int] = Field(default_factory=set)
+    # Tasks placed here per job (the manager's bookkeeping, not on the wire): the
+    # scheduler spreads a job's tasks over nodes, as Nomad's job anti-affinity does.
+    JobTasks: dict[str, int] = Field(default_factory=dict, exclude=True)
 
     @classmethod
     def for_worker(cls, address: str) -> Node:

@@ -76,6 +76,10 @@ LIEB = 1.53960071783900203869
 MAX_JOBS = 4
 CPU_CAPACITY = 2**0.8
 KIB = 1024
+# Added to a node's E-PVM cost per task of the same job already there: more than the
+# cost of any one more task on an emptier node, so a job's tasks spread over the nodes
+# that can take them (Nomad's job anti-affinity) and one lost node takes few replicas.
+JOB_SPREAD = 1.0
 DEFAULT_MAX_CANDIDATES = 16  # see the module docstring: Nomad's log2 rule, rounded up
 
 # Allocations are sums of floats such as 0.1 + 0.2; don't refuse a fit over rounding.
@@ -427,13 +431,13 @@ class Epvm(_Pipeline):
         return found
 
     def score(self, task: TaskRequest, candidates: Sequence[Node]) -> dict[str, float]:
-        return self._costs(Demand.of(task), candidates)
+        return self._costs(Demand.of(task), candidates, getattr(task, "Job", ""))
 
     def _score(self, task: TaskRequest, found: Candidates) -> dict[str, float]:
-        return self._costs(found.demand, found.nodes)
+        return self._costs(found.demand, found.nodes, getattr(task, "Job", ""))
 
     @staticmethod
-    def _costs(demand: Demand, candidates: Sequence[Node]) -> dict[str, float]:
+    def _costs(demand: Demand, candidates: Sequence[Node], job: str = "") -> dict[str, float]:
         # The docstring's formula, rearranged for speed: rise(a, a + d) is
         # L**a * (L**d - 1) = exp(a ln L) * expm1(d ln L), and the jobs term depends on
         # TaskCount alone, so it comes from a table.
@@ -460,6 +464,8 @@ class Epvm(_Pipeline):
                     cost += exp(cpu_now * cpu_scale) * expm1(cpu_task * cpu_scale)
             except OverflowError:  # thousands of tasks on one node: simply too expensive
                 cost = math.inf
+            if job:
+                cost += JOB_SPREAD * node.JobTasks.get(job, 0)
             scores[node.Name] = cost
         return scores
 
@@ -495,6 +501,9 @@ def reserve(node: Node, task: TaskRequest) -> None:
     node.DiskAllocated += demand.disk
     node.CpuAllocated += demand.cpu
     node.PortsAllocated |= demand.ports
+    job = getattr(task, "Job", "")
+    if job:
+        node.JobTasks[job] = node.JobTasks.get(job, 0) + 1
 
 
 def release(node: Node, task: TaskRequest) -> None:
@@ -508,3 +517,10 @@ def release(node: Node, task: TaskRequest) -> None:
     node.DiskAllocated = max(node.DiskAllocated - demand.disk, 0)
     node.CpuAllocated = max(node.CpuAllocated - demand.cpu, 0.0)
     node.PortsAllocated -= demand.ports
+    job = getattr(task, "Job", "")
+    if job and job in node.JobTasks:
+        left = node.JobTasks[job] - 1
+        if left > 0:
+            node.JobTasks[job] = left
+        else:
+            del node.JobTasks[job]

@@ -126,3 +126,16 @@ async def test_a_failing_version_reverts_to_the_last_good_one() -> None:
         assert record.Versions[1].Version == 2
         assert record.Job.spec() == record.Versions[2].spec()  # version 3 is version 1 again
         await c.until(lambda: serving(m) == {3: 2}, what="2 of version 3")
+
+
+async def test_a_jobs_replicas_spread_over_the_nodes() -> None:
+    """6 replicas on 3 workers land 2/2/2 (job anti-affinity), whatever else runs."""
+    async with cluster(3) as c:
+        m = await c.start_manager(MemoryBackend())
+        m.state.nodes["w1:5556"].TaskCount += 4  # busier with other work: E-PVM avoids it
+        await m.jobs.submit(web())
+        await c.until(lambda: serving(m) == {1: 6}, what="6 running")
+        per_node: dict[str, int] = {}
+        for t in m.jobs.tasks_of("web"):
+            per_node[t.Node] = per_node.get(t.Node, 0) + 1
+        assert sorted(per_node.values()) == [2, 2, 2]
