@@ -15,7 +15,7 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import manager, nodes, tasks, up, worker
+    from cube.cli import jobs, manager, nodes, tasks, up, worker
 
     app = typer.Typer(
         name="cube",
@@ -28,6 +28,7 @@ def build_app() -> typer.Typer:
     manager.register(app)
     tasks.register(app)
     nodes.register(app)
+    jobs.register(app)
     up.register(app)
     return app
 

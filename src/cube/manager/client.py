@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
 
+from cube.job import Deployment, Job
 from cube.node import Node
 from cube.task import Task, TaskEvent
 
@@ -68,6 +70,25 @@ def _reason(exc: httpx.HTTPError) -> str:
     if "]" in text and text.startswith("[Errno"):
         text = text.split("]", 1)[1].strip()  # "[Errno 111] Connection refused"
     return text[:1].lower() + text[1:]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the API answers it: the job, and its deployment."""
+
+    job: Job
+    deployment: Deployment | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def parse(cls, data: Any) -> JobView:
+        fields = {k: v for k, v in dict(data).items() if k != "Deployment"}
+        deployment = data.get("Deployment")
+        return cls(
+            Job.model_validate(fields),
+            Deployment.model_validate(deployment) if deployment else None,
+            dict(data),
+        )
 
 
 class ManagerClient:
@@ -151,6 +172,47 @@ class ManagerClient:
 
     def stop(self, task_id: uuid.UUID | str) -> None:
         self._call("DELETE", f"/tasks/{task_id}")
+
+    # --- jobs ------------------------------------------------------------------------
+
+    def submit_job(self, body: Mapping[str, Any]) -> JobView:
+        try:
+            data = self._call("POST", "/jobs", dict(body))
+        except ManagerRejected as exc:
+            raise ManagerRejected(exc.status, f"invalid job: {exc.message}") from None
+        view: JobView = self._parse(JobView.parse, data)
+        return view
+
+    def jobs(self) -> list[JobView]:
+        return [self._parse(JobView.parse, j) for j in _list(self._call("GET", "/jobs"), self.url)]
+
+    def job(self, name: str) -> JobView:
+        view: JobView = self._parse(JobView.parse, self._call("GET", f"/jobs/{name}"))
+        return view
+
+    def job_versions(self, name: str) -> list[Job]:
+        data = self._call("GET", f"/jobs/{name}/versions")
+        return [self._parse(Job.model_validate, v) for v in _list(data, self.url)]
+
+    def job_tasks(self, name: str) -> list[Task]:
+        data = self._call("GET", f"/tasks?job={name}")
+        return [self._parse(Task.model_validate, t) for t in _list(data, self.url)]
+
+    def scale(self, name: str, count: int) -> JobView:
+        view: JobView = self._parse(
+            JobView.parse, self._call("POST", f"/jobs/{name}/scale", {"Count": count})
+        )
+        return view
+
+    def revert(self, name: str, version: int) -> JobView:
+        view: JobView = self._parse(
+            JobView.parse, self._call("POST", f"/jobs/{name}/revert", {"Version": version})
+        )
+        return view
+
+    def stop_job(self, name: str) -> JobView:
+        view: JobView = self._parse(JobView.parse, self._call("DELETE", f"/jobs/{name}"))
+        return view
 
     # --- nodes -----------------------------------------------------------------------
 

@@ -132,7 +132,8 @@ def _service(
     if deploying:
         done = not old and len(new) == count and len(healthy) == count
         status: DeploymentStatus = "successful" if done else "running"
-        report = _report(version, status, count, new, healthy, [], "")
+        reason = deployment.Reason if deployment is not None else ""
+        report = _report(version, status, count, new, healthy, [], reason)
         if report != deployment:
             actions.append(Progress(report))
     return actions

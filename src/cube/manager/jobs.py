@@ -86,7 +86,7 @@ class Jobs:
         job = record.Job.model_copy(update={"Count": count, "Stopped": False})
         return await self._save(record.model_copy(update={"Job": job}))
 
-    async def revert(self, name: str, version: int) -> JobRecord:
+    async def revert(self, name: str, version: int, reason: str = "") -> JobRecord:
         record = self.get(name)
         old = next((v for v in record.Versions if v.Version == version), None)
         if old is None:
@@ -95,14 +95,17 @@ class Jobs:
         admitted = admit(wanted, record.Job)
         if admitted.Version == record.Job.Version:
             return record  # already that spec
-        return await self._save_version(admitted, record)
+        why = f"reverted to version {version}" + (f": {reason}" if reason else "")
+        return await self._save_version(admitted, record, why)
 
     async def stop(self, name: str) -> JobRecord:
         record = self.get(name)
         job = record.Job.model_copy(update={"Stopped": True})
         return await self._save(record.model_copy(update={"Job": job}))
 
-    async def _save_version(self, job: Job, current: JobRecord | None) -> JobRecord:
+    async def _save_version(
+        self, job: Job, current: JobRecord | None, reason: str = ""
+    ) -> JobRecord:
         versions = [job, *(current.Versions if current else [])]
         record = JobRecord(
             Job=job,
@@ -111,7 +114,7 @@ class Jobs:
                 for i, v in enumerate(versions)
                 if v.Version not in {w.Version for w in versions[:i]}
             ],
-            Deployment=Deployment(Version=job.Version, Desired=job.Count),
+            Deployment=Deployment(Version=job.Version, Desired=job.Count, Reason=reason),
             LastGood=current.LastGood if current else None,
         )
         return await self._save(record)
@@ -154,7 +157,8 @@ class Jobs:
                     record.model_copy(update={"Deployment": action.deployment, "LastGood": last})
                 )
             elif isinstance(action, Revert):
-                record = await self.revert(job.Name, action.version)
+                why = f"{action.reason}: {record.Deployment.Reason}" if record.Deployment else ""
+                record = await self.revert(job.Name, action.version, why or action.reason)
         self._note_due(record.Job, members, now)
 
     def _member(self, task: Task, now: float) -> Member:
