@@ -52,7 +52,8 @@ def progress(view: JobView) -> str:
     d = view.deployment
     if d is None:
         return "  no deployment"
-    line = f"  v{d.Version} {d.Status:<10} placed {d.Placed}/{d.Desired}, healthy {d.Healthy}"
+    done = "completed" if view.job.Type == "batch" else "healthy"
+    line = f"  v{d.Version} {d.Status:<10} placed {d.Placed}/{d.Desired}, {done} {d.Healthy}"
     if d.Unhealthy:
         line += f", unhealthy {d.Unhealthy}"
     return f"{line}; {d.Reason}" if d.Reason else line
