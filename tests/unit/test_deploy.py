@@ -142,6 +142,13 @@ CASES = [
         [],
     ),
     (
+        "a failed rollout still keeps Count: an ended task is replaced",
+        job(2),
+        Deployment(Version=2, Status="failed"),
+        tasks(1, 3) + tasks(2, 2, healthy=False, start=10, age=5),
+        ["create v2 x1"],
+    ),
+    (
         "scale down mid-rollout: old versions go first",
         job(2, count=3),
         running(2),

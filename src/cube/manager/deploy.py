@@ -120,9 +120,16 @@ def _service(
     failed_rollout = deployment is not None and deployment.Version == version
     failed_rollout = failed_rollout and deployment is not None and deployment.Status == "failed"
 
-    if old and not failed_rollout:
+    if old and failed_rollout:
+        # The rollout stopped where it is; the job still runs Count tasks (found by the
+        # simulator: a failed rollout whose tasks then ended was left short for good).
+        # Above Count (a start-first surge) it stays as it is: what to stop is the user's
+        # call (a revert, a new version, a scale).
+        if len(new) + len(old) < count:
+            actions.append(Create(version, count - len(new) - len(old)))
+    elif old:
         actions += _roll(job, new, old, healthy)
-    elif not old:
+    else:
         if len(new) < count:
             actions.append(Create(version, count - len(new)))
         elif len(new) > count:

@@ -180,7 +180,10 @@ def jobs_converge(m: Manager, _: UserView, __: World) -> str | None:
         if waiting and not any(_fits_somewhere(m, t) for t in waiting):
             continue  # no room: waiting is right
         versions = sorted({t.JobVersion for t in live})
-        if len(live) != want or (live and versions != [job.Version] and not failed):
+        # A failed rollout stays where it stopped: a start-first surge may remain.
+        surge = job.Update.MaxParallel if failed and job.Update.Order == "start-first" else 0
+        short_or_over = not want <= len(live) <= want + surge
+        if short_or_over or (live and versions != [job.Version] and not failed):
             return (
                 f"job: {job.Name} v{job.Version} wants {want}, has {len(live)} live "
                 f"of versions {versions}"

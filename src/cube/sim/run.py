@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cube.job import Job, TaskTemplate, UpdatePolicy
-from cube.manager.jobs import UnknownJob
+from cube.manager.jobs import JobError, UnknownJob
 from cube.sim import invariants
 from cube.sim.loop import Spinning, Stalled
 from cube.sim.loop import run as run_virtual
@@ -119,7 +119,7 @@ class Run:
             self.later(a["for"], lambda: _docker_up(runtime))
         elif kind == "health":
             self.health(a["pick"], a["mode"], a["for"])
-        elif kind in ("job", "job_scale", "job_stop"):
+        elif kind in ("job", "job_scale", "job_stop", "job_revert"):
             await self.job(kind, a)
         elif kind == "tick":
             pass  # a moment that only marks time (a soak's end)
@@ -187,10 +187,12 @@ class Run:
                 record = await manager.jobs.submit(job)
             elif kind == "job_scale":
                 record = await manager.jobs.scale(a["name"], a["count"])
+            elif kind == "job_revert":
+                record = await manager.jobs.revert(a["name"], a["version"])
             else:
                 record = await manager.jobs.stop(a["name"])
-        except UnknownJob:
-            self.log("  no such job")
+        except (UnknownJob, JobError) as exc:
+            self.log(f"  refused: {type(exc).__name__} {exc}")
             return
         except (Exception, asyncio.CancelledError) as exc:
             self.log(f"  not acknowledged: {type(exc).__name__}")

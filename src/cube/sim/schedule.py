@@ -30,6 +30,7 @@ KINDS: dict[str, int] = {
     "job": 8,  # a service job created or updated (a new version or a new Count)
     "job_scale": 4,
     "job_stop": 2,
+    "job_revert": 3,
 }
 JOBS = ["web", "api"]
 POLICIES = ["", "no", "on-failure", "always"]
@@ -137,6 +138,8 @@ def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
         return {"name": rng.choice(JOBS), "count": rng.randint(0, 6)}
     if kind == "job_stop":
         return {"name": rng.choice(JOBS)}
+    if kind == "job_revert":
+        return {"name": rng.choice(JOBS), "version": rng.randint(1, 4)}
     if kind == "health":
         return {
             "pick": rng.randrange(1 << 16),
