@@ -152,6 +152,26 @@ def test_a_batch_job_runs_count_to_completion(workers: StartWorker, managers: St
     assert len(completed) == 5
 
 
+def test_a_failing_batch_task_is_retried_per_policy_then_fails_the_job(
+    workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([workers()], "--max-restarts", "2", "--restart-backoff", "0.1")
+    flaky = {
+        "Name": "flaky",
+        "Type": "batch",
+        "Count": 1,
+        "Task": {
+            "Image": "cube/busybox:latest",
+            "Cmd": ["sh", "-c", "exit 1"],
+            "RestartPolicy": "on-failure",
+        },
+    }
+    done = run_job(manager, flaky)
+    assert done.returncode == 1 and "failed for good" in done.stderr, done.stdout + done.stderr
+    (task,) = tasks(manager, "flaky")
+    assert task["RestartCount"] == 2 and task["State"] == 4  # retried twice, then Failed
+
+
 def test_manager_killed_mid_rollout_finishes_it(
     workers: StartWorker, managers: StartManager
 ) -> None:
