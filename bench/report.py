@@ -23,6 +23,7 @@ ORDER = [
     "scale-100-workers/scale.json",
     "scheduler.json",
     "healing.json",
+    "jobs.json",
     "footprint.json",
 ]
 

@@ -118,3 +118,15 @@ def test_healing_smoke_beside_swarm(tmp_path: Path) -> None:
 @pytest.mark.docker
 def test_footprint_smoke(tmp_path: Path) -> None:
     run_smoke("footprint", tmp_path)
+
+
+@pytest.mark.docker
+def test_jobs_smoke_beside_swarm(tmp_path: Path) -> None:
+    result = run_smoke("jobs", tmp_path)
+    measures = [r["measure"] for r in result["rows"]]
+    assert measures == ["4 replicas to running", "rolling update"]
+    assert all(r["cube (s)"] > 0 for r in result["rows"])
+    if not result["runs"]["swarm"]:
+        pytest.skip("swarm not usable on this engine")
+    for row in result["rows"]:
+        assert row["cube / swarm"] == f"{row['cube (s)'] / row['swarm (s)']:.2f}x"
