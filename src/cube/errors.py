@@ -71,6 +71,7 @@ def parse_uuid(text: str) -> uuid.UUID:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Give every error, including FastAPI's own and unexpected ones, the same JSON shape."""
+    _openapi_says_400(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -90,3 +91,36 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"HTTPStatusCode": {"type": "integer"}, "Message": {"type": "string"}},
+    "required": ["HTTPStatusCode", "Message"],
+}
+
+
+def _openapi_says_400(app: FastAPI) -> None:
+    """The served OpenAPI document says what the API does: a request FastAPI cannot
+    validate is a 400 with a Message here (see the handler below), never a 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None and "400" not in responses:
+                    responses["400"] = {
+                        "description": "Malformed request; Message says why",
+                        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                    }
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -141,3 +142,17 @@ async def test_bad_scale_and_revert_bodies(api: httpx.AsyncClient) -> None:
     assert (await api.post("/jobs/web/scale", content=b"nope")).status_code == 400
     missing = await api.post("/jobs/web/revert", json={"Version": 7})
     assert missing.status_code == 400 and "no version 7" in missing.json()["Message"]
+
+
+async def test_the_openapi_document_describes_the_jobs_routes(api: httpx.AsyncClient) -> None:
+    doc = (await api.get("/openapi.json")).json()
+    post = doc["paths"]["/jobs"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/Job")
+    assert set(post["responses"]) == {"201", "400"}  # what the API answers; no 422
+    created = post["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created["$ref"].endswith("/JobAnswer")
+    assert "Deployment" in doc["components"]["schemas"]["JobAnswer"]["properties"]
+    assert set(doc["paths"]["/jobs/{name}/scale"]["post"]["responses"]) == {"200", "400", "404"}
+    assert "422" not in json.dumps(doc["paths"])
+    assert "HTTPValidationError" not in doc["components"]["schemas"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from cube.errors import ApiError, parse_body
-from cube.job import MAX_COUNT, Job, JobRecord
+from cube.errors import ApiError
+from cube.job import MAX_COUNT, Deployment, Job, JobRecord
 from cube.manager.jobs import JobError, Jobs, UnknownJob
 
 
@@ -20,6 +20,27 @@ class _Scale(BaseModel):
 class _Revert(BaseModel):
     model_config = ConfigDict(extra="forbid")
     Version: int = Field(ge=1)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (the book's shape)."""
+
+    HTTPStatusCode: int
+    Message: str
+
+
+_Deployment = Deployment  # inside JobAnswer, the name is its field
+
+
+class JobAnswer(Job):
+    """A job as the API answers it: the job, and how its latest deployment goes."""
+
+    Deployment: _Deployment | None = None
+
+
+Responses = dict[int | str, dict[str, Any]]
+_400: Responses = {400: {"model": ErrorBody, "description": "Malformed request; Message says why"}}
+_404: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
 
 
 def view(record: JobRecord) -> dict[str, Any]:
@@ -37,43 +58,40 @@ def router(jobs: Jobs) -> APIRouter:
         except UnknownJob:
             raise ApiError(404, f"job {name} not found") from None
 
-    @api.post("/jobs", status_code=201)
-    async def post_job(request: Request) -> dict[str, Any]:
+    @api.post("/jobs", status_code=201, response_model=JobAnswer, responses=_400)
+    async def post_job(job: Job) -> dict[str, Any]:
         """Create a job, or update it: a change of Task or Update is a new version and
         starts a deployment; the same job posted again changes nothing."""
-        job = parse_body(Job, await request.body())
         return view(await jobs.submit(job))
 
-    @api.get("/jobs")
+    @api.get("/jobs", response_model=list[JobAnswer])
     async def list_jobs() -> list[dict[str, Any]]:
         return [view(record) for record in jobs.all()]
 
-    @api.get("/jobs/{name}")
+    @api.get("/jobs/{name}", response_model=JobAnswer, responses=_404)
     async def get_job(name: str) -> dict[str, Any]:
         return view(get(name))
 
-    @api.get("/jobs/{name}/versions")
+    @api.get("/jobs/{name}/versions", response_model=list[Job], responses=_404)
     async def versions(name: str) -> list[dict[str, Any]]:
         """Every version kept, newest first."""
         return [v.model_dump(mode="json") for v in get(name).Versions]
 
-    @api.post("/jobs/{name}/scale")
-    async def scale(name: str, request: Request) -> dict[str, Any]:
+    @api.post("/jobs/{name}/scale", response_model=JobAnswer, responses={**_400, **_404})
+    async def scale(name: str, body: _Scale) -> dict[str, Any]:
         get(name)
-        body = parse_body(_Scale, await request.body())
         return view(await jobs.scale(name, body.Count))
 
-    @api.post("/jobs/{name}/revert")
-    async def revert(name: str, request: Request) -> dict[str, Any]:
+    @api.post("/jobs/{name}/revert", response_model=JobAnswer, responses={**_400, **_404})
+    async def revert(name: str, body: _Revert) -> dict[str, Any]:
         """A new version equal to an old one (as Nomad's revert)."""
         get(name)
-        body = parse_body(_Revert, await request.body())
         try:
             return view(await jobs.revert(name, body.Version))
         except JobError as exc:
             raise ApiError(400, str(exc)) from None
 
-    @api.delete("/jobs/{name}")
+    @api.delete("/jobs/{name}", response_model=JobAnswer, responses=_404)
     async def stop(name: str) -> dict[str, Any]:
         """Stop every task of the job; the job stays, stopped, until posted again."""
         get(name)
