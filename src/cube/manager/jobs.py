@@ -70,7 +70,7 @@ class Jobs:
         return record
 
     def tasks_of(self, name: str) -> list[Task]:
-        return [t for t in self.state.tasks.values() if t.Job == name]
+        return [self.state.tasks[i] for i in self.state.by_job.get(name, ())]
 
     async def submit(self, job: Job) -> JobRecord:
         """Create or update: a new version starts a deployment; the same spec changes
@@ -132,10 +132,7 @@ class Jobs:
         self.next_due = None
         if not self.records:
             return
-        by_job: dict[str, list[Task]] = {name: [] for name in self.records}
-        for task in self.state.tasks.values():
-            if task.Job in by_job:
-                by_job[task.Job].append(task)
+        by_job = {name: self.tasks_of(name) for name in self.records}
         for name, tasks in by_job.items():
             await self._reconcile(self.records[name], tasks)
         seen = {t.ID for tasks in by_job.values() for t in tasks}

@@ -51,6 +51,8 @@ class State:
         self.lost: set[str] = set()
         self.ready: set[str] = {name for name, node in self.nodes.items() if node.is_ready}
         self.tasks: dict[uuid.UUID, Task] = {}
+        # Each job's tasks, so a job's pass costs its own tasks, not every task.
+        self.by_job: dict[str, dict[uuid.UUID, None]] = {}
         self._held: dict[uuid.UUID, str] = {}  # task -> node it holds resources on
         self._on_node: dict[str, set[uuid.UUID]] = {name: set() for name in self.nodes}
         # Insertion-ordered sets: tasks to reconcile, and tasks that fit nowhere yet.
@@ -85,6 +87,8 @@ class State:
     def _note(self, before: Task | None, after: Task) -> None:
         if before is None or before.State is not after.State:
             self.since[after.ID] = self._now()
+        if before is None and after.Job:  # a task's job never changes
+            self.by_job.setdefault(after.Job, {})[after.ID] = None
 
     # --- reservations -------------------------------------------------------------------
 
