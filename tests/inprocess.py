@@ -27,6 +27,7 @@ from cube.manager.manager import Manager, Settings
 from cube.runtime.base import ContainerInfo
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm
+from cube.sim.world import kill
 from cube.stats import StatsSampler
 from cube.store import MemoryStore
 from cube.task import State, Task, TaskEvent
@@ -164,14 +165,6 @@ class FaultyBackend(SqliteBackend):
         self.crashed = True
         self.kill()
         raise asyncio.CancelledError
-
-
-def kill(manager: Manager) -> None:
-    """Cancel every coroutine the manager runs, as SIGKILL ends them (test harness only:
-    it reaches into the manager's loops and job sets)."""
-    jobs = [*manager._loops, *manager.dispatch.jobs._jobs, *manager.tracker.jobs._jobs]
-    for job in jobs:
-        job.cancel()
 
 
 @dataclass

@@ -101,8 +101,9 @@ def _service(
     new = [m for m in live if m.version == version]
     old = [m for m in live if m.version != version]
     healthy = [m for m in new if m.healthy(update.MinHealthyTime)]
-    deploying = deployment is not None and deployment.Status == "running"
-    deploying = deploying and deployment is not None and deployment.Version == version
+    # The deployment of this version, if it has one (a newer submission supersedes).
+    current = deployment if deployment is not None and deployment.Version == version else None
+    deploying = current is not None and current.Status == "running"
     actions: list[Action] = []
 
     late = [
@@ -117,8 +118,7 @@ def _service(
         if update.AutoRevert and last_good is not None and last_good != version:
             actions.append(Revert(last_good, f"deployment of version {version} failed"))
         return actions
-    failed_rollout = deployment is not None and deployment.Version == version
-    failed_rollout = failed_rollout and deployment is not None and deployment.Status == "failed"
+    failed_rollout = current is not None and current.Status == "failed"
 
     if old and failed_rollout:
         # The rollout stopped where it is; the job still runs Count tasks (found by the
@@ -136,12 +136,11 @@ def _service(
             extra = _stop_order(new, update.MinHealthyTime)[: len(new) - count]
             actions.append(Stop(_ids(extra), f"scaled down to {count}"))
 
-    if deploying:
+    if deploying and current is not None:
         done = not old and len(new) == count and len(healthy) == count
         status: DeploymentStatus = "successful" if done else "running"
-        reason = deployment.Reason if deployment is not None else ""
-        report = _report(version, status, count, new, healthy, [], reason)
-        if report != deployment:
+        report = _report(version, status, count, new, healthy, [], current.Reason)
+        if report != current:
             actions.append(Progress(report))
     return actions
 

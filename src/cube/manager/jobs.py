@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cube.clock import Clock
 from cube.job import Deployment, Job, JobRecord, admit
 from cube.manager.backend import Backend
 from cube.manager.deploy import Create, Member, Progress, Revert, Stop, reconcile_job
 from cube.manager.state import State as ClusterState
-from cube.task import State, Task, TaskEvent, transition
+from cube.task import State, Task, TaskEvent
 
 _LIVE = frozenset({State.PENDING, State.SCHEDULED, State.RUNNING})
 
@@ -30,12 +29,6 @@ class UnknownJob(LookupError):
 
 class JobError(ValueError):
     """A request about a job that cannot be done as asked (a 400 or a 404)."""
-
-
-@dataclass
-class JobView:
-    record: JobRecord
-    tasks: list[Task]
 
 
 class Jobs:
@@ -106,14 +99,11 @@ class Jobs:
     async def _save_version(
         self, job: Job, current: JobRecord | None, reason: str = ""
     ) -> JobRecord:
-        versions = [job, *(current.Versions if current else [])]
+        # A Count-only change (or a stopped job run again) saves its version anew.
+        older = [v for v in (current.Versions if current else []) if v.Version != job.Version]
         record = JobRecord(
             Job=job,
-            Versions=[
-                v
-                for i, v in enumerate(versions)
-                if v.Version not in {w.Version for w in versions[:i]}
-            ],
+            Versions=[job, *older],
             Deployment=Deployment(Version=job.Version, Desired=job.Count, Reason=reason),
             LastGood=current.LastGood if current else None,
         )
@@ -201,15 +191,5 @@ class Jobs:
         await self.state.commit(tasks, [TaskEvent(State=State.RUNNING, Task=t) for t in tasks])
 
     async def _stop(self, ids: tuple[uuid.UUID, ...], reason: str) -> None:
-        stopped = []
-        for task_id in ids:
-            task = self.state.tasks[task_id]
-            if task.DesiredState is State.COMPLETED:
-                continue
-            task = task.model_copy(update={"DesiredState": State.COMPLETED})
-            if task.State is State.PENDING:
-                task = transition(task, State.COMPLETED, reason=f"cancelled: {reason}")
-            stopped.append(task)
-        await self.state.commit(
-            stopped, [TaskEvent(State=State.COMPLETED, Task=t) for t in stopped]
-        )
+        tasks = [self.state.tasks[task_id] for task_id in ids]
+        await self.state.ask_to_stop(tasks, f"cancelled: {reason}")

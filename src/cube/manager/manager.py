@@ -254,13 +254,8 @@ class Manager:
         the worker that runs it; a Failed one is not restarted again.
         """
         task = self.get(task_id)
-        if task.DesiredState is State.COMPLETED:
-            return task
-        task = task.model_copy(update={"DesiredState": State.COMPLETED})
-        if task.State is State.PENDING:
-            task = transition(task, State.COMPLETED, reason="cancelled before placement")
-        await self.state.commit([task], [TaskEvent(State=State.COMPLETED, Task=task)])
-        return task
+        stopped = await self.state.ask_to_stop([task], "cancelled before placement")
+        return stopped[0] if stopped else task
 
     def _will_restart(self, task: Task) -> bool:
         return restartable(task, self.policy)

@@ -23,7 +23,7 @@ from cube.manager.backend import Backend, Change
 from cube.node import DOWN, READY, Node
 from cube.scheduler import release, reserve
 from cube.task import State as TaskState
-from cube.task import Task, TaskEvent
+from cube.task import Task, TaskEvent, transition
 
 _HOLDING = frozenset({TaskState.SCHEDULED, TaskState.RUNNING})
 
@@ -83,6 +83,20 @@ class State:
             self._settle(task)
             self._dirty[task.ID] = None
         self.changed.set()
+
+    async def ask_to_stop(self, tasks: Sequence[Task], cancelled: str) -> list[Task]:
+        """Store a stop on each task not already asked (a Pending one is cancelled at
+        once, with reason ``cancelled``); the reconciler stops the placed ones."""
+        stopped = []
+        for task in tasks:
+            if task.DesiredState is TaskState.COMPLETED:
+                continue
+            task = task.model_copy(update={"DesiredState": TaskState.COMPLETED})
+            if task.State is TaskState.PENDING:
+                task = transition(task, TaskState.COMPLETED, reason=cancelled)
+            stopped.append(task)
+        await self.commit(stopped, [TaskEvent(State=TaskState.COMPLETED, Task=t) for t in stopped])
+        return stopped
 
     def _note(self, before: Task | None, after: Task) -> None:
         if before is None or before.State is not after.State:

@@ -157,7 +157,3 @@ def run(main: Callable[[], Any], seed: int) -> Any:
             return result
     finally:
         loop.close()
-
-
-def hash_seed_fixed() -> bool:
-    return os.environ.get("PYTHONHASHSEED") == "0"

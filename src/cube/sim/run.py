@@ -234,8 +234,6 @@ class Run:
         await self.world.start_manager()
         loop = asyncio.get_running_loop()
         for step in self.scenario.steps:
-            if step.kind == "submit" and step.args["health"]:
-                pass
             await asyncio.sleep(max(step.at - loop.time(), 0.0))
             self.log(step.describe())
             await self.step(step)

@@ -116,7 +116,6 @@ class World:
     manager: Manager | None = None
     backend: CrashingBackend | None = None
     health: HealthEndpoints | None = None
-    crashes: int = 0
     restart_after: float = 0.0  # how long an armed crash keeps the manager down
     _restart: asyncio.Task[None] | None = None
 
@@ -186,8 +185,7 @@ class World:
         """An armed crash went off: every coroutine of the manager ends where it stands
         and nothing more reaches its disk; :meth:`crash_manager` clears up after it."""
         if self.manager is not None:
-            _kill(self.manager)
-            self.crashes += 1
+            kill(self.manager)
 
     @property
     def manager_dead(self) -> bool:
@@ -209,7 +207,7 @@ class World:
         manager, self.manager, self.backend = self.manager, None, None
         if manager is None:
             return
-        _kill(manager)
+        kill(manager)
         if isinstance(manager.backend, CrashingBackend):
             manager.backend.dead = True
         with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -224,8 +222,9 @@ class World:
             await w.runtime.close()
 
 
-def _kill(manager: Manager) -> None:
-    """Cancel every coroutine the manager runs, as SIGKILL ends them."""
+def kill(manager: Manager) -> None:
+    """Cancel every coroutine the manager runs, as SIGKILL ends them (a harness's
+    reach into its loops and job sets; tests/inprocess.py uses it too)."""
     for job in [*manager._loops, *manager.dispatch.jobs._jobs, *manager.tracker.jobs._jobs]:
         job.cancel()
 
