@@ -53,6 +53,15 @@ class Node:
     CpuAllocated: float = Field(default=0.0, ge=0)
     CpuPercent: float = Field(default=0.0, ge=0)
     PortsAllocated: set[int] = Field(default_factory=set)
+    # Set by the worker (``cube worker --label zone=a``), for placement constraints.
+    Labels: dict[str, str] = Field(default_factory=dict)
+    # Built in, reported by the worker: hostname, os, arch, cores, memory. A constraint's
+    # Attribute names a label or one of these (labels may not reuse their names).
+    Attributes: dict[str, str] = Field(default_factory=dict)
+    # Whether the scheduler may place new work here (``cube node drain`` and
+    # ``cube node ineligible`` clear it; ``cube node eligible`` sets it), as Nomad's
+    # scheduling eligibility and Kubernetes' cordon.
+    Eligible: bool = True
     # Tasks placed here per job (the manager's bookkeeping, not on the wire): the
     # scheduler spreads a job's tasks over nodes, as Nomad's job anti-affinity does.
     JobTasks: dict[str, int] = Field(default_factory=dict, exclude=True)
