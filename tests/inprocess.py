@@ -212,14 +212,16 @@ class Cluster:
         return WorkerClient(url, httpx.AsyncClient(transport=node.link))
 
     async def start_manager(
-        self, backend: Backend, settings: Settings = SETTINGS, **kw: Any
+        self, backend: Backend, settings: Settings = SETTINGS, *, static: int = -1, **kw: Any
     ) -> Manager:
-        names = [n.name for n in self.nodes]
+        """``static``: how many of the workers the manager is given with ``-w`` (the
+        others may join); default all of them."""
+        names = [n.name for n in self.nodes][: static if static >= 0 else None]
         self.manager = Manager(
             names, Epvm(), backend, settings, clock=self.clock, connect=self.connect, **kw
         )
         await self.manager.start()
-        await self.until(lambda: len(self.m.state.ready) == len(self.nodes), what="ready")
+        await self.until(lambda: len(self.m.state.ready) == len(names), what="ready")
         return self.manager
 
     async def crash_manager(self) -> None:

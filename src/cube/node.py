@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 READY = "ready"
@@ -62,6 +62,14 @@ class Node:
     # ``cube node ineligible`` clear it; ``cube node eligible`` sets it), as Nomad's
     # scheduling eligibility and Kubernetes' cordon.
     Eligible: bool = True
+    # A drain in progress: the node's tasks are being moved elsewhere (it is ineligible
+    # meanwhile, and stays so when the drain is done). DrainDeadline (RFC 3339, or "")
+    # is when whatever is left is moved at once.
+    Draining: bool = False
+    DrainDeadline: str = ""
+    # The worker registered itself (``cube worker --join``) and sends heartbeats; a
+    # node from ``-w`` is known by its address and heard from through its task stream.
+    Joined: bool = False
     # Tasks placed here per job (the manager's bookkeeping, not on the wire): the
     # scheduler spreads a job's tasks over nodes, as Nomad's job anti-affinity does.
     JobTasks: dict[str, int] = Field(default_factory=dict, exclude=True)
@@ -72,6 +80,15 @@ class Node:
         api = address if "://" in address else f"http://{address}"
         parts = urlsplit(api)
         return cls(Name=parts.netloc or address, Ip=parts.hostname or "", Api=api.rstrip("/"))
+
+    def record(self) -> NodeRecord:
+        """What is stored of a node: who it is and what was decided about it, not what
+        it reports (capacity and status come afresh when it is heard from again)."""
+        return NodeRecord.model_validate(self.to_wire())
+
+    @classmethod
+    def from_record(cls, record: NodeRecord) -> Node:
+        return cls(**record.model_dump())
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any] | str | bytes) -> Node:
@@ -143,7 +160,23 @@ def _number(section: Mapping[str, Any], *keys: str) -> float | None:
 _ADAPTER = TypeAdapter(Node)
 
 
-def worker_addresses(text: str) -> list[str]:
+class NodeRecord(BaseModel):
+    """The stored part of a :class:`Node` (see :meth:`Node.record`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    Name: str
+    Ip: str = ""
+    Api: str = ""
+    Labels: dict[str, str] = Field(default_factory=dict)
+    Attributes: dict[str, str] = Field(default_factory=dict)
+    Eligible: bool = True
+    Draining: bool = False
+    DrainDeadline: str = ""
+    Joined: bool = False
+
+
+def worker_addresses(text: str, *, empty: bool = False) -> list[str]:
     """The workers of a ``-w host:port,host:port`` list, each checked, duplicates dropped.
 
     An entry is ``host:port`` or an ``http(s)://`` URL. A malformed one raises
@@ -162,7 +195,7 @@ def worker_addresses(text: str) -> list[str]:
             continue
         seen |= keys
         addresses.append(entry)
-    if not addresses:
+    if not addresses and not empty:
         raise ValueError("name at least one worker, as host:port")
     return addresses
 

@@ -58,6 +58,9 @@ class MemoryStore(Generic[M]):
     def get(self, key: str) -> M | None:
         return self._items.get(key)
 
+    def delete(self, key: str) -> None:
+        self._items.pop(key, None)
+
     def list(self, group: str | None = None) -> list[M]:
         values = list(self._items.values())
         if group is None or self._group_of is None:
@@ -90,8 +93,14 @@ MIGRATIONS: list[str] = [
         seq INTEGER NOT NULL DEFAULT 0
     );
     """,
+    """
+    CREATE TABLE IF NOT EXISTS nodes (
+        key TEXT PRIMARY KEY, grp TEXT NOT NULL DEFAULT '', value TEXT NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
-TABLES = ("tasks", "events", "jobs")
+TABLES = ("tasks", "events", "jobs", "nodes")
 
 
 class Database:
@@ -168,6 +177,10 @@ class SqliteStore(Generic[M]):
             "ON CONFLICT(key) DO UPDATE SET grp=excluded.grp, value=excluded.value",
             [self._row(key, value) for key, value in items],
         )
+
+    def delete(self, key: str) -> None:
+        with self._db.lock:
+            self._db.conn.execute(f"DELETE FROM {self._table} WHERE key = ?", (key,))
 
     def get(self, key: str) -> M | None:
         with self._db.lock:

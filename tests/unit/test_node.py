@@ -27,6 +27,12 @@ WIRE_FIELDS = [
     "CpuAllocated",
     "CpuPercent",
     "PortsAllocated",
+    "Labels",
+    "Attributes",
+    "Eligible",
+    "Draining",
+    "DrainDeadline",
+    "Joined",
 ]
 
 

@@ -140,6 +140,8 @@ def test_reconcile_keeps_order_and_drops_nothing_to_do() -> None:
 
 
 def test_silent_nodes() -> None:
-    seen = {"a": 100.0, "b": 95.0, "gone": 0.0}
-    assert silent_nodes(seen, LOST, now=106.0, timeout=10.0) == (["b"], 110.0)
-    assert silent_nodes(seen, LOST, now=104.0, timeout=10.0) == ([], 105.0)
+    # Deadlines: last heard + each node's own timeout ("c" heartbeats: a shorter one).
+    deadlines = {"a": 110.0, "b": 105.0, "c": 103.0, "gone": 10.0}
+    assert silent_nodes(deadlines, LOST, now=106.0) == (["b", "c"], 110.0)
+    assert silent_nodes(deadlines, LOST, now=104.0) == (["c"], 105.0)
+    assert silent_nodes(deadlines, LOST, now=102.0) == ([], 103.0)

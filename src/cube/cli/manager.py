@@ -24,9 +24,13 @@ def manager(
     workers: Annotated[
         str,
         typer.Option(
-            "-w", "--workers", envvar="CUBE_WORKERS", help="Workers as host:port,host:port,..."
+            "-w",
+            "--workers",
+            envvar="CUBE_WORKERS",
+            help="Workers as host:port,host:port,... (default: localhost:5556, or none "
+            "when workers join with a join token).",
         ),
-    ] = "localhost:5556",
+    ] = "",
     scheduler: Annotated[
         str,
         typer.Option("-s", "--scheduler", envvar="CUBE_SCHEDULER", help="roundrobin or epvm."),
@@ -146,9 +150,36 @@ def manager(
         typer.Option(
             "--worker-timeout",
             envvar="CUBE_MANAGER_WORKER_TIMEOUT",
-            help="Seconds of silence before a worker is down.",
+            help="Seconds of silence before a -w worker is down (joined ones heartbeat).",
         ),
     ] = 10.0,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            "--join-token",
+            envvar="CUBE_JOIN_TOKEN",
+            help="What a worker must present to join (default: the data directory's "
+            "join-token file, if any; without one, workers cannot join).",
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="CUBE_HEARTBEAT_INTERVAL",
+            min=0.05,
+            help="Seconds between a joined worker's heartbeats.",
+        ),
+    ] = 1.0,
+    heartbeat_grace: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-grace",
+            envvar="CUBE_HEARTBEAT_GRACE",
+            min=0.0,
+            help="Seconds past a missed heartbeat before a joined worker is down.",
+        ),
+    ] = 2.0,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -167,8 +198,9 @@ def manager(
         chosen = make_scheduler(scheduler)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
+    token = join_token or _token_file(data_dir / "join-token")
     try:
-        addresses = worker_addresses(workers)
+        addresses = worker_addresses(workers or ("" if token else "localhost:5556"), empty=True)
     except ValueError as exc:
         raise CliError(f"--workers: {exc}") from None
 
@@ -191,6 +223,25 @@ def manager(
         restart_backoff=restart_backoff,
         restart_backoff_max=restart_backoff_max,
         worker_timeout=worker_timeout,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_grace=heartbeat_grace,
+        join_token=token,
     )
     node = Manager(addresses, chosen, backend, settings)
     serve(create_app(node), host, port, log_level)
+
+
+def _token_file(path: Path) -> str | None:
+    """The token in a file, if there is one (its first line, trimmed)."""
+    from cube.cli.errors import CliError
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise CliError(f"{path} is empty: put the join token in it, or remove it")
+    return token

@@ -5,9 +5,12 @@ from __future__ import annotations
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from cube.worker.join import Joiner
 
 
 class DbType(StrEnum):
@@ -107,6 +110,27 @@ def worker(
             "reaches programs that ignore it as PID 1, and zombies are reaped.",
         ),
     ] = True,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            "--join",
+            envvar="CUBE_JOIN",
+            help="Join the manager at HOST:PORT (register, then heartbeat).",
+        ),
+    ] = None,
+    join_token: Annotated[
+        str | None,
+        typer.Option("--join-token", envvar="CUBE_JOIN_TOKEN", help="The manager's join token."),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            envvar="CUBE_ADVERTISE",
+            help="HOST:PORT the manager reaches this worker at (default: this machine's "
+            "address towards the manager, and --port).",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -164,6 +188,49 @@ def worker(
         stop_timeout=stop_timeout,
     )
     sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
+    joiner = None
+    if join is not None:
+        joiner = _join(join, join_token, advertise or _advertise(join, host, port), name)
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
-    serve(create_app(node, sampler, capacity), host, port, log_level, loop="asyncio")
+    serve(create_app(node, sampler, capacity, joiner), host, port, log_level, loop="asyncio")
+
+
+def _join(manager: str, token: str | None, advertise: str, name: str) -> Joiner:
+    """Join once now, so a refused token ends the command with one clear line (an
+    unreachable manager is tried again in the background)."""
+    import asyncio
+
+    from cube.cli.errors import CliError
+    from cube.node import worker_addresses
+    from cube.worker.join import Joiner, JoinRefused
+
+    if not token:
+        raise CliError("--join needs --join-token (or CUBE_JOIN_TOKEN)")
+    try:
+        worker_addresses(manager)
+        worker_addresses(advertise)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    registration = {"Name": name, "Api": advertise}
+    joiner = Joiner(manager, token, registration)
+    try:
+        asyncio.run(joiner.register())
+    except JoinRefused as exc:
+        raise CliError(str(exc)) from None
+    return joiner
+
+
+def _advertise(manager: str, host: str, port: int) -> str:
+    """The address this machine has on the way to the manager (or the listen one)."""
+    from urllib.parse import urlsplit
+
+    if host not in ("0.0.0.0", "::", ""):
+        return f"{host}:{port}"
+    target = urlsplit(manager if "://" in manager else f"http://{manager}").hostname or ""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))  # UDP: no packet is sent, a route is chosen
+            return f"{probe.getsockname()[0]}:{port}"
+    except OSError:
+        return f"{socket.gethostname()}:{port}"

@@ -20,6 +20,7 @@ from cube.errors import (
 )
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.manager import BadRequest, Manager, UnknownTask
+from cube.manager.nodes_api import router as nodes_router
 from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
 
@@ -43,6 +44,7 @@ def create_app(manager: Manager) -> FastAPI:
         return error_response(404, f"task {exc.args[0]} not found")
 
     app.include_router(jobs_router(manager.jobs))
+    app.include_router(nodes_router(manager.members))
 
     @app.get("/tasks")
     async def list_tasks(job: str | None = None) -> Response:

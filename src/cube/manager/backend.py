@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cube.job import JobRecord
+from cube.node import NodeRecord
 from cube.store import Database, SqliteStore
 from cube.task import Task, TaskEvent
 
@@ -57,6 +58,15 @@ class Backend(Protocol):
         job and its tasks need no common transaction: the job reconciler counts."""
         ...
 
+    def load_nodes(self) -> list[NodeRecord]:
+        """Every node the manager knew (at start-up): a worker that vanished while the
+        manager was down is still known, so it is declared lost and its tasks moved."""
+        ...
+
+    async def save_node(self, record: NodeRecord) -> None: ...
+
+    async def delete_node(self, name: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -84,6 +94,16 @@ class MemoryBackend(_Checked):
         super().__init__()
         self._events: dict[uuid.UUID, list[TaskEvent]] = {}
         self._jobs: dict[str, JobRecord] = {}
+        self._nodes: dict[str, NodeRecord] = {}
+
+    def load_nodes(self) -> list[NodeRecord]:
+        return list(self._nodes.values())
+
+    async def save_node(self, record: NodeRecord) -> None:
+        self._nodes[record.Name] = record
+
+    async def delete_node(self, name: str) -> None:
+        self._nodes.pop(name, None)
 
     def load_jobs(self) -> list[JobRecord]:
         return list(self._jobs.values())
@@ -124,6 +144,16 @@ class SqliteBackend(_Checked):
         self._tasks: SqliteStore[Task] = self.db.store("tasks", Task)
         self._events: SqliteStore[TaskEvent] = self.db.store("events", TaskEvent, _group)
         self._jobs: SqliteStore[JobRecord] = self.db.store("jobs", JobRecord)
+        self._nodes: SqliteStore[NodeRecord] = self.db.store("nodes", NodeRecord)
+
+    def load_nodes(self) -> list[NodeRecord]:
+        return self._nodes.list()
+
+    async def save_node(self, record: NodeRecord) -> None:
+        self._nodes.put(record.Name, record)
+
+    async def delete_node(self, name: str) -> None:
+        self._nodes.delete(name)
 
     def load_jobs(self) -> list[JobRecord]:
         return self._jobs.list()

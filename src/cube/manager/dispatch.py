@@ -77,7 +77,9 @@ class Dispatcher:
             return
         outbox = self._outboxes.get(task.Node)
         if outbox is None:
-            return
+            if task.Node not in self.clients:
+                return
+            outbox = self._outboxes[task.Node] = _Outbox()  # a node that joined
         self._sent[task.ID] = task.RestartCount
         if event is None or event.Task is not task or event.State is not State.SCHEDULED:
             event = TaskEvent(State=State.SCHEDULED, Task=task)

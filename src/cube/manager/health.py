@@ -112,7 +112,10 @@ class HealthChecker:
             detail = await self._probe(url)
         if detail is None:
             self._failed.pop(task.ID, None)
-            self._passed[task.ID] = task.RestartCount
+            if self._passed.get(task.ID) != task.RestartCount:
+                self._passed[task.ID] = task.RestartCount
+                # Turning healthy changes what deployments and drains may do next.
+                self.state.changed.set()
             return
         self._passed.pop(task.ID, None)
         count, incarnation = self._failed.get(task.ID, (0, task.RestartCount))

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
 from cube.manager.jobs import Jobs
+from cube.manager.membership import HeartbeatSettings, Membership
 from cube.manager.observe import observe
 from cube.manager.placement import place, undo
 from cube.manager.reconciler import (
@@ -109,7 +111,10 @@ class Settings:
     max_restarts: int = 3
     restart_backoff: float = 1.0
     restart_backoff_max: float = 30.0
-    worker_timeout: float = 10.0
+    worker_timeout: float = 10.0  # for -w workers; joined ones heartbeat
+    heartbeat_interval: float = 1.0
+    heartbeat_grace: float = 2.0
+    join_token: str | None = None
     request_timeout: float = 5.0
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
@@ -135,7 +140,7 @@ class Manager:
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
-        nodes = {n.Name: n for n in map(Node.for_worker, workers)}  # a repeat counts once
+        nodes = _nodes(backend, workers)
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
         connect = connect or (lambda url: WorkerClient.connect(url, s.request_timeout))
@@ -150,8 +155,20 @@ class Manager:
             stats_interval=s.stats_interval,
             max_stats_rate=s.max_stats_rate,
             worker_timeout=s.worker_timeout,
+            heartbeat_timeout=s.heartbeat_interval + s.heartbeat_grace,
         )
         self.tracker = Tracker(self.state, self.clients, self.clock, tracking, self.observed)
+        self.members = Membership(
+            self.state,
+            self.tracker,
+            self.dispatch,
+            self.clients,
+            backend,
+            self.clock,
+            connect,
+            HeartbeatSettings(s.heartbeat_interval, s.heartbeat_grace),
+            s.join_token,
+        )
         health = HealthSettings(
             interval=s.health_interval,
             grace=s.health_grace,
@@ -170,6 +187,8 @@ class Manager:
 
     async def start(self) -> None:
         """Start the loops; the state loaded from the backend is reconciled first thing."""
+        for node in self.state.nodes.values():
+            await self.backend.save_node(node.record())  # -w ones too, remembered
         loops: list[Awaitable[None]] = [
             self._reconcile_loop(),
             self.health.loop(),
@@ -311,8 +330,9 @@ class Manager:
         waits = [self._next_node_check - self.clock.monotonic()]
         if self._wakes:
             waits.append(self._wakes[0][0] - self.clock.monotonic())
-        if self.jobs.next_due is not None:
-            waits.append(self.jobs.next_due - self.clock.monotonic())
+        for due in (self.jobs.next_due, self.members.next_due):
+            if due is not None:
+                waits.append(due - self.clock.monotonic())
         return max(min(waits), 0.0)
 
     async def reconcile_once(self) -> None:
@@ -321,11 +341,10 @@ class Manager:
         if self._next_node_check <= mono:
             # O(nodes): only when the earliest deadline seen last time has come (or, with
             # every node lost, a worker timeout later: one may be back by then).
-            timeout = self.settings.worker_timeout
-            silent, due = silent_nodes(self.tracker.last_seen, self.state.lost, mono, timeout)
-            self._next_node_check = due if due is not None else mono + timeout
+            silent, due = silent_nodes(self.tracker.deadlines(), self.state.lost, mono)
+            self._next_node_check = due if due is not None else mono + self.settings.worker_timeout
         for name in silent:
-            log.warning("worker %s is down: silent for %ss", name, self.settings.worker_timeout)
+            log.warning("worker %s is down: not heard from in time", name)
             self.state.node_lost(name)
             self.tracker.lost(name)
         while self._wakes and self._wakes[0][0] <= mono:
@@ -342,7 +361,15 @@ class Manager:
             except Exception:
                 self.state.mark(dirty[start:])  # nothing taken is dropped: tried again
                 raise
+        await self.apply(await self.members.drain_pass(self.jobs.records, self._unhealthy))
         await self.jobs.reconcile()
+
+    def _unhealthy(self, task: Task, min_healthy: float) -> float | None:
+        """None if the task counts healthy (for a drain), else when it may."""
+        if task.State is not State.RUNNING or not self.health.checks_ok(task):
+            return math.inf
+        at = self.state.since.get(task.ID, 0.0) + min_healthy
+        return None if at <= self.clock.monotonic() else at
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is
@@ -371,12 +398,14 @@ class Manager:
             self.dispatch.send(task, event=record)  # the worker gets the stored event
         for action in wanted:
             old = action.task
-            if isinstance(action, Restart) and old.Reason.startswith(UNHEALTHY):
-                new = self.state.tasks[old.ID]
-                if new.Node != old.Node:
-                    # Restarted elsewhere: its unhealthy container still runs where it
-                    # was, and nothing replaces it there, so stop it.
-                    self.dispatch.stop_copy(old.Node, old)
+            new = self.state.tasks[old.ID]
+            unhealthy = isinstance(action, Restart) and old.Reason.startswith(UNHEALTHY)
+            drained = isinstance(action, Move) and action.stop_old
+            moved = new.RestartCount != old.RestartCount and new.Node != old.Node
+            if (unhealthy or drained) and moved:
+                # A new incarnation (elsewhere, or waiting for room): the old container
+                # still runs where it was, and nothing replaces it there, so stop it.
+                self.dispatch.stop_copy(old.Node, old)
         self._carry_out(actions)
 
     def _carry_out(self, actions: Sequence[Action]) -> None:
@@ -393,6 +422,19 @@ class Manager:
     def _wake(self, task_id: uuid.UUID, at: float) -> None:
         heapq.heappush(self._wakes, (at, task_id))
         self.state.changed.set()  # the loop recomputes how long it may sleep
+
+
+def _nodes(backend: Backend, workers: Sequence[str]) -> dict[str, Node]:
+    """The stored nodes, and the ``-w`` ones (a repeat counts once; one stored keeps
+    what was decided about it, such as a drain)."""
+    nodes = {r.Name: Node.from_record(r) for r in backend.load_nodes()}
+    for node in map(Node.for_worker, workers):
+        stored = nodes.get(node.Name)
+        if stored is not None:
+            stored.Ip, stored.Api = node.Ip, node.Api
+        else:
+            nodes[node.Name] = node
+    return nodes
 
 
 __all__ = ["BadRequest", "InvalidTransition", "Manager", "Settings", "UnknownTask"]

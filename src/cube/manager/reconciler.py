@@ -68,10 +68,14 @@ class Restart:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Its node is lost: a new incarnation, to be placed elsewhere."""
+    """Its node is lost (or drained): a new incarnation, to be placed elsewhere.
+
+    ``stop_old``: the old node still answers, so its copy is stopped once the move is
+    stored (a lost node's copies are stopped when it is back)."""
 
     task: Task
     reason: str
+    stop_old: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,19 +196,20 @@ def restart_delay(restart_count: int, policy: Policy) -> float:
 
 
 def silent_nodes(
-    last_seen: dict[str, float], lost: Set[str], now: float, timeout: float
+    deadlines: Mapping[str, float], lost: Set[str], now: float
 ) -> tuple[list[str], float | None]:
-    """Nodes silent for ``timeout`` (to mark lost), and when the next one would be.
+    """Nodes past their deadline (to mark lost), and when the next deadline is.
 
-    A node that has never answered counts from when the manager started (its
-    ``last_seen``), so tasks on a machine that never comes back are moved too.
+    A node's deadline is when it was last heard from plus its timeout (a joined
+    worker's heartbeat interval and grace, a ``-w`` worker's worker timeout). A node
+    never heard from counts from when the manager started or it joined, so tasks on a
+    machine that never comes back are moved too.
     """
     silent: list[str] = []
     next_at: float | None = None
-    for name, seen in last_seen.items():
+    for name, deadline in deadlines.items():
         if name in lost:
             continue
-        deadline = seen + timeout
         if deadline <= now:
             silent.append(name)
         elif next_at is None or deadline < next_at:

@@ -185,6 +185,24 @@ class State:
 
     # --- nodes ------------------------------------------------------------------------------
 
+    def add_node(self, node: Node) -> None:
+        """A node joined (or was loaded from the store): known, not ready until heard."""
+        self.nodes[node.Name] = node
+        self._on_node.setdefault(node.Name, set())
+        if node.is_ready:
+            self.ready.add(node.Name)
+
+    def remove_node(self, name: str) -> None:
+        """Forget a node (``cube node rm``). Tasks still on it count as on a lost node
+        (the reconciler's ``known`` rule) and are moved or finished."""
+        for task_id in self.held_on(name):
+            self._release(self.tasks[task_id])
+        self.nodes.pop(name, None)
+        self._on_node.pop(name, None)
+        self.ready.discard(name)
+        self.lost.discard(name)
+        self.mark(t.ID for t in self.tasks.values() if t.Node == name)
+
     def node_ready(self, name: str) -> None:
         """A node answers: place work there again, and act on what waited for it."""
         node = self.nodes[name]

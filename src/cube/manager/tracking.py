@@ -48,6 +48,8 @@ class TrackingSettings:
     max_stats_rate: float = 200.0
     # A worker must be heard from well within this (see stats_period).
     worker_timeout: float = 10.0
+    # A joined worker heartbeats: silent past this (interval plus grace), it is down.
+    heartbeat_timeout: float = 3.0
 
 
 @dataclass
@@ -79,18 +81,84 @@ class Tracker:
         start = clock.monotonic()
         self.workers = {name: _Worker(name, c, last_seen=start) for name, c in clients.items()}
         self.jobs = Background("tracking")
+        self._follows: dict[str, asyncio.Task[None]] = {}
+        self._following = False
+        self._poking: set[str] = set()
 
-    @property
-    def last_seen(self) -> dict[str, float]:
-        return {name: worker.last_seen for name, worker in self.workers.items()}
+    def deadlines(self) -> dict[str, float]:
+        """When each worker is down if not heard from before (see silent_nodes)."""
+        s, nodes = self.settings, self.state.nodes
+        deadlines = {}
+        for name, worker in self.workers.items():
+            node = nodes.get(name)
+            joined = node is not None and node.Joined
+            deadlines[name] = worker.last_seen + (
+                s.heartbeat_timeout if joined else s.worker_timeout
+            )
+        return deadlines
 
     def loops(self) -> list[Awaitable[None]]:
-        return [self._stats_loop(), *(self._follow(w) for w in self.workers.values())]
+        return [self._stats_loop(), self._followers()]
+
+    # --- membership -------------------------------------------------------------------
+
+    def add(self, name: str, client: WorkerClient) -> None:
+        """Follow a worker that joined, and ask it for its capacity at once."""
+        self.workers[name] = worker = _Worker(name, client, last_seen=self.clock.monotonic())
+        if self._following:
+            self._follows[name] = asyncio.ensure_future(self._follow(worker))
+            self.poke(name)
+
+    def replace(self, name: str, client: WorkerClient) -> None:
+        """The worker is reached at a new address: follow it there from its whole list."""
+        worker = self.workers[name]
+        worker.client, worker.capacity = client, None
+        self.lost(name)
+        self.poke(name)
+
+    def remove(self, name: str) -> None:
+        self.workers.pop(name, None)
+        follow = self._follows.pop(name, None)
+        if follow is not None:
+            follow.cancel()
+
+    def poke(self, name: str) -> None:
+        """Poll the worker now (one poll in flight per worker)."""
+        if name in self.workers and name not in self._poking:
+            self._poking.add(name)
+
+            async def poll() -> None:
+                try:
+                    await self.poll(name)
+                finally:
+                    self._poking.discard(name)
+
+            self.jobs.spawn(poll())
+
+    def heard(self, name: str) -> None:
+        """A heartbeat (or anything else) came from the worker."""
+        worker = self.workers.get(name)
+        if worker is not None:
+            self._heard(worker)
+
+    async def _followers(self) -> None:
+        """Follow every worker, those that join later too, until cancelled."""
+        self._following = True
+        try:
+            for worker in self.workers.values():
+                self._follows[worker.name] = asyncio.ensure_future(self._follow(worker))
+            await asyncio.get_running_loop().create_future()  # until cancelled
+        finally:
+            self._following = False
+            follows, self._follows = list(self._follows.values()), {}
+            for follow in follows:
+                follow.cancel()
+            await asyncio.gather(*follows, return_exceptions=True)
 
     # --- the watch stream -------------------------------------------------------------
 
     async def _follow(self, worker: _Worker) -> None:
-        while True:
+        while worker.name in self.workers:
             if worker.name not in self.state.ready:
                 worker.epoch = None  # when it is back, start again from the whole list
                 await self.clock.sleep(self.settings.poll_interval)
@@ -113,7 +181,9 @@ class Tracker:
         """The worker was declared lost: drop its stream now, even one that still
         hangs on a cut link, so that when it is back its whole list is read at once
         (and the copies moved away meanwhile are stopped), not where it left off."""
-        worker = self.workers[name]
+        worker = self.workers.get(name)
+        if worker is None:
+            return
         worker.epoch = None
         if worker.session is not None and not worker.session.done():
             worker.session.cancel()
@@ -171,7 +241,6 @@ class Tracker:
         would exceed ``max_stats_rate`` polls a second; spreading the polls keeps a
         thousand requests from landing in the same instant.
         """
-        workers = list(self.workers.values())
         in_flight: set[str] = set()
 
         async def poll(worker: _Worker) -> None:
@@ -181,6 +250,7 @@ class Tracker:
                 in_flight.discard(worker.name)
 
         while True:
+            workers = list(self.workers.values())  # those that joined meanwhile too
             period = max(self.settings.stats_interval, len(workers) / self.settings.max_stats_rate)
             step = period / max(len(workers), 1)
             started = self.clock.monotonic()
@@ -197,7 +267,9 @@ class Tracker:
     async def poll(self, name: str) -> None:
         """Ask a worker directly for its capacity (first time, or after it was away),
         engine status and stats."""
-        worker = self.workers[name]
+        worker = self.workers.get(name)
+        if worker is None:
+            return
         try:
             if worker.capacity is None or name not in self.state.ready:
                 worker.capacity = await worker.client.health()
@@ -215,7 +287,9 @@ class Tracker:
         worker.last_seen = self.clock.monotonic()
 
     def _took_stats(self, worker: _Worker, stats: dict[str, Any]) -> None:
-        node = self.state.nodes[worker.name]
+        node = self.state.nodes.get(worker.name)
+        if node is None or self.workers.get(worker.name) is not worker:
+            return  # removed meanwhile
         node.apply_stats(stats)
         capacity = worker.capacity or {}
         for attr in ("Cores", "Memory", "Disk"):

@@ -24,6 +24,7 @@ from cube.errors import (
 from cube.runtime.base import RuntimeUnavailable
 from cube.stats import StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
+from cube.worker.join import Joiner, wait_and_run
 from cube.worker.worker import BadEvent, Capacity, UnknownTask, Worker
 
 # The longest a GET /tasks?since=... may wait for a change.
@@ -40,7 +41,13 @@ def tasks_json(tasks: Iterable[Task]) -> bytes:
     return b"[" + b",".join(task.model_dump_json().encode() for task in tasks) + b"]"
 
 
-def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None = None) -> FastAPI:
+def create_app(
+    worker: Worker,
+    sampler: StatsSampler,
+    capacity: Capacity | None = None,
+    joiner: Joiner | None = None,
+) -> FastAPI:
+    """``joiner``: the worker joined a manager (``--join``) and heartbeats to it."""
     capacity = capacity or Capacity()
 
     @asynccontextmanager
@@ -49,13 +56,16 @@ def create_app(worker: Worker, sampler: StatsSampler, capacity: Capacity | None 
         # Called from the signal handler when a stop is asked for: end the watches.
         app.state.on_exit = [lambda: loop.call_soon_threadsafe(end_watches)]
         await worker.start()
-        sampling = asyncio.create_task(sampler.run())
+        loops = [asyncio.create_task(sampler.run())]
+        if joiner is not None:
+            loops.append(asyncio.create_task(wait_and_run(joiner)))
         try:
             yield
         finally:
-            sampling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampling
+            for running in loops:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
             await worker.close()
 
     app = FastAPI(title=f"Cube worker {worker.name}", lifespan=lifespan)

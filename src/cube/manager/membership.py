@@ -1,0 +1,317 @@
+"""The manager's nodes: workers join, heartbeat, are drained, made eligible, removed.
+
+A node is identified by its worker's name, not its address: a worker that joins again
+under the same name from a new address is the same node, with its eligibility and
+drain kept. Every node is stored (:meth:`Backend.save_node`), so a manager restarted
+while a worker was away still knows it, and declares it lost when it stays silent.
+
+Joining is Swarm's and k3s's: the worker presents a shared join token
+(``cube manager --join-token``), compared in constant time; a worker without the right
+one is refused and never listed. A joined worker then heartbeats every
+``heartbeat_interval`` seconds (the manager tells it the interval when it joins, as a
+Nomad server gives its clients their heartbeat TTL); silent past the interval plus
+``heartbeat_grace`` it is down and its tasks move (the reconciler's lost-node rule).
+Heartbeats are one signal among several: the task stream and the stats a worker sends
+show it alive too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cube import task as task_module  # its now() is the simulator's in a simulation
+from cube.clock import Clock
+from cube.job import JobRecord
+from cube.manager.backend import Backend
+from cube.manager.dispatch import Dispatcher
+from cube.manager.drain import Budget, Draining, plan_drains
+from cube.manager.reconciler import Move
+from cube.manager.state import State as ClusterState
+from cube.manager.tracking import Tracker
+from cube.node import Node, worker_addresses
+from cube.task import State, Task
+from cube.worker.client import WorkerClient
+
+log = logging.getLogger(__name__)
+
+# A -w worker's node is named host:port, so a joined one may be too.
+NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]{0,251}[A-Za-z0-9])?$")
+
+
+class UnknownNode(LookupError):
+    """No such node (the API answers 404)."""
+
+
+class JoinRefused(PermissionError):
+    """Wrong or missing join token (401), or joining is off (403: ``off``)."""
+
+    def __init__(self, message: str, *, off: bool = False) -> None:
+        super().__init__(message)
+        self.off = off
+
+
+class NodeBusy(RuntimeError):
+    """The node cannot be removed while it answers (409)."""
+
+
+class Registration(BaseModel):
+    """What a worker says about itself when it joins (``POST /nodes/register``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    Name: str = Field(description="The worker's name: the node's identity.")
+    Api: str = Field(description="Where the manager reaches the worker: http(s)://host:port.")
+    Labels: dict[str, str] = Field(default_factory=dict)
+    Attributes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("Name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(
+                "Name must be 1 to 253 of letters, digits, '.', '_', ':' and '-', starting and "
+                f"ending with a letter or digit, got {value!r}"
+            )
+        return value
+
+    @field_validator("Api")
+    @classmethod
+    def _api(cls, value: str) -> str:
+        if len(worker_addresses(value)) != 1:  # ValueError naming what is wrong with it
+            raise ValueError("Api must be one address")
+        return value if "://" in value else f"http://{value}"
+
+
+class Joined(BaseModel):
+    """The answer to a join or a heartbeat: how often to send the next."""
+
+    Name: str
+    Status: str
+    HeartbeatInterval: float
+
+
+@dataclass
+class HeartbeatSettings:
+    interval: float = 1.0
+    grace: float = 2.0
+
+
+class Membership:
+    def __init__(
+        self,
+        state: ClusterState,
+        tracker: Tracker,
+        dispatch: Dispatcher,
+        clients: dict[str, WorkerClient],
+        backend: Backend,
+        clock: Clock,
+        connect: Callable[[str], WorkerClient],
+        heartbeat: HeartbeatSettings,
+        join_token: str | None = None,
+    ) -> None:
+        self.state = state
+        self.tracker = tracker
+        self.dispatch = dispatch
+        self.clients = clients
+        self.backend = backend
+        self.clock = clock
+        self.connect = connect
+        self.heartbeat = heartbeat
+        self._token = join_token.encode() if join_token else None
+        # Drain deadlines in the manager's monotonic seconds (stored as wall times).
+        self._deadlines: dict[str, float] = {}
+        self.next_due: float | None = None
+        for node in state.nodes.values():
+            if node.Draining and node.DrainDeadline:
+                self._deadlines[node.Name] = self._monotonic(node.DrainDeadline)
+
+    # --- joining ----------------------------------------------------------------------
+
+    def check_token(self, presented: str | None) -> None:
+        if self._token is None:
+            raise JoinRefused(
+                "this manager takes no joins: start it with --join-token "
+                "(or put a token in its data directory's join-token file)",
+                off=True,
+            )
+        if not presented or not hmac.compare_digest(presented.encode(), self._token):
+            raise JoinRefused("wrong join token")
+
+    async def join(self, reg: Registration) -> Joined:
+        """Add the worker as a node, or take the new address of one already known."""
+        node = self.state.nodes.get(reg.Name)
+        fresh = Node.for_worker(reg.Api)
+        if node is None:
+            node = Node(Name=reg.Name, Ip=fresh.Ip, Api=fresh.Api, Joined=True)
+            node.Labels, node.Attributes = dict(reg.Labels), dict(reg.Attributes)
+            self.state.add_node(node)
+            self.clients[node.Name] = self.connect(node.Api)
+            self.tracker.add(node.Name, self.clients[node.Name])
+            log.info("worker %s joined from %s", node.Name, node.Api)
+        else:
+            moved = node.Api != fresh.Api
+            node.Ip, node.Api, node.Joined = fresh.Ip, fresh.Api, True
+            node.Labels, node.Attributes = dict(reg.Labels), dict(reg.Attributes)
+            if moved or node.Name not in self.clients:
+                old = self.clients.get(node.Name)
+                self.clients[node.Name] = self.connect(node.Api)
+                if node.Name in self.tracker.workers:
+                    self.tracker.replace(node.Name, self.clients[node.Name])
+                else:
+                    self.tracker.add(node.Name, self.clients[node.Name])
+                if old is not None:
+                    self.dispatch.jobs.spawn(old.aclose())
+                log.info("worker %s joined again, from %s", node.Name, node.Api)
+            self.tracker.heard(node.Name)
+        await self.backend.save_node(node.record())
+        return self._answer(node)
+
+    def beat(self, name: str) -> Joined:
+        node = self.state.nodes.get(name)
+        if node is None or name not in self.tracker.workers:
+            raise UnknownNode(name)
+        self.tracker.heard(name)
+        if name not in self.state.ready:
+            self.tracker.poke(name)  # back, or just listening: ask for its capacity now
+        return self._answer(node)
+
+    def _answer(self, node: Node) -> Joined:
+        return Joined(Name=node.Name, Status=node.Status, HeartbeatInterval=self.heartbeat.interval)
+
+    # --- drains and eligibility -------------------------------------------------------
+
+    def get(self, name: str) -> Node:
+        node = self.state.nodes.get(name)
+        if node is None:
+            raise UnknownNode(name)
+        return node
+
+    async def drain(self, name: str, deadline: float | None = None) -> Node:
+        """Start (or re-time) a drain; ``deadline`` in seconds from now."""
+        node = self.get(name)
+        node.Eligible, node.Draining = False, True
+        node.DrainDeadline = ""
+        self._deadlines.pop(name, None)
+        if deadline is not None:
+            self._deadlines[name] = self.clock.monotonic() + deadline
+            node.DrainDeadline = _rfc3339(task_module.now() + timedelta(seconds=deadline))
+        await self.backend.save_node(node.record())
+        log.info("node %s: draining%s", name, f" (deadline {deadline:g}s)" if deadline else "")
+        self.state.changed.set()
+        return node
+
+    async def set_eligible(self, name: str, eligible: bool) -> Node:
+        """Eligible again (which ends a drain), or not (``cube node ineligible``:
+        its tasks stay, new ones go elsewhere)."""
+        node = self.get(name)
+        node.Eligible = eligible
+        if eligible:
+            node.Draining, node.DrainDeadline = False, ""
+            self._deadlines.pop(name, None)
+        await self.backend.save_node(node.record())
+        log.info("node %s: %s", name, "eligible" if eligible else "ineligible")
+        if eligible:
+            self.state.room()  # tasks waiting for room may fit there now
+        self.state.changed.set()
+        return node
+
+    async def remove(self, name: str) -> None:
+        node = self.get(name)
+        if node.is_ready:
+            raise NodeBusy(f"node {name} is ready: drain it and stop its worker before removing it")
+        self.state.remove_node(name)
+        self.tracker.remove(name)
+        self._deadlines.pop(name, None)
+        client = self.clients.pop(name, None)
+        if client is not None:
+            self.dispatch.jobs.spawn(client.aclose())
+        await self.backend.delete_node(name)
+        log.info("node %s removed", name)
+
+    async def drain_pass(
+        self,
+        jobs: dict[str, JobRecord],
+        healthy: Callable[[Task, float], float | None],
+    ) -> list[Move]:
+        """The moves due now for every drain in progress; finished drains are noted.
+
+        ``healthy(task, min_healthy_time)``: None when the task counts healthy, else
+        when it may (monotonic seconds; +inf: not by waiting).
+        """
+        self.next_due = None
+        names = [n.Name for n in self.state.nodes.values() if n.Draining]
+        if not names:
+            return []
+        now = self.clock.monotonic()
+        draining = []
+        involved: set[str] = set()
+        for name in names:
+            tasks, others = self._on(name)
+            involved.update(t.Job for t in tasks if t.Job)
+            draining.append(Draining(name, tasks, self._deadlines.get(name), others))
+        budgets = {}
+        for job_name in involved:
+            record = jobs.get(job_name)
+            if record is None:
+                continue
+            update = record.Job.Update
+            unhealthy = 0
+            for task_id in self.state.by_job.get(job_name, ()):
+                task = self.state.tasks[task_id]
+                if task.DesiredState is not State.RUNNING or task.State is State.COMPLETED:
+                    continue
+                due = healthy(task, update.MinHealthyTime)
+                if due is not None:
+                    unhealthy += 1
+                    self._due(due)
+            budgets[job_name] = Budget(update.MaxParallel, unhealthy)
+        for drain in draining:
+            if drain.deadline is not None and drain.deadline > now:
+                self._due(drain.deadline)
+        plan = plan_drains(draining, budgets, now)
+        for name in plan.done:
+            await self._finish(name)
+        return plan.moves
+
+    def _on(self, name: str) -> tuple[list[Task], int]:
+        """The node's tasks to move (placed or running there, to run), and how many
+        others hold room there (Failed ones to be restarted)."""
+        tasks, others = [], 0
+        for task_id in self.state.held_on(name):
+            task = self.state.tasks[task_id]
+            if task.DesiredState is not State.RUNNING:
+                continue  # being stopped
+            if task.State in (State.SCHEDULED, State.RUNNING):
+                tasks.append(task)
+            else:
+                others += 1
+        return sorted(tasks, key=lambda t: (t.Job, str(t.ID))), others
+
+    async def _finish(self, name: str) -> None:
+        node = self.state.nodes[name]
+        node.Draining, node.DrainDeadline = False, ""
+        self._deadlines.pop(name, None)
+        await self.backend.save_node(node.record())
+        log.info("node %s: drain complete; it takes no new work until made eligible", name)
+
+    def _due(self, at: float) -> None:
+        if at != float("inf") and (self.next_due is None or at < self.next_due):
+            self.next_due = at
+
+    def _monotonic(self, wall: str) -> float:
+        try:
+            when = datetime.fromisoformat(wall.replace("Z", "+00:00"))
+        except ValueError:
+            return self.clock.monotonic()
+        return self.clock.monotonic() + (when - task_module.now()).total_seconds()
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,124 @@
+"""The nodes API: workers join and heartbeat; operators drain, cordon and remove nodes.
+
+Routes (see docs/api.md): ``POST /nodes/register`` and ``POST /nodes/{name}/heartbeat``
+(workers, with the join token as ``Authorization: Bearer``), ``GET /nodes/{name}``,
+``POST /nodes/{name}/drain``, ``POST /nodes/{name}/eligibility``, ``DELETE
+/nodes/{name}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from cube.errors import ApiError
+from cube.manager.jobs_api import ErrorBody, Responses
+from cube.manager.membership import (
+    Joined,
+    JoinRefused,
+    Membership,
+    NodeBusy,
+    Registration,
+    UnknownNode,
+)
+from cube.node import Node
+
+
+class _Drain(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    Deadline: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 86_400,
+        allow_inf_nan=False,
+        description="Seconds from now after which whatever is left moves at once.",
+    )
+
+
+class _Eligibility(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    Eligible: bool
+
+
+_400: Responses = {400: {"model": ErrorBody, "description": "Malformed request; Message says why"}}
+_404: Responses = {404: {"model": ErrorBody, "description": "No such node"}}
+_JOIN: Responses = {
+    401: {"model": ErrorBody, "description": "Missing or wrong join token"},
+    403: {"model": ErrorBody, "description": "The manager takes no joins (no join token set)"},
+}
+_409: Responses = {409: {"model": ErrorBody, "description": "The node is ready: not removed"}}
+
+Authorization = Annotated[str | None, Header(description="Bearer JOIN_TOKEN")]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def router(members: Membership) -> APIRouter:
+    api = APIRouter()
+
+    def admit(authorization: str | None) -> None:
+        try:
+            members.check_token(_bearer(authorization))
+        except JoinRefused as exc:
+            raise ApiError(403 if exc.off else 401, str(exc)) from None
+
+    def node(name: str) -> Node:
+        try:
+            return members.get(name)
+        except UnknownNode:
+            raise ApiError(404, f"node {name} not found") from None
+
+    @api.post(
+        "/nodes/register", status_code=201, response_model=Joined, responses={**_400, **_JOIN}
+    )
+    async def register(body: Registration, authorization: Authorization = None) -> Joined:
+        """A worker joins (or joins again, perhaps from a new address: the same node)."""
+        admit(authorization)
+        return await members.join(body)
+
+    @api.post("/nodes/{name}/heartbeat", response_model=Joined, responses={**_404, **_JOIN})
+    async def heartbeat(name: str, authorization: Authorization = None) -> Joined:
+        """A joined worker is alive. 404: unknown here (removed): join again."""
+        admit(authorization)
+        try:
+            return members.beat(name)
+        except UnknownNode:
+            raise ApiError(404, f"node {name} not found: join again") from None
+
+    @api.get("/nodes/{name}", response_model=Node, responses=_404)
+    async def get_node(name: str) -> dict[str, Any]:
+        return node(name).to_wire()
+
+    @api.post("/nodes/{name}/drain", response_model=Node, responses={**_400, **_404})
+    async def drain(name: str, body: _Drain | None = None) -> dict[str, Any]:
+        """Move the node's tasks elsewhere (a job's no faster than its MaxParallel);
+        it then takes no new work until made eligible."""
+        node(name)
+        deadline = body.Deadline if body is not None else None
+        return (await members.drain(name, deadline)).to_wire()
+
+    @api.post("/nodes/{name}/eligibility", response_model=Node, responses={**_400, **_404})
+    async def eligibility(name: str, body: _Eligibility) -> dict[str, Any]:
+        """Eligible: takes new work (and any drain ends). Not: its tasks stay, new ones
+        go elsewhere."""
+        node(name)
+        return (await members.set_eligible(name, body.Eligible)).to_wire()
+
+    @api.delete("/nodes/{name}", status_code=204, responses={**_404, **_409})
+    async def remove(name: str) -> Response:
+        """Forget a node that is gone for good (not one that answers)."""
+        node(name)
+        try:
+            await members.remove(name)
+        except NodeBusy as exc:
+            raise ApiError(409, str(exc)) from None
+        return Response(status_code=204)
+
+    return api

@@ -1,0 +1,126 @@
+"""A worker joining its manager (``cube worker --join``), then heartbeating.
+
+The worker registers itself — name, the address the manager reaches it at, labels and
+built-in attributes — with the join token as ``Authorization: Bearer``, and then sends
+a heartbeat every interval the manager named in its answer (as a Nomad client takes
+its heartbeat TTL from the servers). A manager that forgot the node (``cube node rm``,
+or a fresh manager without a store) answers a heartbeat with 404: the worker joins
+again. A refused token is final: nothing a retry can mend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+
+from cube.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+class JoinRefused(Exception):
+    """The manager refused the join token (or takes no joins)."""
+
+
+class Joiner:
+    def __init__(
+        self,
+        manager: str,
+        token: str,
+        registration: dict[str, Any],
+        *,
+        clock: Clock | None = None,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base = (manager if "://" in manager else f"http://{manager}").rstrip("/")
+        self.registration = registration
+        self.clock = clock or SystemClock()
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._transport = transport
+        self.interval = 1.0
+        self.joined = False
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base,
+            headers=self._headers,
+            timeout=self.timeout,
+            transport=self._transport,
+        )
+
+    async def register(self, client: httpx.AsyncClient | None = None) -> bool:
+        """Join once: True when joined, False when the manager is unreachable or
+        failing; JoinRefused when it refuses the token."""
+        if client is None:
+            async with self._client() as own:
+                return await self.register(own)
+        try:
+            answer = await client.post("/nodes/register", json=self.registration)
+        except httpx.HTTPError as exc:
+            log.warning("joining %s: %s", self.base, exc or type(exc).__name__)
+            return False
+        if answer.status_code in (401, 403):
+            raise JoinRefused(f"the manager at {self.base} refused to join: {_message(answer)}")
+        if answer.status_code != 201:
+            log.warning("joining %s: HTTP %d: %s", self.base, answer.status_code, _message(answer))
+            return False
+        self._took(answer)
+        if not self.joined:
+            log.info("joined the manager at %s as %s", self.base, self.registration["Name"])
+        self.joined = True
+        return True
+
+    async def run(self) -> None:
+        """Heartbeat until cancelled, joining (again) whenever needed."""
+        name = self.registration["Name"]
+        async with self._client() as client:
+            while True:
+                if not self.joined:
+                    with contextlib.suppress(JoinRefused):
+                        await self.register(client)
+                else:
+                    await self._beat(client, name)
+                await self.clock.sleep(self.interval)
+
+    async def _beat(self, client: httpx.AsyncClient, name: str) -> None:
+        try:
+            answer = await client.post(f"/nodes/{name}/heartbeat")
+        except httpx.HTTPError as exc:
+            log.debug("heartbeat to %s: %s", self.base, exc or type(exc).__name__)
+            return
+        if answer.status_code == 404:
+            log.info("the manager at %s does not know this worker: joining again", self.base)
+            self.joined = False
+            await self.register(client)
+        elif answer.status_code == 200:
+            self._took(answer)
+        else:
+            log.warning("heartbeat to %s: HTTP %d", self.base, answer.status_code)
+
+    def _took(self, answer: httpx.Response) -> None:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            interval = float(answer.json()["HeartbeatInterval"])
+            if 0.05 <= interval <= 3600:
+                self.interval = interval
+
+
+def _message(answer: httpx.Response) -> str:
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return str(answer.json()["Message"])
+    return answer.text[:200]
+
+
+async def wait_and_run(joiner: Joiner) -> None:
+    """For the worker's lifespan: heartbeats in the background, never raising."""
+    try:
+        await joiner.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("heartbeats to %s stopped", joiner.base)
