@@ -37,7 +37,17 @@ StartManager = Callable[..., ManagerProcess]
 
 RUNNING, COMPLETED = 2, 3
 STATUS_HEADERS = ["ID", "NAME", "CREATED", "STATE", "CONTAINERNAME", "IMAGE", "RESTARTS", "NODE"]
-NODE_HEADERS = ["NAME", "MEMORY (MiB)", "DISK (GiB)", "ROLE", "TASKS", "CPU %", "STATUS"]
+NODE_HEADERS = [
+    "NAME",
+    "MEMORY (MiB)",
+    "DISK (GiB)",
+    "ROLE",
+    "TASKS",
+    "CPU %",
+    "STATUS",
+    "ELIGIBILITY",
+    "LABELS",
+]
 
 
 def cube(

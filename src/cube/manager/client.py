@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -219,6 +219,28 @@ class ManagerClient:
     def nodes(self) -> list[Node]:
         data = self._call("GET", "/nodes")
         return [self._parse(Node.from_wire, n) for n in _list(data, self.url)]
+
+    def node(self, name: str) -> Node:
+        node: Node = self._parse(Node.from_wire, self._call("GET", f"/nodes/{_path(name)}"))
+        return node
+
+    def drain(self, name: str, deadline: float | None = None) -> Node:
+        body = {} if deadline is None else {"Deadline": deadline}
+        data = self._call("POST", f"/nodes/{_path(name)}/drain", body)
+        node: Node = self._parse(Node.from_wire, data)
+        return node
+
+    def set_eligible(self, name: str, eligible: bool) -> Node:
+        data = self._call("POST", f"/nodes/{_path(name)}/eligibility", {"Eligible": eligible})
+        node: Node = self._parse(Node.from_wire, data)
+        return node
+
+    def remove_node(self, name: str) -> None:
+        self._call("DELETE", f"/nodes/{_path(name)}")
+
+
+def _path(segment: str) -> str:
+    return quote(segment, safe=":")
 
 
 def _message(response: httpx.Response) -> str:
