@@ -49,7 +49,13 @@ if ! docker_ok; then
     fi
     if ! docker_ok; then
         log "starting dockerd in the background (log: /var/log/cube-dockerd.log)"
-        as_root sh -c 'nohup dockerd >/var/log/cube-dockerd.log 2>&1 &'
+        # A pid file left by a dockerd that died stops the next one from starting.
+        if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+            as_root rm -f /var/run/docker.pid
+        fi
+        # In its own session: killing whatever ran setup (its process group) must not
+        # take the engine with it.
+        as_root setsid sh -c 'nohup dockerd >>/var/log/cube-dockerd.log 2>&1 &' </dev/null
         for _ in $(seq 1 120); do
             docker_ok && break
             sleep 0.5

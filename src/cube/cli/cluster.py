@@ -17,6 +17,7 @@ import ctypes
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -103,13 +104,15 @@ class Cluster:
         data = str(self.data_dir)
         logs = self.data_dir / LOG_DIR
         common = ["-H", self.host, "--data-dir", data, "--log-level", self.log_level]
+        # Workers join the manager (its join token: the data directory's join-token
+        # file, given to the workers in their environment, not on their command line).
+        join = ["--join", f"{self.dial_host}:{self.port}"]
         workers = []
         for i in range(self.workers):
             name, port = f"{self.name}-{i + 1}", self.worker_port + i
-            args = ["worker", "-n", name, "-p", str(port), "-d", "persistent", *common]
+            args = ["worker", "-n", name, "-p", str(port), "-d", "persistent", *join, *common]
             workers.append(Member("worker", name, port, args, str(logs / f"{name}.log")))
-        addresses = ",".join(f"{self.dial_host}:{w.port}" for w in workers)
-        manager_args = ["manager", "-p", str(self.port), "-w", addresses, "-s", self.scheduler]
+        manager_args = ["manager", "-p", str(self.port), "-s", self.scheduler]
         manager_args += ["-d", "persistent", *common]
         manager = Member("manager", "manager", self.port, manager_args, str(logs / "manager.log"))
         return [manager, *workers]
@@ -155,11 +158,13 @@ class Cluster:
         dies without cleaning up (even SIGKILL), so nothing is left behind.
         """
         (self.data_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "CUBE_JOIN_TOKEN": join_token(self.data_dir)}
         started: list[subprocess.Popen[bytes]] = []
-        for member in [*self.worker_members, self.manager]:
+        for member in [self.manager, *self.worker_members]:  # the manager first: they join it
             with open(member.log, "ab") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "cube", *member.args],
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -203,6 +208,22 @@ class Cluster:
 
 
 # --- stopping ------------------------------------------------------------------------
+
+
+def join_token(data_dir: Path) -> str:
+    """The cluster's join token: its data directory's join-token file, made (readable
+    by its owner only) the first time, as k3s keeps its node token."""
+    path = data_dir / "join-token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+    return token
 
 
 def stop_members(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -201,24 +201,30 @@ def _join(manager: str, token: str | None, advertise: str, name: str) -> Joiner:
     unreachable manager is tried again in the background)."""
     import asyncio
 
-    from cube.cli.errors import CliError
     from cube.node import worker_addresses
     from cube.worker.join import Joiner, JoinRefused
 
     if not token:
-        raise CliError("--join needs --join-token (or CUBE_JOIN_TOKEN)")
+        _fail("--join needs --join-token (or CUBE_JOIN_TOKEN)")
     try:
         worker_addresses(manager)
         worker_addresses(advertise)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        _fail(str(exc))
     registration = {"Name": name, "Api": advertise}
     joiner = Joiner(manager, token, registration)
     try:
         asyncio.run(joiner.register())
     except JoinRefused as exc:
-        raise CliError(str(exc)) from None
+        _fail(str(exc))
     return joiner
+
+
+def _fail(message: str) -> NoReturn:
+    """One line and exit 1, as cube.cli.errors does (not imported: it loads the client
+    side, which a worker does not need)."""
+    typer.echo(f"cube: {message}", err=True)
+    raise typer.Exit(1)
 
 
 def _advertise(manager: str, host: str, port: int) -> str:

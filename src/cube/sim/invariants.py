@@ -32,6 +32,7 @@ class UserView:
     stopped: set[uuid.UUID] = field(default_factory=set)  # the stop was acknowledged
     exited_zero: set[uuid.UUID] = field(default_factory=set)  # a container of it exited 0
     health_checked: set[uuid.UUID] = field(default_factory=set)
+    drained: set[str] = field(default_factory=set)  # drains acknowledged, not undone since
 
 
 def _short(task_id: uuid.UUID) -> str:
@@ -136,7 +137,7 @@ def _fits_somewhere(m: Manager, task: Task) -> bool:
         free = node.Memory - node.MemoryAllocated
         if task.State is State.FAILED and task.Node == name:
             free += need
-        if node.Docker and free >= need:
+        if node.Docker and node.Eligible and free >= need:
             return True
     return False
 
@@ -191,9 +192,31 @@ def jobs_converge(m: Manager, _: UserView, __: World) -> str | None:
     return None
 
 
+def placed_where_eligible(m: Manager, _: UserView, world: World) -> str | None:
+    """No task is ever placed on a node that takes no new work (drained, ineligible)."""
+    return world.scheduler.misplaced[0] if world.scheduler.misplaced else None
+
+
+def drains_finish(m: Manager, user: UserView, _: World) -> str | None:
+    """Once quiet, every drain is over, and a drained node runs nothing to keep running."""
+    for node in m.state.nodes.values():
+        if node.Draining:
+            return f"drain: {node.Name} still draining"
+    for task in m.state.tasks.values():
+        to_run = task.DesiredState is State.RUNNING and task.State in _HOLDING
+        if to_run and task.Node in user.drained:
+            return f"drain: {_short(task.ID)} still {task.State.label} on {task.Node}"
+    return None
+
+
 Check = Callable[[Manager, UserView, World], str | None]
-ALWAYS: list[Check] = [acknowledged_kept, completed_only_if_done, reservations_add_up]
-WHEN_QUIET: list[Check] = [exactly_once, views_agree, jobs_converge]
+ALWAYS: list[Check] = [
+    acknowledged_kept,
+    completed_only_if_done,
+    reservations_add_up,
+    placed_where_eligible,
+]
+WHEN_QUIET: list[Check] = [exactly_once, views_agree, jobs_converge, drains_finish]
 
 
 def check(

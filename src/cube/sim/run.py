@@ -89,7 +89,8 @@ class Run:
         elif kind == "exit":
             self.exit(self.worker(a["worker"]), a["pick"], a["code"])
         elif kind == "partition":
-            links = [self.worker(i).link for i in a["workers"]]
+            cut = [self.worker(i) for i in a["workers"]]
+            links = [w.link for w in cut] + [w.uplink for w in cut if w.uplink is not None]
             for link in links:
                 link.cut(a["mode"])
             self.later(a["for"], lambda: _heal(links))
@@ -121,6 +122,8 @@ class Run:
             self.health(a["pick"], a["mode"], a["for"])
         elif kind in ("job", "job_scale", "job_stop", "job_revert"):
             await self.job(kind, a)
+        elif kind in ("drain", "eligible", "ineligible"):
+            await self.node(kind, self.worker(a["worker"]).name, a.get("deadline"))
         elif kind == "tick":
             pass  # a moment that only marks time (a soak's end)
         else:
@@ -199,6 +202,24 @@ class Run:
             return
         self.log(f"  job {record.Job.Name} v{record.Job.Version} x{record.Job.Count}")
 
+    async def node(self, kind: str, name: str, deadline: float | None) -> None:
+        manager = self.world.manager
+        if kind != "drain":
+            self.user.drained.discard(name)  # whether or not it is acknowledged
+        if manager is None:
+            self.log("  not acknowledged: the manager is down")
+            return
+        try:
+            if kind == "drain":
+                await manager.members.drain(name, deadline)
+                self.user.drained.add(name)
+            else:
+                await manager.members.set_eligible(name, kind == "eligible")
+        except (Exception, asyncio.CancelledError) as exc:
+            self.log(f"  not acknowledged: {type(exc).__name__}")
+            return
+        self.log(f"  {kind} {name}")
+
     def exit(self, w: SimWorker, pick: int, code: int) -> None:
         running = sorted(
             (info for info in w.runtime.containers if info.running), key=lambda i: i.name
@@ -256,6 +277,8 @@ class Run:
         for w in self.world.workers:
             w.link.loss = w.link.delay = w.link.duplicate = 0.0
             w.link.heal()
+            if w.uplink is not None:
+                w.uplink.heal()
             w.runtime.set_available(True)
             await self.world.start_worker(w)
         if self.world.health is not None:
@@ -311,7 +334,7 @@ def simulate(scenario: Scenario, root: Path) -> Outcome:
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        world = World.build(root, scenario.workers, link)
+        world = World.build(root, scenario.workers, link, scenario.joining)
         run = Run(scenario, world)
         box["run"] = run
         try:

@@ -31,6 +31,9 @@ KINDS: dict[str, int] = {
     "job_scale": 4,
     "job_stop": 2,
     "job_revert": 3,
+    "drain": 4,  # a node drained (perhaps with a deadline)
+    "eligible": 4,
+    "ineligible": 2,
 }
 JOBS = ["web", "api"]
 POLICIES = ["", "no", "on-failure", "always"]
@@ -53,14 +56,20 @@ class Scenario:
     seed: int
     workers: int
     steps: tuple[Step, ...]
+    joining: int = 0  # how many of the workers join (and heartbeat) rather than -w
 
     def without(self, drop: set[int]) -> Scenario:
         kept = tuple(s for i, s in enumerate(self.steps) if i not in drop)
-        return Scenario(self.seed, self.workers, kept)
+        return Scenario(self.seed, self.workers, kept, self.joining)
 
     def to_json(self) -> str:
         return json.dumps(
-            {"seed": self.seed, "workers": self.workers, "steps": [asdict(s) for s in self.steps]},
+            {
+                "seed": self.seed,
+                "workers": self.workers,
+                "joining": self.joining,
+                "steps": [asdict(s) for s in self.steps],
+            },
             indent=1,
         )
 
@@ -68,12 +77,13 @@ class Scenario:
     def from_json(cls, text: str) -> Scenario:
         data = json.loads(text)
         steps = tuple(Step(s["at"], s["kind"], s["args"]) for s in data["steps"])
-        return cls(int(data["seed"]), int(data["workers"]), steps)
+        return cls(int(data["seed"]), int(data["workers"]), steps, int(data.get("joining", 0)))
 
 
 def generate(seed: int) -> Scenario:
     rng = random.Random(seed)
     workers = rng.randint(2, 4)
+    joining = rng.randint(0, workers)
     kinds, weights = list(KINDS), list(KINDS.values())
     steps: list[Step] = [Step(0.5, "submit", _submit_args(rng))]
     at = 0.5
@@ -83,7 +93,7 @@ def generate(seed: int) -> Scenario:
             break
         kind = rng.choices(kinds, weights)[0]
         steps.append(Step(round(at, 3), kind, _args(kind, rng, workers)))
-    return Scenario(seed, workers, tuple(steps))
+    return Scenario(seed, workers, tuple(steps), joining)
 
 
 def _submit_args(rng: random.Random) -> dict[str, Any]:
@@ -140,6 +150,10 @@ def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
         return {"name": rng.choice(JOBS)}
     if kind == "job_revert":
         return {"name": rng.choice(JOBS), "version": rng.randint(1, 4)}
+    if kind == "drain":
+        return {"worker": worker, "deadline": rng.choice([None, round(rng.uniform(0.5, 20), 3)])}
+    if kind in ("eligible", "ineligible"):
+        return {"worker": worker}
     if kind == "health":
         return {
             "pick": rng.randrange(1 << 16),

@@ -16,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from cube.job import JobRecord
+from cube.manager.api import create_app as create_manager_app
 from cube.manager.backend import Change, SqliteBackend
 from cube.manager.manager import Manager, Settings
+from cube.node import Node, NodeRecord
 from cube.runtime.simulated import SimulatedRuntime
-from cube.scheduler import Epvm
+from cube.scheduler import Candidates, Epvm, Placement, Scheduler, TaskRequest
 from cube.sim.loop import LoopClock
 from cube.sim.net import Link
 from cube.stats import Stats, StatsSampler
@@ -34,12 +37,15 @@ from cube.task import Task, TaskEvent
 from cube.transport import InProcessTransport
 from cube.worker.api import create_app
 from cube.worker.client import WorkerClient
+from cube.worker.join import Joiner, wait_and_run
 from cube.worker.worker import LABEL_TASK, Capacity, Worker
 
 CORES = 2.0
 MEMORY = 1 << 30  # bytes a worker offers
 
+TOKEN = "sim-join-token"
 SETTINGS = Settings(
+    join_token=TOKEN,
     worker_timeout=10.0,
     stats_interval=2.0,
     watch_heartbeat=5.0,
@@ -85,6 +91,21 @@ class CrashingBackend(SqliteBackend):
         self.crash()
         raise asyncio.CancelledError
 
+    async def save_job(self, record: JobRecord) -> None:
+        if self.dead:
+            raise asyncio.CancelledError
+        await super().save_job(record)
+
+    async def save_node(self, record: NodeRecord) -> None:
+        if self.dead:
+            raise asyncio.CancelledError
+        await super().save_node(record)
+
+    async def delete_node(self, name: str) -> None:
+        if self.dead:
+            raise asyncio.CancelledError
+        await super().delete_node(name)
+
 
 @dataclass
 class SimWorker:
@@ -93,6 +114,11 @@ class SimWorker:
     link: Link
     db: Path
     worker: Worker | None = None
+    # A worker that joins (``cube worker --join``) rather than one given with ``-w``:
+    # it registers and heartbeats over ``uplink``, its path to the manager.
+    joins: bool = False
+    uplink: Link | None = None
+    heartbeats: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -117,16 +143,21 @@ class World:
     backend: CrashingBackend | None = None
     health: HealthEndpoints | None = None
     restart_after: float = 0.0  # how long an armed crash keeps the manager down
+    scheduler: Watched = field(default_factory=lambda: Watched(Epvm()))
     _restart: asyncio.Task[None] | None = None
 
     @classmethod
-    def build(cls, root: Path, count: int, links: Callable[[str], Link]) -> World:
+    def build(cls, root: Path, count: int, links: Callable[[str], Link], joining: int = 0) -> World:
+        """``joining``: how many of the ``count`` workers (the last ones) join."""
         clock = LoopClock()
         workers = []
         for index in range(count):
             name = f"w{index + 1}:5556"
             runtime = SimulatedRuntime(now=clock.now)
-            workers.append(SimWorker(name, runtime, links(name), root / f"worker-{index + 1}.db"))
+            w = SimWorker(name, runtime, links(name), root / f"worker-{index + 1}.db")
+            if index >= count - joining:
+                w.joins, w.uplink = True, links(f"{name}/up")
+            workers.append(w)
         world = cls(root, workers, clock)
         world.health = HealthEndpoints(world)
         return world
@@ -145,6 +176,14 @@ class World:
         await worker.start()
         w.worker = worker
         w.link.attach(InProcessTransport(app))
+        if w.joins:
+            self._join(w)
+
+    def _join(self, w: SimWorker) -> None:
+        assert w.uplink is not None
+        registration = {"Name": w.name, "Api": f"http://{w.name}"}
+        joiner = Joiner("http://manager", TOKEN, registration, clock=self.clock, transport=w.uplink)
+        w.heartbeats = asyncio.create_task(wait_and_run(joiner))
 
     async def crash_worker(self, w: SimWorker) -> None:
         """The process dies: its loops stop mid-step, its connections reset; the engine
@@ -153,6 +192,10 @@ class World:
         if worker is None:
             return
         w.link.attach(None)
+        if w.heartbeats is not None:
+            w.heartbeats.cancel()
+            await asyncio.gather(w.heartbeats, return_exceptions=True)
+            w.heartbeats = None
         loops, worker._background = worker._background, []
         for job in loops:
             job.cancel()
@@ -171,8 +214,8 @@ class World:
             return
         self.backend = CrashingBackend(self.root / "manager.db", self._crash_now)
         self.manager = Manager(
-            [w.name for w in self.workers],
-            Epvm(),
+            [w.name for w in self.workers if not w.joins],
+            self.scheduler,
             self.backend,
             SETTINGS,
             clock=self.clock,
@@ -180,12 +223,19 @@ class World:
             health_transport=self.health,
         )
         await self.manager.start()
+        api = InProcessTransport(create_manager_app(self.manager))  # its lifespan unused
+        for w in self.workers:
+            if w.uplink is not None:
+                w.uplink.attach(api)
 
     def _crash_now(self) -> None:
         """An armed crash went off: every coroutine of the manager ends where it stands
         and nothing more reaches its disk; :meth:`crash_manager` clears up after it."""
         if self.manager is not None:
             kill(self.manager)
+        for w in self.workers:
+            if w.uplink is not None:
+                w.uplink.attach(None)  # its API is gone with it
 
     @property
     def manager_dead(self) -> bool:
@@ -207,6 +257,9 @@ class World:
         manager, self.manager, self.backend = self.manager, None, None
         if manager is None:
             return
+        for w in self.workers:
+            if w.uplink is not None:
+                w.uplink.attach(None)
         kill(manager)
         if isinstance(manager.backend, CrashingBackend):
             manager.backend.dead = True
@@ -220,6 +273,34 @@ class World:
         for w in self.workers:
             await self.crash_worker(w)
             await w.runtime.close()
+
+
+class Watched:
+    """The scheduler, watched: a placement on a node that takes no new work is noted
+    (the ``placed_where_eligible`` invariant reads it)."""
+
+    def __init__(self, inner: Scheduler) -> None:
+        self.inner = inner
+        self.misplaced: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def select_candidates(self, task: TaskRequest, nodes: Sequence[Node]) -> Candidates:
+        return self.inner.select_candidates(task, nodes)
+
+    def score(self, task: TaskRequest, candidates: Sequence[Node]) -> dict[str, float]:
+        return self.inner.score(task, candidates)
+
+    def pick(self, scores: Mapping[str, float], candidates: Sequence[Node]) -> Node:
+        return self.inner.pick(scores, candidates)
+
+    def place(self, task: TaskRequest, nodes: Sequence[Node]) -> Placement:
+        choice = self.inner.place(task, nodes)
+        if choice.node is not None and not choice.node.Eligible:
+            self.misplaced.append(f"eligible: {str(task.ID)[:8]} placed on {choice.node.Name}")
+        return choice
 
 
 def kill(manager: Manager) -> None:
