@@ -3,8 +3,8 @@
 A job is PascalCase JSON (or YAML) like the book's task. ``Type`` is ``service`` (keep
 ``Count`` tasks running) or ``batch`` (run until ``Count`` tasks have Completed).
 ``Version`` is output: 1 for the first submission, one more for each submission that
-changes ``Task`` or ``Update`` (a new ``Count`` alone is no new version, as in Nomad,
-where scaling does not start a deployment).
+changes ``Task``, ``Update``, ``Constraints`` or ``DistinctHosts`` (a new ``Count`` alone
+is no new version, as in Nomad, where scaling does not start a deployment).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cube.constraints import Constraint
 from cube.task import MAX_SIZE, RestartPolicyName, Size, Task
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -37,6 +38,8 @@ class TaskTemplate(_Wire):
     PortBindings: dict[str, str] | None = None
     HealthCheck: str = ""
     RestartPolicy: RestartPolicyName = ""
+    Constraints: list[Constraint] | None = None
+    DistinctHosts: bool = False
 
     @model_validator(mode="after")
     def _as_a_task(self) -> TaskTemplate:
@@ -45,7 +48,7 @@ class TaskTemplate(_Wire):
         return self
 
     def task(self, **fields: Any) -> Task:
-        return Task(**self.model_dump(), **fields)
+        return Task(**{**self.model_dump(), **fields})
 
 
 class UpdatePolicy(_Wire):
@@ -64,6 +67,9 @@ class UpdatePolicy(_Wire):
         return self
 
 
+_Task = Task  # inside Job, "Task" names the template field
+
+
 class Job(_Wire):
     Name: str
     Type: Literal["service", "batch"] = "service"
@@ -72,6 +78,11 @@ class Job(_Wire):
     Update: UpdatePolicy = Field(default_factory=UpdatePolicy)
     Version: int = Field(default=0, ge=0, le=MAX_SIZE)  # output: set by the manager
     Stopped: bool = False  # output: DELETE /jobs/{name} stops every task
+    # Where every task of the job may run, as Nomad's job-level constraint block: added
+    # to the template's own, and DistinctHosts (one task of the job per node) if either
+    # asks for it.
+    Constraints: list[Constraint] | None = None
+    DistinctHosts: bool = False
 
     @field_validator("Name")
     @classmethod
@@ -84,8 +95,22 @@ class Job(_Wire):
         return value
 
     def spec(self) -> dict[str, Any]:
-        """What makes a version: the task template and the update policy."""
-        return {"Task": self.Task.model_dump(), "Update": self.Update.model_dump()}
+        """What makes a version: the task template, the update policy, the placement."""
+        return {
+            "Task": self.Task.model_dump(),
+            "Update": self.Update.model_dump(),
+            "Constraints": [c.model_dump() for c in self.Constraints or ()],
+            "DistinctHosts": self.DistinctHosts,
+        }
+
+    def make_task(self, **fields: Any) -> _Task:
+        """A task of this job: the template's fields, the job's constraints added."""
+        constraints = [*(self.Constraints or ()), *(self.Task.Constraints or ())]
+        return self.Task.task(
+            Constraints=constraints or None,
+            DistinctHosts=self.DistinctHosts or self.Task.DistinctHosts,
+            **fields,
+        )
 
 
 def admit(submitted: Job, current: Job | None) -> Job:

@@ -2,8 +2,10 @@
 
 The shape follows Nomad's feasibility checkers and rankers and the Kubernetes
 scheduler framework's Filter and Score plugins: a node first has to pass every
-feasibility check (ready; its Docker engine answers; free memory, disk and CPU cover
-the request; fixed host ports unused), then the scheduler scores the survivors and
+feasibility check (ready; eligible; its Docker engine answers; the task's placement
+constraints hold; no task of the same job there if it asks for distinct hosts; free
+memory, disk and CPU cover the request; fixed host ports unused: :mod:`cube.feasible`),
+then the scheduler scores the survivors and
 picks the lowest score.
 Everything here is pure arithmetic on :class:`~cube.node.Node` values the manager
 already holds, so a decision costs O(nodes) and no I/O; the manager keeps those
@@ -66,10 +68,13 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from cube.constraints import Constraint
+from cube.feasible import CONSTRAINTS_CHECK, DISTINCT_HOSTS_CHECK, ELIGIBLE_CHECK, Check
+from cube.feasible import nodes_phrase as _nodes
 from cube.node import READY, Node
 
 LIEB = 1.53960071783900203869
@@ -87,7 +92,11 @@ _CPU_SLACK = 1e-9
 
 
 class TaskRequest(Protocol):
-    """What the scheduler reads from a task; :class:`cube.task.Task` satisfies it."""
+    """What the scheduler reads from a task; :class:`cube.task.Task` satisfies it.
+
+    It also reads ``Job``, ``Constraints`` and ``DistinctHosts`` when a request has
+    them (with getattr: a request without them belongs to no job and may go anywhere).
+    """
 
     @property
     def ID(self) -> uuid.UUID: ...
@@ -114,6 +123,11 @@ class Demand:
     disk: int
     cpu: float
     ports: frozenset[int]
+    constraints: tuple[Constraint, ...] = ()
+    distinct_job: str = ""  # the job none of whose tasks may be on the node, if any
+    # The checks this demand can fail, in CHECKS order (constraints one by one): a
+    # decision runs these and nothing else. Set by _make.
+    checks: tuple[Check, ...] = field(default=(), compare=False)
 
     @classmethod
     def of(cls, task: TaskRequest) -> Demand:
@@ -121,30 +135,47 @@ class Demand:
             return cls._make(task)
         # Most tasks ask for one of a few sizes and no fixed port: a decision works a
         # request out three times (filter, reservation, and its release later), so
-        # those are kept rather than built each time. Demands are immutable.
-        key = (task.Memory, task.Disk, task.Cpu)
-        demand = _PLAIN.get(key)
+        # those are kept rather than built each time. Demands are immutable. Tasks
+        # with placement rules are keyed on them too (a job's tasks share its rules).
+        rules = getattr(task, "Constraints", None)
+        key: Hashable = (task.Memory, task.Disk, task.Cpu)
+        if rules or getattr(task, "DistinctHosts", False):
+            key = (key, tuple(rules or ()), _distinct_job(task))
+        demand = _KEPT.get(key)
         if demand is None:
-            if len(_PLAIN) >= _PLAIN_MAX:
-                _PLAIN.clear()
-            demand = _PLAIN[key] = cls._make(task)
+            if len(_KEPT) >= _KEPT_MAX:
+                _KEPT.clear()
+            demand = _KEPT[key] = cls._make(task)
         return demand
 
     @classmethod
     def _make(cls, task: TaskRequest) -> Demand:
         memory = max(task.Memory, 0)
-        return cls(
+        demand = cls(
             memory=memory,
             memory_kb=-(-memory // KIB),
             disk=max(task.Disk, 0),
             cpu=max(task.Cpu, 0.0),
             ports=fixed_host_ports(task),
+            constraints=tuple(getattr(task, "Constraints", None) or ()),
+            distinct_job=_distinct_job(task),
         )
+        plan: list[Check] = []
+        for check in CHECKS:
+            if check.applies(demand):
+                plan.extend(check.expand(demand) if check.expand else (check,))
+        object.__setattr__(demand, "checks", tuple(plan))  # frozen: set once, as it is made
+        return demand
 
 
-# Demands of tasks without fixed host ports, by (Memory, Disk, Cpu); see Demand.of.
-_PLAIN: dict[tuple[int, int, float], Demand] = {}
-_PLAIN_MAX = 1024
+def _distinct_job(task: TaskRequest) -> str:
+    return getattr(task, "Job", "") if getattr(task, "DistinctHosts", False) else ""
+
+
+# Demands of tasks without fixed host ports, by (Memory, Disk, Cpu) and any placement
+# rules; see Demand.of.
+_KEPT: dict[Hashable, Demand] = {}
+_KEPT_MAX = 1024
 
 
 def fixed_host_ports(task: TaskRequest) -> frozenset[int]:
@@ -153,26 +184,6 @@ def fixed_host_ports(task: TaskRequest) -> frozenset[int]:
 
 
 # --- feasibility ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One feasibility check, in the Kubernetes Filter-plugin sense.
-
-    ``keep`` filters a whole list in one comprehension rather than being called once
-    per node: at thousands of nodes per decision, a Python call per node per check
-    costs more than the checks themselves. ``applies`` lets a decision skip checks
-    the task cannot fail (it requests no memory, no ports...). ``explain`` words the
-    rejection of ``count`` nodes for the task's Pending reason.
-    """
-
-    name: str
-    applies: Callable[[Demand], bool]
-    keep: Callable[[Demand, list[Node]], list[Node]]
-    explain: Callable[[Demand, int], str]
-
-    def fits(self, demand: Demand, node: Node) -> bool:
-        return bool(self.keep(demand, [node]))
 
 
 def _keep_ready(d: Demand, nodes: list[Node]) -> list[Node]:
@@ -201,10 +212,6 @@ def _keep_cpu(d: Demand, nodes: list[Node]) -> list[Node]:
 def _keep_ports(d: Demand, nodes: list[Node]) -> list[Node]:
     ports = d.ports
     return [n for n in nodes if ports.isdisjoint(n.PortsAllocated)]
-
-
-def _nodes(count: int, singular: str, plural: str) -> str:
-    return f"1 node {singular}" if count == 1 else f"{count} nodes {plural}"
 
 
 def _ports(ports: frozenset[int]) -> str:
@@ -255,9 +262,13 @@ PORTS_CHECK = Check(
     explain=lambda d, c: _nodes(c, "has", "have") + f" host port {_ports(d.ports)} in use",
 )
 # Cheapest and most common rejections first; a node is counted against the first it fails.
+# What a node is (eligible, its labels) comes before what room it has left.
 CHECKS: tuple[Check, ...] = (
     READY_CHECK,
+    ELIGIBLE_CHECK,
     DOCKER_CHECK,
+    CONSTRAINTS_CHECK,
+    DISTINCT_HOSTS_CHECK,
     MEMORY_CHECK,
     DISK_CHECK,
     CPU_CHECK,
@@ -281,7 +292,7 @@ class Candidates:
             return "no feasible node: no worker nodes are known"
         parts = [
             check.explain(self.demand, self.rejected[check.name])
-            for check in CHECKS
+            for check in self.demand.checks
             if check.name in self.rejected
         ]
         return "no feasible node: " + ", ".join(parts)
@@ -322,14 +333,13 @@ def select_some(
 
 
 def _filter(demand: Demand, nodes: list[Node], rejected: dict[str, int]) -> list[Node]:
-    for check in CHECKS:
+    for check in demand.checks:
         if not nodes:
             break
-        if check.applies(demand):
-            kept = check.keep(demand, nodes)
-            if len(kept) < len(nodes):
-                rejected[check.name] = rejected.get(check.name, 0) + len(nodes) - len(kept)
-            nodes = kept
+        kept = check.keep(demand, nodes)
+        if len(kept) < len(nodes):
+            rejected[check.name] = rejected.get(check.name, 0) + len(nodes) - len(kept)
+        nodes = kept
     return nodes
 
 

@@ -24,6 +24,8 @@ from pydantic import (
     field_validator,
 )
 
+from cube.constraints import Constraint
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
@@ -214,6 +216,10 @@ class Task(_Wire):
     # Output, for a task made by a job (cube.job): which job, and which of its versions.
     Job: str = ""
     JobVersion: int = Field(default=0, ge=0, le=MAX_SIZE)
+    # Input, optional: where the manager may place it (cube.constraints), and whether
+    # it must not share a node with another task of its Job. Workers ignore both.
+    Constraints: list[Constraint] | None = None
+    DistinctHosts: bool = False
 
     @field_validator("DesiredState")
     @classmethod

@@ -75,6 +75,28 @@ async def test_an_array_is_accepted_together(api: httpx.AsyncClient) -> None:
         ("POST", "/tasks", {"State": 2, "Task": {"Image": "x", "Colour": 1}}, 400, "Colour"),
         ("POST", "/tasks", {"State": 4, "Task": {"Image": "x"}}, 400, "not Failed"),
         ("POST", "/tasks", [{"State": 2}], 400, "Task"),
+        (
+            "POST",
+            "/tasks",
+            {"State": 2, "Task": {"Image": "x", "Constraints": [{"Attribute": "zone"}]}},
+            400,
+            "missing field 'Task.Constraints.0.Operator'",
+        ),
+        (
+            "POST",
+            "/tasks",
+            book_event(Constraints=[{"Attribute": "zone", "Operator": "~", "Value": "a"}]),
+            400,
+            "Task.Constraints.0.Operator: must be one of '=', '!=', 'in', 'not in', 'exists'",
+        ),
+        (
+            "POST",
+            "/tasks",
+            book_event(Constraints=[{"Attribute": "zone", "Operator": "in"}]),
+            400,
+            "Task.Constraints.0: Value is required for Operator 'in'",
+        ),
+        ("POST", "/tasks", book_event(DistinctHosts="maybe"), 400, "Task.DistinctHosts"),
     ],
 )
 async def test_bad_requests_get_a_4xx_with_a_message(
@@ -121,6 +143,21 @@ async def test_the_jobs_routes(api: httpx.AsyncClient) -> None:
         ("post", "/jobs", {**JOB, "Task": {}}, 400, "Image"),
         ("post", "/jobs", {**JOB, "Bogus": 1}, 400, "Bogus"),
         ("post", "/jobs", {**JOB, "Update": {"Order": "random"}}, 400, "Order"),
+        (
+            "post",
+            "/jobs",
+            {**JOB, "Constraints": [{"Attribute": "zone", "Operator": "exists", "Value": "a"}]},
+            400,
+            "Constraints.0: Value must be left out for Operator 'exists'",
+        ),
+        (
+            "post",
+            "/jobs",
+            {**JOB, "Task": {"Image": "x", "Constraints": [{"Attribute": "", "Operator": "="}]}},
+            400,
+            "Task.Constraints.0.Attribute: required",
+        ),
+        ("post", "/jobs", {**JOB, "Constraints": {"zone": "a"}}, 400, "Constraints"),
         ("get", "/jobs/nope", None, 404, "job nope not found"),
         ("get", "/jobs/nope/versions", None, 404, "job nope not found"),
         ("post", "/jobs/nope/scale", {"Count": 1}, 404, "job nope not found"),
@@ -156,3 +193,37 @@ async def test_the_openapi_document_describes_the_jobs_routes(api: httpx.AsyncCl
     assert set(doc["paths"]["/jobs/{name}/scale"]["post"]["responses"]) == {"200", "400", "404"}
     assert "422" not in json.dumps(doc["paths"])
     assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+async def test_constraints_are_accepted_and_shown(api: httpx.AsyncClient) -> None:
+    zone = {"Attribute": "zone", "Operator": "in", "Value": ["a", "b"]}
+    created = await api.post("/tasks", json=book_event(Constraints=[zone], DistinctHosts=True))
+    assert created.status_code == 201
+    assert created.json()["Constraints"] == [zone] and created.json()["DistinctHosts"] is True
+    plain = (await api.post("/tasks", json=book_event())).json()  # the book's body, as it was
+    assert (plain["Constraints"], plain["DistinctHosts"]) == (None, False)
+    job = await api.post("/jobs", json={**JOB, "Constraints": [zone], "DistinctHosts": True})
+    assert job.status_code == 201
+    assert (job.json()["Constraints"], job.json()["DistinctHosts"]) == ([zone], True)
+    again = await api.post("/jobs", json={**JOB, "Constraints": [zone], "DistinctHosts": True})
+    assert again.json()["Version"] == 1
+    zone_c = {**zone, "Value": "c"}
+    moved = await api.post("/jobs", json={**JOB, "Constraints": [zone_c], "DistinctHosts": True})
+    assert moved.json()["Version"] == 2  # placement is part of a version
+
+
+async def test_the_openapi_job_schema_shows_placement(api: httpx.AsyncClient) -> None:
+    schemas = (await api.get("/openapi.json")).json()["components"]["schemas"]
+    for model in ("Job", "TaskTemplate"):
+        fields = schemas[model]["properties"]
+        assert {"Constraints", "DistinctHosts"} <= set(fields), model
+        assert fields["DistinctHosts"] == {
+            "type": "boolean",
+            "default": False,
+            "title": "Distincthosts",
+        }
+        items = fields["Constraints"]["anyOf"][0]["items"]
+        assert items["$ref"].endswith("/Constraint")
+    constraint = schemas["Constraint"]
+    assert constraint["required"] == ["Attribute", "Operator"]
+    assert constraint["properties"]["Operator"]["enum"] == ["=", "!=", "in", "not in", "exists"]

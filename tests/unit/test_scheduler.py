@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from cube.constraints import Constraint
+from cube.feasible import CONSTRAINTS_CHECK, DISTINCT_HOSTS_CHECK, ELIGIBLE_CHECK
 from cube.node import DOWN, READY, Node
 from cube.scheduler import (
-    CHECKS,
+    _KEPT,
     CPU_CAPACITY,
     CPU_CHECK,
     DISK_CHECK,
@@ -45,6 +47,17 @@ class FakeTask:
     Disk: int = 0
     PortBindings: dict[str, str] = field(default_factory=dict)
     ID: uuid.UUID = field(default_factory=uuid.uuid4)
+    Job: str = ""
+    Constraints: list[Constraint] | None = None
+    DistinctHosts: bool = False
+
+
+def rule(attribute: str, operator: str, value: str | list[str] | None = None) -> Constraint:
+    return Constraint.model_validate({"Attribute": attribute, "Operator": operator, "Value": value})
+
+
+ZONE_A = rule("zone", "=", "a")
+SSD = rule("disk", "in", ["ssd", "nvme"])
 
 
 def node(name: str = "w1:5556", **fields: Any) -> Node:
@@ -97,26 +110,92 @@ def nodes(count: int, **fields: Any) -> list[Node]:
             {"PortsAllocated": {8080, 22}},
             False,
         ),
+        # Eligible: drains and `cube node ineligible` clear it.
+        (ELIGIBLE_CHECK, FakeTask(), {"Eligible": True}, True),
+        (ELIGIBLE_CHECK, FakeTask(), {"Eligible": False}, False),
+        # Constraints: every one must hold, on labels or built-in attributes.
+        (CONSTRAINTS_CHECK, FakeTask(Constraints=[ZONE_A]), {"Labels": {"zone": "a"}}, True),
+        (CONSTRAINTS_CHECK, FakeTask(Constraints=[ZONE_A]), {"Labels": {"zone": "b"}}, False),
+        (CONSTRAINTS_CHECK, FakeTask(Constraints=[ZONE_A]), {}, False),
+        (
+            CONSTRAINTS_CHECK,
+            FakeTask(Constraints=[ZONE_A, SSD]),
+            {"Labels": {"zone": "a", "disk": "nvme"}},
+            True,
+        ),
+        (
+            CONSTRAINTS_CHECK,
+            FakeTask(Constraints=[ZONE_A, SSD]),
+            {"Labels": {"zone": "a", "disk": "hdd"}},
+            False,
+        ),
+        (
+            CONSTRAINTS_CHECK,
+            FakeTask(Constraints=[rule("os", "=", "linux"), rule("zone", "!=", "b")]),
+            {"Attributes": {"os": "linux"}},
+            True,
+        ),
+        # DistinctHosts: no task of the same job on the node already.
+        (DISTINCT_HOSTS_CHECK, FakeTask(Job="web", DistinctHosts=True), {}, True),
+        (
+            DISTINCT_HOSTS_CHECK,
+            FakeTask(Job="web", DistinctHosts=True),
+            {"JobTasks": {"web": 1}},
+            False,
+        ),
+        (
+            DISTINCT_HOSTS_CHECK,
+            FakeTask(Job="web", DistinctHosts=True),
+            {"JobTasks": {"db": 2}},
+            True,
+        ),
     ],
 )
 def test_check(check: Check, task: FakeTask, node_fields: dict[str, Any], fits: bool) -> None:
     assert check.fits(Demand.of(task), node(**node_fields)) is fits
 
 
+ALWAYS = ["ready", "eligible", "docker"]
+
+
 @pytest.mark.parametrize(
     ("task", "applicable"),
     [
-        (FakeTask(), {"ready", "docker"}),
-        (FakeTask(Memory=1), {"ready", "docker", "memory"}),
-        (FakeTask(Disk=1), {"ready", "docker", "disk"}),
-        (FakeTask(Cpu=0.1), {"ready", "docker", "cpu"}),
-        (FakeTask(PortBindings={"80/tcp": "8080"}), {"ready", "docker", "ports"}),
-        (FakeTask(PortBindings={"80/tcp": ""}), {"ready", "docker"}),
+        (FakeTask(), ALWAYS),
+        (FakeTask(Memory=1), [*ALWAYS, "memory"]),
+        (FakeTask(Disk=1), [*ALWAYS, "disk"]),
+        (FakeTask(Cpu=0.1), [*ALWAYS, "cpu"]),
+        (FakeTask(PortBindings={"80/tcp": "8080"}), [*ALWAYS, "ports"]),
+        (FakeTask(PortBindings={"80/tcp": ""}), ALWAYS),
+        # One check per constraint (a duplicate is one), so the reason counts each.
+        (
+            FakeTask(Memory=1, Constraints=[ZONE_A, SSD, ZONE_A]),
+            [*ALWAYS, "constraint zone = a", "constraint disk in (nvme, ssd)", "memory"],
+        ),
+        (FakeTask(Job="web", DistinctHosts=True), [*ALWAYS, "distinct_hosts"]),
+        (FakeTask(DistinctHosts=True), ALWAYS),  # a task of no job has no siblings
+        (FakeTask(Job="web"), ALWAYS),
     ],
 )
-def test_checks_apply_only_to_what_the_task_requests(task: FakeTask, applicable: set[str]) -> None:
-    demand = Demand.of(task)
-    assert {check.name for check in CHECKS if check.applies(demand)} == applicable
+def test_checks_apply_only_to_what_the_task_requests(task: FakeTask, applicable: list[str]) -> None:
+    assert [check.name for check in Demand.of(task).checks] == applicable
+
+
+def test_demands_are_shared_only_by_tasks_with_the_same_size_and_rules() -> None:
+    """The cache of demands must not hand a constrained task the unconstrained demand
+    of the same size, or the other way round."""
+    _KEPT.clear()
+    plain = Demand.of(FakeTask(Memory=7))
+    constrained = Demand.of(FakeTask(Memory=7, Constraints=[ZONE_A]))
+    distinct = Demand.of(FakeTask(Memory=7, Job="web", DistinctHosts=True))
+    assert constrained.constraints == (ZONE_A,) and distinct.distinct_job == "web"
+    assert plain.constraints == () and plain.distinct_job == ""
+    assert Demand.of(FakeTask(Memory=7)) is plain
+    assert Demand.of(FakeTask(Memory=7, Constraints=[rule("zone", "=", "a")])) is constrained
+    assert Demand.of(FakeTask(Memory=7, Constraints=[SSD])).constraints == (SSD,)
+    assert Demand.of(FakeTask(Memory=7, Job="db", DistinctHosts=True)).distinct_job == "db"
+    assert Demand.of(FakeTask(Memory=7, Job="web")) is plain  # no DistinctHosts: no rule
+    assert len(_KEPT) == 5
 
 
 def test_a_task_requesting_nothing_fits_a_node_that_has_not_reported_capacity() -> None:
@@ -193,6 +272,50 @@ def test_a_node_without_docker_gets_nothing_however_idle() -> None:
             "no feasible node: 1 node is not ready, 1 node has no Docker engine answering",
         ),
         (FakeTask(), [], "no feasible node: no worker nodes are known"),
+        (
+            FakeTask(),
+            [node("a", Eligible=False), node("b", Eligible=False, Status=DOWN)],
+            "no feasible node: 1 node is not ready, "
+            "1 node is not eligible (draining or marked ineligible)",
+        ),
+        (
+            FakeTask(Constraints=[ZONE_A]),
+            [node("a", Labels={"zone": "b"}), node("b"), node("c", Eligible=False)],
+            "no feasible node: 1 node is not eligible (draining or marked ineligible), "
+            "2 nodes fail constraint zone = a",
+        ),
+        (
+            FakeTask(Constraints=[ZONE_A, SSD]),
+            [
+                node("a", Labels={"zone": "b", "disk": "ssd"}),
+                node("b", Labels={"zone": "a", "disk": "hdd"}),
+                node("c", Labels={"zone": "a"}),
+            ],
+            "no feasible node: 1 node fails constraint zone = a, "
+            "2 nodes fail constraint disk in (nvme, ssd)",
+        ),
+        (
+            FakeTask(Constraints=[rule("gpu", "exists")], Memory=GIB),
+            [node("a", Labels={"gpu": "1"}, Memory=1), node("b")],
+            "no feasible node: 1 node fails constraint gpu exists, "
+            "1 node lacks memory (need 1 GiB)",
+        ),
+        (
+            FakeTask(Job="web", DistinctHosts=True),
+            [
+                node("a", JobTasks={"web": 1}),
+                node("b", JobTasks={"web": 2}),
+                node("c", Docker=False),
+            ],
+            "no feasible node: 1 node has no Docker engine answering, "
+            "2 nodes already run a task of job web (DistinctHosts)",
+        ),
+        (
+            FakeTask(Job="web", DistinctHosts=True, Constraints=[rule("zone", "not in", "a")]),
+            [node("a", JobTasks={"web": 1}), node("b", Labels={"zone": "a"})],
+            "no feasible node: 1 node fails constraint zone not in (a), "
+            "1 node already runs a task of job web (DistinctHosts)",
+        ),
     ],
 )
 def test_no_feasible_node_reason(task: FakeTask, cluster: list[Node], reason: str) -> None:
@@ -429,3 +552,51 @@ def test_the_real_task_model_is_a_task_request() -> None:
     assert placement.node is free
     reserve(free, task)
     assert (free.MemoryAllocated, free.PortsAllocated) == (512 * 1024, {8080})
+
+
+# --- eligibility, constraints, distinct hosts ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["roundrobin", "epvm"])
+def test_constrained_tasks_go_only_where_they_may(name: str) -> None:
+    cluster = [
+        node("a1", Labels={"zone": "a"}),
+        node("b1", Labels={"zone": "b"}),
+        node("a2", Labels={"zone": "a"}, Eligible=False),
+        node("a3", Labels={"zone": "a"}),
+        node("none"),
+    ]
+    scheduler = make_scheduler(name)
+    placed: Counter[str] = Counter()
+    for _ in range(8):
+        task = FakeTask(Memory=MIB, Constraints=[ZONE_A])
+        placement = scheduler.place(task, cluster)
+        assert placement.node is not None
+        reserve(placement.node, task)
+        placed[placement.node.Name] += 1
+    assert placed == {"a1": 4, "a3": 4}
+
+
+@pytest.mark.parametrize("max_candidates", [None, 2])
+def test_distinct_hosts_never_doubles_up_and_a_release_frees_the_node(
+    max_candidates: int | None,
+) -> None:
+    cluster = nodes(4)
+    scheduler = Epvm(max_candidates)
+    tasks = [FakeTask(Job="web", DistinctHosts=True) for _ in range(5)]
+    where = []
+    for task in tasks[:4]:
+        placement = scheduler.place(task, cluster)
+        assert placement.node is not None
+        reserve(placement.node, task)
+        where.append(placement.node)
+    assert len({n.Name for n in where}) == 4
+    fifth = scheduler.place(tasks[4], cluster)
+    assert fifth.node is None
+    assert fifth.reason == (
+        "no feasible node: 4 nodes already run a task of job web (DistinctHosts)"
+    )
+    other_job = FakeTask(Job="db", DistinctHosts=True)
+    assert scheduler.place(other_job, cluster).node is not None
+    release(where[2], tasks[2])
+    assert scheduler.place(tasks[4], cluster).node is where[2]

@@ -182,7 +182,7 @@ class Jobs:
 
     async def _create(self, job: Job, count: int) -> None:
         tasks = [
-            job.Task.task(Job=job.Name, JobVersion=job.Version, Name=f"{job.Name}-v{job.Version}")
+            job.make_task(Job=job.Name, JobVersion=job.Version, Name=f"{job.Name}-v{job.Version}")
             for _ in range(count)
         ]
         now = self.clock.monotonic()
