@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Build Cube's sdist and wheel, for installing on a machine without a checkout
+# (docs/operations.md, "A second machine"): scripts/dist.sh [OUTDIR], default dist/.
+# Offline: it uses the build frontend and setuptools pinned in .venv (scripts/setup.sh
+# installs them) instead of fetching a build environment. The wheel is built from the
+# sdist, so a file the sdist leaves out fails here rather than on the other machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-dist}
+if ! .venv/bin/python -c 'import build, setuptools' 2>/dev/null; then
+    echo "dist: .venv lacks the build tools; run scripts/setup.sh first" >&2
+    exit 1
+fi
+.venv/bin/python -m build --no-isolation --quiet --outdir "$out" . >&2
+ls -1 "$out"/cube-*.whl "$out"/cube-*.tar.gz
