@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ IMAGES = ("cube/busybox:latest", "cube/http:latest")
 @dataclass(frozen=True)
 class Install:
     wheel: Path
+    sdist: Path
     venv: Path
     home: Path  # a directory outside the checkout to run from
 
@@ -74,8 +76,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
     tmp = tmp_path_factory.mktemp("install")
     out = run(ROOT / "scripts" / "dist.sh", tmp / "dist").stdout.split()
     wheels = [Path(p) for p in out if p.endswith(".whl")]
-    assert len(wheels) == 1, f"dist.sh printed {out}"
-    assert any(p.endswith(".tar.gz") for p in out), f"no sdist in {out}"
+    sdists = [Path(p) for p in out if p.endswith(".tar.gz")]
+    assert (len(wheels), len(sdists)) == (1, 1), f"dist.sh printed {out}"
     venv = tmp / "venv"
     # The interpreter under this venv, as a machine without a checkout would have it.
     run(Path(sys.base_prefix) / "bin" / "python3", "-m", "venv", venv)
@@ -91,7 +93,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
     )
     home = tmp / "elsewhere"
     home.mkdir()
-    return Install(wheel=wheels[0], venv=venv, home=home)
+    return Install(wheel=wheels[0], sdist=sdists[0], venv=venv, home=home)
 
 
 def test_the_wheel_carries_the_images_recipe(installed: Install) -> None:
@@ -100,6 +102,21 @@ def test_the_wheel_carries_the_images_recipe(installed: Install) -> None:
         assert RECIPE in names, f"{RECIPE} not in the wheel"
         recipe = whl.read(RECIPE)
     assert recipe == (ROOT / "src" / RECIPE).read_bytes()
+
+
+def test_the_sdist_carries_the_lock_and_the_systemd_units(installed: Install) -> None:
+    """What a machine without a checkout needs beside the package (docs/operations.md)."""
+    with tarfile.open(installed.sdist) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    wanted = {
+        "requirements.lock",
+        "contrib/systemd/cube-manager.service",
+        "contrib/systemd/cube-worker.service",
+        "contrib/systemd/cube-manager.env",
+        "contrib/systemd/cube-worker.env",
+        "src/" + RECIPE,
+    }
+    assert wanted <= names, f"missing from the sdist: {sorted(wanted - names)}"
 
 
 def test_the_installed_cube_is_the_wheel_not_the_checkout(installed: Install) -> None:
