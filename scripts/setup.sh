@@ -81,5 +81,7 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
     log "installing Debian's busybox-static"
     apt_install busybox-static
 fi
-images/build.sh
+# The same command builds them on a machine that installed Cube from a wheel
+# (docs/operations.md); the recipe is src/cube/images/build.sh.
+.venv/bin/cube images build >/dev/null
 log "ready"

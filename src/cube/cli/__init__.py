@@ -15,7 +15,7 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import jobs, manager, nodes, tasks, up, worker
+    from cube.cli import images, jobs, manager, nodes, tasks, up, worker
 
     app = typer.Typer(
         name="cube",
@@ -30,6 +30,7 @@ def build_app() -> typer.Typer:
     nodes.register(app)
     jobs.register(app)
     up.register(app)
+    images.register(app)
     return app
 
 
