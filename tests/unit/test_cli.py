@@ -338,7 +338,10 @@ def test_a_cluster_is_a_manager_and_numbered_workers(tmp_path: Path) -> None:
         ("worker", "demo-2", 7101),
     ]
     manager_args = cluster.manager.args
-    assert manager_args[manager_args.index("-w") + 1] == "127.0.0.1:7100,127.0.0.1:7101"
+    assert "-w" not in manager_args  # the workers join it
+    for worker in cluster.worker_members:
+        assert worker.args[worker.args.index("--join") + 1] == "127.0.0.1:7000"
+        assert not any("token" in arg.lower() for arg in worker.args)  # not on a command line
     assert "persistent" in manager_args and "persistent" in cluster.worker_members[0].args
     assert cluster.manager_url == "http://127.0.0.1:7000"
 

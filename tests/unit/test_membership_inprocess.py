@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,13 +129,20 @@ async def test_a_drain_moves_every_task_a_job_no_faster_than_max_parallel() -> N
         await c.settle(1.5)  # the job's tasks turn healthy
         for name in ("w2:5556", "w3:5556"):
             await m.members.set_eligible(name, True)
-        await m.members.drain("w1:5556")
         worst = 0
+        commit = m.state.commit
 
-        def drained() -> bool:
+        async def watched(*args: Any, **kw: Any) -> None:
+            # After every write: how many of the job's tasks are not Running.
             nonlocal worst
+            await commit(*args, **kw)
             moving = [t for t in m.jobs.tasks_of("web") if t.State is not State.RUNNING]
             worst = max(worst, len(moving))
+
+        m.state.commit = watched  # type: ignore[method-assign]
+        await m.members.drain("w1:5556")
+
+        def drained() -> bool:
             return on(m, "w1:5556") == 0 and not m.state.nodes["w1:5556"].Draining
 
         await c.until(drained, what="w1 drained")

@@ -131,6 +131,14 @@ def worker(
             "address towards the manager, and --port).",
         ),
     ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            envvar="CUBE_LABELS",
+            help="A label for placement constraints, KEY=VALUE (repeat for more).",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -190,13 +198,27 @@ def worker(
     sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
     joiner = None
     if join is not None:
-        joiner = _join(join, join_token, advertise or _advertise(join, host, port), name)
+        labels = _labels(label or [])
+        joiner = _join(join, join_token, advertise or _advertise(join, host, port), name, labels)
+    elif label:
+        _fail("--label needs --join: labels are sent when the worker joins")
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
     serve(create_app(node, sampler, capacity, joiner), host, port, log_level, loop="asyncio")
 
 
-def _join(manager: str, token: str | None, advertise: str, name: str) -> Joiner:
+def _labels(items: list[str]) -> dict[str, str]:
+    from cube.constraints import parse_labels
+
+    try:
+        return parse_labels(items)
+    except ValueError as exc:
+        _fail(f"--label: {exc}")
+
+
+def _join(
+    manager: str, token: str | None, advertise: str, name: str, labels: dict[str, str]
+) -> Joiner:
     """Join once now, so a refused token ends the command with one clear line (an
     unreachable manager is tried again in the background)."""
     import asyncio
@@ -211,7 +233,14 @@ def _join(manager: str, token: str | None, advertise: str, name: str) -> Joiner:
         worker_addresses(advertise)
     except ValueError as exc:
         _fail(str(exc))
-    registration = {"Name": name, "Api": advertise}
+    from cube.constraints import builtin_attributes
+
+    registration = {
+        "Name": name,
+        "Api": advertise,
+        "Labels": labels,
+        "Attributes": builtin_attributes(),
+    }
     joiner = Joiner(manager, token, registration)
     try:
         asyncio.run(joiner.register())

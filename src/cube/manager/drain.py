@@ -8,13 +8,16 @@ allows: a job may have at most that many tasks not yet healthy (placed, starting
 running for less than ``MinHealthyTime`` or failing their health check) counting those
 moving, so a drain never takes more of a service down at once than a rolling update
 would (Nomad's ``migrate`` block, with the update policy's numbers). Tasks of no job
-move at once. At the drain's deadline whatever is left moves at once, whatever the
-job's health. A drain is done when the node holds no task that is to run.
+move at once. A task moves only when some other node has room for it: a drain takes
+nothing down that it cannot start again elsewhere (the drain waits for room, as a
+Kubernetes eviction waits on a disruption budget). At the drain's deadline whatever is
+left moves at once, room or not, whatever the job's health. A drain is done when the
+node holds no task that is to run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cube.manager.reconciler import Move
@@ -53,8 +56,12 @@ class DrainPlan:
 
 
 def plan_drains(
-    draining: Sequence[Draining], budgets: Mapping[str, Budget], now: float
+    draining: Sequence[Draining],
+    budgets: Mapping[str, Budget],
+    now: float,
+    fits: Callable[[Task], bool] = lambda task: True,
 ) -> DrainPlan:
+    """``fits(task)``: whether another node has room for the task now."""
     plan = DrainPlan()
     free = {job: budget.free for job, budget in budgets.items()}
     for drain in draining:
@@ -65,6 +72,8 @@ def plan_drains(
         forced = drain.deadline is not None and drain.deadline <= now
         reason = f"node {drain.node} is draining"
         for task in drain.tasks:
+            if not forced and not fits(task):
+                continue
             if task.Job in free and not forced:
                 if free[task.Job] <= 0:
                     continue

@@ -361,8 +361,15 @@ class Manager:
             except Exception:
                 self.state.mark(dirty[start:])  # nothing taken is dropped: tried again
                 raise
-        await self.apply(await self.members.drain_pass(self.jobs.records, self._unhealthy))
+        drains = self.members.drain_pass(self.jobs.records, self._unhealthy, self._fits)
+        await self.apply(await drains)
         await self.jobs.reconcile()
+
+    def _fits(self, task: Task) -> bool:
+        """Some node other than the task's own has room for it (a drain's question)."""
+        moved = task.model_copy(update={"Node": ""})
+        nodes = [n for n in self.state.nodes.values() if n.Name != task.Node]
+        return bool(self.scheduler.select_candidates(moved, nodes).nodes)
 
     def _unhealthy(self, task: Task, min_healthy: float) -> float | None:
         """None if the task counts healthy (for a drain), else when it may."""

@@ -157,8 +157,11 @@ class Membership:
             log.info("worker %s joined from %s", node.Name, node.Api)
         else:
             moved = node.Api != fresh.Api
+            relabelled = (node.Labels, node.Attributes) != (reg.Labels, reg.Attributes)
             node.Ip, node.Api, node.Joined = fresh.Ip, fresh.Api, True
             node.Labels, node.Attributes = dict(reg.Labels), dict(reg.Attributes)
+            if relabelled:
+                self.state.room()  # tasks waiting on a constraint may fit here now
             if moved or node.Name not in self.clients:
                 old = self.clients.get(node.Name)
                 self.clients[node.Name] = self.connect(node.Api)
@@ -239,11 +242,13 @@ class Membership:
         self,
         jobs: dict[str, JobRecord],
         healthy: Callable[[Task, float], float | None],
+        fits: Callable[[Task], bool],
     ) -> list[Move]:
         """The moves due now for every drain in progress; finished drains are noted.
 
         ``healthy(task, min_healthy_time)``: None when the task counts healthy, else
-        when it may (monotonic seconds; +inf: not by waiting).
+        when it may (monotonic seconds; +inf: not by waiting). ``fits(task)``: whether
+        another node has room for it.
         """
         self.next_due = None
         names = [n.Name for n in self.state.nodes.values() if n.Draining]
@@ -275,7 +280,7 @@ class Membership:
         for drain in draining:
             if drain.deadline is not None and drain.deadline > now:
                 self._due(drain.deadline)
-        plan = plan_drains(draining, budgets, now)
+        plan = plan_drains(draining, budgets, now, fits)
         for name in plan.done:
             await self._finish(name)
         return plan.moves

@@ -115,8 +115,10 @@ def exactly_once(m: Manager, user: UserView, world: World) -> str | None:
     for task in m.state.tasks.values():
         if task.DesiredState is not State.RUNNING or copies.get(task.ID, 0) == 1:
             continue
-        waits = task.State is State.PENDING or (
-            task.State is State.FAILED and m._will_restart(task)
+        waits = (
+            task.State is State.PENDING
+            or (task.State is State.SCHEDULED and not task.Node)  # moved, waiting for room
+            or (task.State is State.FAILED and m._will_restart(task))
         )
         if waits and not _fits_somewhere(m, task):
             continue  # no room anywhere: waiting is right
@@ -198,14 +200,16 @@ def placed_where_eligible(m: Manager, _: UserView, world: World) -> str | None:
 
 
 def drains_finish(m: Manager, user: UserView, _: World) -> str | None:
-    """Once quiet, every drain is over, and a drained node runs nothing to keep running."""
-    for node in m.state.nodes.values():
-        if node.Draining:
-            return f"drain: {node.Name} still draining"
+    """Once quiet, a drained node runs nothing to keep running but what fits on no
+    other node (a drain without a deadline waits for room), and a drain with nothing
+    left is over."""
     for task in m.state.tasks.values():
         to_run = task.DesiredState is State.RUNNING and task.State in _HOLDING
-        if to_run and task.Node in user.drained:
+        if to_run and task.Node in user.drained and m._fits(task):
             return f"drain: {_short(task.ID)} still {task.State.label} on {task.Node}"
+    for node in m.state.nodes.values():
+        if node.Draining and not any(t.Node == node.Name for t in m.state.tasks.values()):
+            return f"drain: {node.Name} still draining, with nothing left on it"
     return None
 
 
