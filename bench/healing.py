@@ -1,8 +1,8 @@
 """Healing: how long until a task runs again after a failure, Cube beside Docker Swarm.
 
-Two failures, on a cluster of real processes (a manager and 2 workers, started as
-``cube up`` starts them but directly, so the benchmark can kill one) with the manager's
-**default settings** (worker timeout 10 s, stats every 2 s):
+Failures on a cluster of real processes (a manager and 2 workers that join it, started
+as ``cube up`` starts them but directly, so the benchmark can kill one) with the
+manager's **default settings** (heartbeats every 1 s, down after 2 s more of silence):
 
 - **container killed**: ``docker kill`` of a task's container, until the manager reports
   the task Running again (its first restart, RestartCount 1). In the same run, the
@@ -13,8 +13,13 @@ Two failures, on a cluster of real processes (a manager and 2 workers, started a
   single-node swarm made for the run and left afterwards; an engine already in a
   swarm is not touched, and the Swarm row is left out with the reason.
 - **worker killed**: SIGKILL of a worker process running tasks, until the manager
-  reports every one of those tasks Running on the other worker. The manager only
-  declares a worker down after ``--worker-timeout`` (10 s) of silence, which bounds this.
+  reports every one of those tasks Running on the other worker; the same for a worker
+  **frozen** (SIGSTOP: its connections stay open, its containers keep running); and,
+  for comparison, a worker given with ``-w`` (the book's flow, before workers joined),
+  which is declared down after ``--worker-timeout`` (10 s) of silence.
+- **false downs under load**: both cores saturated by other processes for
+  ``--load-seconds``, every worker alive; how many times a node is declared down (the
+  target is none).
 
     .venv/bin/python -m bench.healing
     .venv/bin/python -m bench.healing --smoke
@@ -23,7 +28,11 @@ Two failures, on a cluster of real processes (a manager and 2 workers, started a
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -31,7 +40,7 @@ from typing import Any
 import docker
 import httpx
 
-from bench.common import Cluster, Result, Target, main, task_event, wait_for, workdir
+from bench.common import Cluster, Proc, Result, Target, main, task_event, wait_for, workdir
 from bench.containers import SwarmUnavailable, docker_cli, remove_labelled, remove_service, swarm
 
 IMAGE = "cube/busybox:latest"
@@ -39,6 +48,7 @@ CMD = ["sleep", "3600"]
 RUNNING = 2
 SWARM = "swarm, --restart-delay 0s"
 RESTART_TARGET = 0.5  # seconds from killed to Running again (the first restart)
+TOKEN = "bench-healing"
 MOVE_TARGET = 5.0  # seconds until a lost worker's tasks run elsewhere, default settings
 
 
@@ -46,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each failure")
     parser.add_argument("--tasks", type=int, default=4, help="tasks on the killed worker")
     parser.add_argument("--no-swarm", action="store_true", help="skip Docker Swarm")
+    parser.add_argument("--load-seconds", type=float, default=30.0, help="saturated for")
 
 
 def _task(url: str, task_id: str) -> dict[str, Any]:
@@ -86,21 +97,60 @@ def container_killed(cluster: Cluster, engine: docker.DockerClient) -> float:
     return time.perf_counter() - killed
 
 
-def worker_killed(cluster: Cluster, tasks: int) -> tuple[float, int]:
+def worker_killed(cluster: Cluster, tasks: int, how: str = "kill") -> tuple[float, int]:
+    """``how``: "kill" (SIGKILL) or "stop" (SIGSTOP, resumed once measured)."""
     ids = _submit(cluster.manager_url, tasks * 2)
     placed = _running(cluster.manager_url, ids)
-    # The worker running the most of them.
-    victim_proc, victim = max(cluster.workers, key=lambda w: sum(t["Node"] == w[1] for t in placed))
-    on_victim = [t["ID"] for t in placed if t["Node"] == victim]
-    victim_proc.kill()
+    # The worker running the most of them (nodes are named as the workers).
+    names = dict(zip((p for p, _ in cluster.workers), cluster.worker_names, strict=True))
+    addresses = {p: a for p, a in cluster.workers}
+
+    def held(proc: Proc) -> int:
+        return sum(t["Node"] in (names[proc], addresses[proc]) for t in placed)
+
+    victim_proc = max(names, key=held)
+    victim = {names[victim_proc], addresses[victim_proc]}
+    on_victim = [t["ID"] for t in placed if t["Node"] in victim]
+    if how == "kill":
+        victim_proc.kill()
+    else:
+        os.kill(victim_proc.pid, signal.SIGSTOP)
     killed = time.perf_counter()
 
     def moved() -> bool:
         now = [_task(cluster.manager_url, i) for i in on_victim]
-        return all(t["State"] == RUNNING and t["Node"] != victim for t in now)
+        return all(t["State"] == RUNNING and t["Node"] not in victim for t in now)
 
-    wait_for(moved, 120, "the lost worker's tasks running elsewhere", interval=0.05)
-    return time.perf_counter() - killed, len(on_victim)
+    try:
+        wait_for(moved, 120, "the lost worker's tasks running elsewhere", interval=0.05)
+        return time.perf_counter() - killed, len(on_victim)
+    finally:
+        if how == "stop":
+            os.kill(victim_proc.pid, signal.SIGCONT)
+
+
+def false_downs(cluster: Cluster, seconds: float) -> int:
+    """Nodes declared down while both cores are saturated by other processes."""
+    burn = f"import time\nend = time.time() + {seconds!r}\nwhile time.time() < end: pass"
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2 * (os.cpu_count() or 2))
+    ]
+    downs = 0
+    was_ready: dict[str, bool] = {}
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for node in httpx.get(f"{cluster.manager_url}/nodes", timeout=30).json():
+                ready = node["Status"] == "ready"
+                if was_ready.get(node["Name"], True) and not ready:
+                    downs += 1
+                was_ready[node["Name"]] = ready
+            time.sleep(0.2)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    return downs
 
 
 def swarm_container_killed(api: docker.APIClient, repeat: int, run_id: str) -> list[float]:
@@ -161,12 +211,22 @@ def _swarm_running(api: docker.APIClient, service: str, other_than: str = "") ->
     return None
 
 
-def _cluster(tmp: Any, run_id: str) -> Cluster:
+def _cluster(tmp: Any, run_id: str, joined: bool = True) -> Cluster:
+    """Default settings, what a user gets: workers that join (as `cube up` starts them),
+    or (``joined=False``) workers given to the manager with -w, the book's flow."""
     cluster = Cluster(tmp)
+    if not joined:
+        for index in (1, 2):
+            cluster.start_worker(f"heal-{run_id}-{index}")
+        cluster.wait_workers()
+        cluster.start_manager()
+        cluster.wait_manager(2)
+        return cluster
+    url = cluster.start_manager("--join-token", TOKEN, addresses=[])
     for index in (1, 2):
-        cluster.start_worker(f"heal-{run_id}-{index}")
+        join = ["--join", url.removeprefix("http://"), "--join-token", TOKEN]
+        cluster.start_worker(f"heal-{run_id}-{index}", *join)
     cluster.wait_workers()
-    cluster.start_manager()  # default settings: what a user gets
     cluster.wait_manager(2)
     return cluster
 
@@ -176,24 +236,31 @@ def run(args: argparse.Namespace) -> Result:
     per_worker = 1 if args.smoke else args.tasks
     engine = docker.from_env()
     restarts: list[float] = []
-    moves: list[float] = []
+    moves: dict[str, list[float]] = {"kill": [], "stop": [], "static": []}
     moved_counts: list[int] = []
+    downs: list[int] = []
     swarm_restarts: list[float] = []
     swarm_skipped = "--no-swarm" if args.no_swarm else ""
     try:
         for _ in range(repeat):
             run_id = uuid.uuid4().hex[:6]
-            with workdir("healing") as tmp:
-                cluster = _cluster(tmp, run_id)
-                try:
-                    restarts.append(container_killed(cluster, engine))
-                    seconds, count = worker_killed(cluster, per_worker)
-                    moves.append(seconds)
-                    moved_counts.append(count)
-                finally:
-                    cluster.stop()
-                    for name in cluster.worker_names:
-                        remove_labelled(f"cube.worker={name}")
+            for case in ("kill", "stop", "static"):
+                with workdir("healing") as tmp:
+                    cluster = _cluster(tmp, f"{run_id}{case[0]}", joined=case != "static")
+                    try:
+                        if case == "kill":
+                            restarts.append(container_killed(cluster, engine))
+                            if not downs:  # once: it takes --load-seconds
+                                seconds = 3.0 if args.smoke else args.load_seconds
+                                downs.append(false_downs(cluster, seconds))
+                        how = "stop" if case == "stop" else "kill"
+                        seconds, count = worker_killed(cluster, per_worker, how)
+                        moves[case].append(seconds)
+                        moved_counts.append(count)
+                    finally:
+                        cluster.stop()
+                        for name in cluster.worker_names:
+                            remove_labelled(f"cube.worker={name}")
         if not args.no_swarm:
             try:
                 with swarm():
@@ -204,19 +271,24 @@ def run(args: argparse.Namespace) -> Result:
                 swarm_skipped = str(exc)
     finally:
         engine.close()
-    return _result(repeat, restarts, moves, moved_counts, swarm_restarts, swarm_skipped)
+    load = 3.0 if args.smoke else args.load_seconds
+    return _result(
+        repeat, restarts, moves, moved_counts, swarm_restarts, swarm_skipped, downs, load
+    )
 
 
 def _result(
     repeat: int,
     restarts: list[float],
-    moves: list[float],
+    moves: dict[str, list[float]],
     moved_counts: list[int],
     swarm_restarts: list[float],
     swarm_skipped: str,
+    downs: list[int],
+    load: float,
 ) -> Result:
     restart = statistics.median(restarts)
-    move = statistics.median(moves)
+    move = statistics.median(moves["kill"])
     killed = "container killed -> running again"
     rows: list[dict[str, Any]] = [
         {
@@ -239,18 +311,35 @@ def _result(
                 "runs": len(swarm_restarts),
             }
         )
+    for case, label in (
+        ("kill", "worker killed (SIGKILL)"),
+        ("stop", "worker frozen (SIGSTOP)"),
+        ("static", "-w worker killed (SIGKILL)"),
+    ):
+        runs = moves[case]
+        rows.append(
+            {
+                "failure": f"{label} -> its {moved_counts[0]} tasks running elsewhere",
+                "system": "cube" if case != "static" else "cube, -w (book's flow)",
+                "median (s)": statistics.median(runs),
+                "max (s)": max(runs),
+                "runs": len(runs),
+            }
+        )
     rows.append(
         {
-            "failure": f"worker killed -> its {moved_counts[0]} tasks running elsewhere",
+            "failure": f"nodes falsely declared down, both cores saturated {load:g} s",
             "system": "cube",
-            "median (s)": move,
-            "max (s)": max(moves),
-            "runs": len(moves),
+            "median (s)": downs[0],
+            "max (s)": downs[0],
+            "runs": 1,
         }
     )
     notes = [
         "Cube: the manager's defaults; the time includes whatever it waits before a first "
-        "restart. A lost worker is declared down after --worker-timeout (10 s) of silence.",
+        "restart. A joined worker is declared down after a missed heartbeat (every 1 s) "
+        "and 2 s of grace; a -w worker after --worker-timeout (10 s) of silence.",
+        "False downs: a count, not seconds (both columns); the target is 0.",
         "Swarm: a one-replica service with --restart-delay 0s (its default is 5 s), "
         "measured after Cube on a single-node swarm made for the run.",
     ]
@@ -269,9 +358,18 @@ def _result(
                 restart <= RESTART_TARGET,
             ),
             Target("worker loss", f"<= {MOVE_TARGET} s", f"{move:.2f} s", move <= MOVE_TARGET),
+            Target(
+                "frozen worker",
+                f"<= {MOVE_TARGET} s",
+                f"{statistics.median(moves['stop']):.2f} s",
+                statistics.median(moves["stop"]) <= MOVE_TARGET,
+            ),
+            Target("false downs under load", "0", str(downs[0]), downs[0] == 0),
         ],
         settings={
-            "manager": "defaults (--worker-timeout 10, --stats-interval 2)",
+            "manager": "defaults (--heartbeat-interval 1, --heartbeat-grace 2, "
+            "--worker-timeout 10 for -w workers, --stats-interval 2)",
+            "load": f"{load:g} s of {2 * (os.cpu_count() or 2)} busy-looping processes",
             "workers": 2,
             "repeat": repeat,
             "swarm": "one replica, --restart-delay 0s, --restart-condition any, --init",
@@ -280,7 +378,10 @@ def _result(
         extra={
             "runs": {
                 "container_killed": restarts,
-                "worker_killed": moves,
+                "worker_killed": moves["kill"],
+                "worker_frozen": moves["stop"],
+                "static_worker_killed": moves["static"],
+                "false_downs": downs,
                 "swarm_container_killed": swarm_restarts,
             },
             "swarm": {"measured": bool(swarm_restarts), "skipped": swarm_skipped or None},

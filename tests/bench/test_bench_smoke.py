@@ -106,7 +106,10 @@ def test_healing_smoke_beside_swarm(tmp_path: Path) -> None:
     killed = [r for r in result["rows"] if r["failure"].startswith("container killed")]
     cube = next(r for r in killed if r["system"] == "cube")
     assert cube["median (s)"] > 0
-    assert any(r["failure"].startswith("worker killed") for r in result["rows"])
+    failures = [r["failure"] for r in result["rows"]]
+    for failure in ("worker killed (SIGKILL)", "worker frozen (SIGSTOP)", "-w worker killed"):
+        assert any(f.startswith(failure) for f in failures), failure
+    assert len(result["runs"]["false_downs"]) == 1  # counted (the target, 0, is the bench's)
     if not result["swarm"]["measured"]:
         pytest.skip(f"swarm not usable on this engine: {result['swarm']['skipped']}")
     (swarm,) = [r for r in killed if r["system"].startswith("swarm")]

@@ -197,3 +197,50 @@ def test_node_commands_say_what_is_wrong_in_one_line(managers: StartManager) -> 
         result = cube("node", *args, "-m", m)
         assert result.returncode == 1, result
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_constraints_place_only_on_matching_nodes_and_explain_what_fits_nowhere(
+    workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([], "--join-token", TOKEN)
+    for name, zone in (("zone-a-1", "a"), ("zone-a-2", "a"), ("zone-b-1", "b")):
+        joined(workers, manager, "--label", f"zone={zone}", name=name)
+    wait_for(lambda: sum(n["Status"] == "ready" for n in nodes(manager).values()) == 3, 30)
+
+    in_a = [{"Attribute": "zone", "Operator": "=", "Value": "a"}]
+    ids = [manager.submit(task_event(Constraints=in_a))["ID"] for _ in range(4)]
+    wait_for(lambda: set(ids) <= set(running_on(manager)), 60, what="4 constrained running")
+    assert {running_on(manager)[i] for i in ids} <= {"zone-a-1", "zone-a-2"}
+
+    # A job with DistinctHosts: one task per node at most; the fourth waits, explained.
+    job = {
+        "Name": "spread",
+        "Count": 4,
+        "DistinctHosts": True,
+        "Task": {"Image": "cube/busybox:latest", "Cmd": ["sleep", "3600"]},
+    }
+    assert httpx.post(f"{manager.url}/jobs", json=job, timeout=10).status_code == 201
+    spread = f"{manager.url}/tasks?job=spread"
+    wait_for(
+        lambda: sum(t["State"] == RUNNING for t in httpx.get(spread, timeout=5).json()) == 3,
+        60,
+        what="3 of the job running",
+    )
+    tasks = httpx.get(spread, timeout=5).json()
+    on_nodes = [t["Node"] for t in tasks if t["State"] == RUNNING]
+    assert sorted(on_nodes) == ["zone-a-1", "zone-a-2", "zone-b-1"]
+    (waiting,) = [t for t in tasks if t["State"] != RUNNING]
+    assert "3 nodes already run a task of job spread (DistinctHosts)" in waiting["Reason"]
+
+    # A constraint nothing satisfies: Pending, and the reason names it and the count.
+    nowhere = [{"Attribute": "zone", "Operator": "=", "Value": "c"}]
+    lost = manager.submit(task_event(Constraints=nowhere))
+    pending = manager.wait_task(lost["ID"], lambda t: "zone = c" in t["Reason"], what="reason")
+    assert pending["State"] == 0
+    assert "3 nodes fail constraint zone = c" in pending["Reason"], pending["Reason"]
+
+    # Bad constraints: a 400 with a Message, nothing stored.
+    bad = task_event(Constraints=[{"Attribute": "zone", "Operator": "~", "Value": "a"}])
+    answer = httpx.post(f"{manager.url}/tasks", json=bad, timeout=10)
+    assert answer.status_code == 400 and "Operator" in answer.json()["Message"]
+    assert bad["Task"]["ID"] not in {t["ID"] for t in manager.tasks()}

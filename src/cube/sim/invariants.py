@@ -172,14 +172,24 @@ def jobs_converge(m: Manager, _: UserView, __: World) -> str | None:
         job = record.Job
         if job.Type != "service":
             continue
+        # Live as the job reconciler counts: to run, or Failed and to be restarted.
         live = [
             t
             for t in m.jobs.tasks_of(job.Name)
-            if t.DesiredState is State.RUNNING and t.State in (State.PENDING, *_HOLDING)
+            if t.DesiredState is State.RUNNING
+            and (
+                t.State in (State.PENDING, *_HOLDING)
+                or (t.State is State.FAILED and m._will_restart(t))
+            )
         ]
         want = 0 if job.Stopped else job.Count
         failed = record.Deployment is not None and record.Deployment.Status == "failed"
-        waiting = [t for t in live if t.State is State.PENDING]
+        waiting = [
+            t
+            for t in live
+            if t.State in (State.PENDING, State.FAILED)
+            or (t.State is State.SCHEDULED and not t.Node)
+        ]
         if waiting and not any(_fits_somewhere(m, t) for t in waiting):
             continue  # no room: waiting is right
         versions = sorted({t.JobVersion for t in live})
