@@ -176,7 +176,7 @@ class NodeRecord(BaseModel):
     Joined: bool = False
 
 
-def worker_addresses(text: str, *, empty: bool = False) -> list[str]:
+def worker_addresses(text: str) -> list[str]:
     """The workers of a ``-w host:port,host:port`` list, each checked, duplicates dropped.
 
     An entry is ``host:port`` or an ``http(s)://`` URL. A malformed one raises
@@ -195,7 +195,7 @@ def worker_addresses(text: str, *, empty: bool = False) -> list[str]:
             continue
         seen |= keys
         addresses.append(entry)
-    if not addresses and not empty:
+    if not addresses:
         raise ValueError("name at least one worker, as host:port")
     return addresses
 

@@ -200,7 +200,10 @@ def manager(
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
     token = join_token or _token_file(data_dir / "join-token")
     try:
-        addresses = worker_addresses(workers or ("" if token else "localhost:5556"), empty=True)
+        if workers:  # given: it must name at least one
+            addresses = worker_addresses(workers)
+        else:
+            addresses = [] if token else worker_addresses("localhost:5556")
     except ValueError as exc:
         raise CliError(f"--workers: {exc}") from None
 

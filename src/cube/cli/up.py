@@ -269,7 +269,7 @@ def purge_cluster(data_dir: Path) -> None:
     members = members_of(record)
     workers = [m.name for m in members if m.role == "worker"]
     removed = remove_containers(workers)
-    patterns = ["manager.db*", *(f"worker-{w}.db*" for w in workers)]
+    patterns = ["manager.db*", "join-token", *(f"worker-{w}.db*" for w in workers)]
     patterns += [f"{LOG_DIR}/{m.name}.log" for m in members]
     for pattern in patterns:
         for path in data_dir.glob(pattern):
