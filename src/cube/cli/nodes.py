@@ -79,7 +79,7 @@ def node(
     if ctx.invoked_subcommand is not None:
         return
     with ManagerClient(manager) as client:
-        nodes = client.nodes()
+        nodes = sorted(client.nodes(), key=lambda n: n.Name)
     if output is Output.json:
         fmt.print_json([n.to_wire() for n in nodes])
         return
