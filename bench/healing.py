@@ -40,7 +40,7 @@ from typing import Any
 import docker
 import httpx
 
-from bench.common import Cluster, Proc, Result, Target, main, task_event, wait_for, workdir
+from bench.common import Cluster, Result, Target, main, task_event, wait_for, workdir
 from bench.containers import SwarmUnavailable, docker_cli, remove_labelled, remove_service, swarm
 
 IMAGE = "cube/busybox:latest"
@@ -101,15 +101,16 @@ def worker_killed(cluster: Cluster, tasks: int, how: str = "kill") -> tuple[floa
     """``how``: "kill" (SIGKILL) or "stop" (SIGSTOP, resumed once measured)."""
     ids = _submit(cluster.manager_url, tasks * 2)
     placed = _running(cluster.manager_url, ids)
-    # The worker running the most of them (nodes are named as the workers).
-    names = dict(zip((p for p, _ in cluster.workers), cluster.worker_names, strict=True))
-    addresses = {p: a for p, a in cluster.workers}
 
-    def held(proc: Proc) -> int:
-        return sum(t["Node"] in (names[proc], addresses[proc]) for t in placed)
+    # The worker running the most of them (a node is named as its worker when it
+    # joined, by its address when given with -w).
+    def held(index: int) -> int:
+        names = (cluster.worker_names[index], cluster.workers[index][1])
+        return sum(t["Node"] in names for t in placed)
 
-    victim_proc = max(names, key=held)
-    victim = {names[victim_proc], addresses[victim_proc]}
+    index = max(range(len(cluster.workers)), key=held)
+    victim_proc, address = cluster.workers[index]
+    victim = {cluster.worker_names[index], address}
     on_victim = [t["ID"] for t in placed if t["Node"] in victim]
     if how == "kill":
         victim_proc.kill()

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
 from cube.manager.jobs import Jobs
-from cube.manager.membership import HeartbeatSettings, Membership
+from cube.manager.membership import HeartbeatSettings, Membership, known_nodes
 from cube.manager.observe import observe
 from cube.manager.placement import place, undo
 from cube.manager.reconciler import (
@@ -140,7 +139,7 @@ class Manager:
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
-        nodes = _nodes(backend, workers)
+        nodes = known_nodes(backend, workers)
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
         connect = connect or (lambda url: WorkerClient.connect(url, s.request_timeout))
@@ -158,17 +157,6 @@ class Manager:
             heartbeat_timeout=s.heartbeat_interval + s.heartbeat_grace,
         )
         self.tracker = Tracker(self.state, self.clients, self.clock, tracking, self.observed)
-        self.members = Membership(
-            self.state,
-            self.tracker,
-            self.dispatch,
-            self.clients,
-            backend,
-            self.clock,
-            connect,
-            HeartbeatSettings(s.heartbeat_interval, s.heartbeat_grace),
-            s.join_token,
-        )
         health = HealthSettings(
             interval=s.health_interval,
             grace=s.health_grace,
@@ -178,6 +166,18 @@ class Manager:
         )
         self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
         self.jobs = Jobs(self.state, backend, self.clock, self._will_restart, self.health.checks_ok)
+        self.members = Membership(
+            self.state,
+            self.tracker,
+            self.dispatch,
+            self.clients,
+            backend,
+            self.clock,
+            connect,
+            HeartbeatSettings(s.heartbeat_interval, s.heartbeat_grace, s.join_token),
+            scheduler=scheduler,
+            checks_ok=self.health.checks_ok,
+        )
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         # When to look for silent workers next: at once, then at the earliest deadline.
         self._next_node_check = self.clock.monotonic()
@@ -361,22 +361,8 @@ class Manager:
             except Exception:
                 self.state.mark(dirty[start:])  # nothing taken is dropped: tried again
                 raise
-        drains = self.members.drain_pass(self.jobs.records, self._unhealthy, self._fits)
-        await self.apply(await drains)
+        await self.apply(await self.members.drain_pass(self.jobs.records))
         await self.jobs.reconcile()
-
-    def _fits(self, task: Task) -> bool:
-        """Some node other than the task's own has room for it (a drain's question)."""
-        moved = task.model_copy(update={"Node": ""})
-        nodes = [n for n in self.state.nodes.values() if n.Name != task.Node]
-        return bool(self.scheduler.select_candidates(moved, nodes).nodes)
-
-    def _unhealthy(self, task: Task, min_healthy: float) -> float | None:
-        """None if the task counts healthy (for a drain), else when it may."""
-        if task.State is not State.RUNNING or not self.health.checks_ok(task):
-            return math.inf
-        at = self.state.since.get(task.ID, 0.0) + min_healthy
-        return None if at <= self.clock.monotonic() else at
 
     async def apply(self, actions: Sequence[Action]) -> None:
         """Carry out one slice of the reconciler's actions: what changes state is
@@ -429,19 +415,6 @@ class Manager:
     def _wake(self, task_id: uuid.UUID, at: float) -> None:
         heapq.heappush(self._wakes, (at, task_id))
         self.state.changed.set()  # the loop recomputes how long it may sleep
-
-
-def _nodes(backend: Backend, workers: Sequence[str]) -> dict[str, Node]:
-    """The stored nodes, and the ``-w`` ones (a repeat counts once; one stored keeps
-    what was decided about it, such as a drain)."""
-    nodes = {r.Name: Node.from_record(r) for r in backend.load_nodes()}
-    for node in map(Node.for_worker, workers):
-        stored = nodes.get(node.Name)
-        if stored is not None:
-            stored.Ip, stored.Api = node.Ip, node.Api
-        else:
-            nodes[node.Name] = node
-    return nodes
 
 
 __all__ = ["BadRequest", "InvalidTransition", "Manager", "Settings", "UnknownTask"]

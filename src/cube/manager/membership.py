@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -36,6 +37,7 @@ from cube.manager.reconciler import Move
 from cube.manager.state import State as ClusterState
 from cube.manager.tracking import Tracker
 from cube.node import Node, worker_addresses
+from cube.scheduler import Scheduler
 from cube.task import State, Task
 from cube.worker.client import WorkerClient
 
@@ -101,6 +103,20 @@ class Joined(BaseModel):
 class HeartbeatSettings:
     interval: float = 1.0
     grace: float = 2.0
+    join_token: str | None = None  # None: no worker may join
+
+
+def known_nodes(backend: Backend, workers: Sequence[str]) -> dict[str, Node]:
+    """The stored nodes, and the ``-w`` ones (a repeat counts once; one stored keeps
+    what was decided about it, such as a drain)."""
+    nodes = {r.Name: Node.from_record(r) for r in backend.load_nodes()}
+    for node in map(Node.for_worker, workers):
+        stored = nodes.get(node.Name)
+        if stored is not None:
+            stored.Ip, stored.Api = node.Ip, node.Api
+        else:
+            nodes[node.Name] = node
+    return nodes
 
 
 class Membership:
@@ -114,7 +130,9 @@ class Membership:
         clock: Clock,
         connect: Callable[[str], WorkerClient],
         heartbeat: HeartbeatSettings,
-        join_token: str | None = None,
+        *,
+        scheduler: Scheduler,
+        checks_ok: Callable[[Task], bool],
     ) -> None:
         self.state = state
         self.tracker = tracker
@@ -124,7 +142,10 @@ class Membership:
         self.clock = clock
         self.connect = connect
         self.heartbeat = heartbeat
-        self._token = join_token.encode() if join_token else None
+        self.scheduler = scheduler
+        self.checks_ok = checks_ok
+        token = heartbeat.join_token
+        self._token = token.encode() if token else None
         # Drain deadlines in the manager's monotonic seconds (stored as wall times).
         self._deadlines: dict[str, float] = {}
         self.next_due: float | None = None
@@ -238,18 +259,8 @@ class Membership:
         await self.backend.delete_node(name)
         log.info("node %s removed", name)
 
-    async def drain_pass(
-        self,
-        jobs: dict[str, JobRecord],
-        healthy: Callable[[Task, float], float | None],
-        fits: Callable[[Task], bool],
-    ) -> list[Move]:
-        """The moves due now for every drain in progress; finished drains are noted.
-
-        ``healthy(task, min_healthy_time)``: None when the task counts healthy, else
-        when it may (monotonic seconds; +inf: not by waiting). ``fits(task)``: whether
-        another node has room for it.
-        """
+    async def drain_pass(self, jobs: dict[str, JobRecord]) -> list[Move]:
+        """The moves due now for every drain in progress; finished drains are noted."""
         self.next_due = None
         names = [n.Name for n in self.state.nodes.values() if n.Draining]
         if not names:
@@ -272,7 +283,7 @@ class Membership:
                 task = self.state.tasks[task_id]
                 if task.DesiredState is not State.RUNNING or task.State is State.COMPLETED:
                     continue
-                due = healthy(task, update.MinHealthyTime)
+                due = self._unhealthy(task, update.MinHealthyTime, now)
                 if due is not None:
                     unhealthy += 1
                     self._due(due)
@@ -280,10 +291,23 @@ class Membership:
         for drain in draining:
             if drain.deadline is not None and drain.deadline > now:
                 self._due(drain.deadline)
-        plan = plan_drains(draining, budgets, now, fits)
+        plan = plan_drains(draining, budgets, now, self.fits)
         for name in plan.done:
             await self._finish(name)
         return plan.moves
+
+    def fits(self, task: Task) -> bool:
+        """Some node other than the task's own has room for it now."""
+        moved = task.model_copy(update={"Node": ""})
+        nodes = [n for n in self.state.nodes.values() if n.Name != task.Node]
+        return bool(self.scheduler.select_candidates(moved, nodes).nodes)
+
+    def _unhealthy(self, task: Task, min_healthy: float, now: float) -> float | None:
+        """None if the task counts healthy, else when it may (+inf: not by waiting)."""
+        if task.State is not State.RUNNING or not self.checks_ok(task):
+            return math.inf
+        at = self.state.since.get(task.ID, 0.0) + min_healthy
+        return None if at <= now else at
 
     def _on(self, name: str) -> tuple[list[Task], int]:
         """The node's tasks to move (placed or running there, to run), and how many

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Depends, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from cube.errors import ApiError
@@ -50,22 +51,18 @@ _JOIN: Responses = {
 }
 _409: Responses = {409: {"model": ErrorBody, "description": "The node is ready: not removed"}}
 
-Authorization = Annotated[str | None, Header(description="Bearer JOIN_TOKEN")]
-
-
-def _bearer(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+# The join token, as ``Authorization: Bearer`` (a security scheme in the OpenAPI
+# document); a missing or malformed header is the same 401 as a wrong token.
+_join_token = HTTPBearer(auto_error=False, scheme_name="JoinToken", description="The join token")
+Authorization = Annotated[HTTPAuthorizationCredentials | None, Depends(_join_token)]
 
 
 def router(members: Membership) -> APIRouter:
     api = APIRouter()
 
-    def admit(authorization: str | None) -> None:
+    def admit(authorization: HTTPAuthorizationCredentials | None) -> None:
         try:
-            members.check_token(_bearer(authorization))
+            members.check_token(authorization.credentials if authorization else None)
         except JoinRefused as exc:
             raise ApiError(403 if exc.off else 401, str(exc)) from None
 

@@ -215,7 +215,7 @@ def drains_finish(m: Manager, user: UserView, _: World) -> str | None:
     left is over."""
     for task in m.state.tasks.values():
         to_run = task.DesiredState is State.RUNNING and task.State in _HOLDING
-        if to_run and task.Node in user.drained and m._fits(task):
+        if to_run and task.Node in user.drained and m.members.fits(task):
             return f"drain: {_short(task.ID)} still {task.State.label} on {task.Node}"
     for node in m.state.nodes.values():
         if node.Draining and not any(t.Node == node.Name for t in m.state.tasks.values()):
