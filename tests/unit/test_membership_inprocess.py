@@ -78,6 +78,21 @@ async def test_heartbeats_keep_a_joined_worker_up_and_their_absence_takes_it_dow
         await c.until(lambda: on(m, "w1:5556") == 4, what="all 4 on w1")
 
 
+async def test_a_worker_lost_soon_after_the_manager_started_is_noticed_in_time() -> None:
+    # The manager starts with no worker: its first look for silent workers finds none,
+    # and a worker joining later must not wait for the -w timeout to be looked at.
+    async with cluster(2) as c:
+        m = await c.start_manager(MemoryBackend(), JOINING, static=0)
+        started = c.clock.monotonic()
+        await c.settle(0.5)  # its first look: nobody to look at
+        for name in ("w1:5556", "w2:5556"):
+            await m.members.join(joins(name))
+        await c.until(lambda: len(m.state.ready) == 2, what="both ready")
+        c.nodes[1].link.cut()  # its heartbeats stop with it (nobody calls beat here)
+        await c.until(lambda: "w2:5556" in m.state.lost, virtual=3.5, what="w2 lost")
+        assert c.clock.monotonic() - started < SETTINGS.worker_timeout
+
+
 async def test_the_same_name_from_a_new_address_is_the_same_node() -> None:
     async with cluster(2) as c:
         m = await c.start_manager(MemoryBackend(), JOINING, static=1)

@@ -179,8 +179,6 @@ class Manager:
             checks_ok=self.health.checks_ok,
         )
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
-        # When to look for silent workers next: at once, then at the earliest deadline.
-        self._next_node_check = self.clock.monotonic()
         self._loops: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------------------
@@ -327,7 +325,7 @@ class Manager:
 
     def _until_next(self) -> float:
         """Seconds until something falls due without anyone saying so."""
-        waits = [self._next_node_check - self.clock.monotonic()]
+        waits = [self.tracker.next_check - self.clock.monotonic()]
         if self._wakes:
             waits.append(self._wakes[0][0] - self.clock.monotonic())
         for due in (self.jobs.next_due, self.members.next_due):
@@ -338,11 +336,13 @@ class Manager:
     async def reconcile_once(self) -> None:
         mono = self.clock.monotonic()
         silent: list[str] = []
-        if self._next_node_check <= mono:
+        if self.tracker.next_check <= mono:
             # O(nodes): only when the earliest deadline seen last time has come (or, with
             # every node lost, a worker timeout later: one may be back by then).
             silent, due = silent_nodes(self.tracker.deadlines(), self.state.lost, mono)
-            self._next_node_check = due if due is not None else mono + self.settings.worker_timeout
+            self.tracker.next_check = (
+                due if due is not None else mono + self.settings.worker_timeout
+            )
         for name in silent:
             log.warning("worker %s is down: not heard from in time", name)
             self.state.node_lost(name)

@@ -81,6 +81,9 @@ class Tracker:
         start = clock.monotonic()
         self.workers = {name: _Worker(name, c, last_seen=start) for name, c in clients.items()}
         self.jobs = Background("tracking")
+        # When to look for silent workers next (the manager's loop reads and sets it):
+        # at once, then at the earliest deadline; at once again when a worker joins.
+        self.next_check = start
         self._follows: dict[str, asyncio.Task[None]] = {}
         self._following = False
         self._poking: set[str] = set()
@@ -105,6 +108,8 @@ class Tracker:
     def add(self, name: str, client: WorkerClient) -> None:
         """Follow a worker that joined, and ask it for its capacity at once."""
         self.workers[name] = worker = _Worker(name, client, last_seen=self.clock.monotonic())
+        self.next_check = min(self.next_check, worker.last_seen)  # its deadline counts
+        self.state.changed.set()
         if self._following:
             self._follows[name] = asyncio.ensure_future(self._follow(worker))
             self.poke(name)
