@@ -183,13 +183,20 @@ class ManagerProcess(Process):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The management token it was started with (``--token``), as a header."""
+        if "--token" in self.args:
+            return {"Authorization": f"Bearer {self.args[self.args.index('--token') + 1]}"}
+        return {}
+
     def wait_ready(self, workers: int = 0, timeout: float = 30.0) -> ManagerProcess:
         """Wait until the API answers and ``workers`` nodes are ready."""
 
         def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"manager exited early:\n{self.output()}")
-            nodes = httpx.get(f"{self.url}/nodes", timeout=2).json()
+            nodes = httpx.get(f"{self.url}/nodes", timeout=2, headers=self.headers).json()
             return sum(n["Status"] == "ready" for n in nodes) >= workers
 
         wait_for(ready, timeout, what="manager ready")

@@ -99,8 +99,14 @@ MIGRATIONS: list[str] = [
         seq INTEGER NOT NULL DEFAULT 0
     );
     """,
+    """
+    CREATE TABLE IF NOT EXISTS tokens (
+        key TEXT PRIMARY KEY, grp TEXT NOT NULL DEFAULT '', value TEXT NOT NULL,
+        seq INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
-TABLES = ("tasks", "events", "jobs", "nodes")
+TABLES = ("tasks", "events", "jobs", "nodes", "tokens")
 
 
 class Database:

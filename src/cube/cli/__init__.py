@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -15,7 +16,7 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import images, jobs, manager, nodes, tasks, up, worker
+    from cube.cli import images, jobs, manager, nodes, tasks, tokens, up, worker
 
     app = typer.Typer(
         name="cube",
@@ -24,8 +25,10 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_global_options)
     worker.register(app)
     manager.register(app)
+    tokens.register(app)
     tasks.register(app)
     nodes.register(app)
     jobs.register(app)
@@ -47,6 +50,22 @@ def _worker_app() -> typer.Typer:
 
 def _group() -> None:
     pass
+
+
+def _global_options(
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="CUBE_TOKEN",
+            help="API token sent to the manager (Authorization: Bearer).",
+            show_envvar=True,
+        ),
+    ] = None,
+) -> None:
+    """Options for every command that talks to a manager."""
+    if token:
+        os.environ["CUBE_TOKEN"] = token  # what ManagerClient sends
 
 
 def main() -> None:

@@ -162,6 +162,16 @@ def manager(
             "join-token file, if any; without one, workers cannot join).",
         ),
     ] = None,
+    api_token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="CUBE_TOKEN",
+            help="The management token: every route but /health then needs a token "
+            "(default: the data directory's token file, if any; without one the API is "
+            "open).",
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         float,
         typer.Option(
@@ -199,6 +209,7 @@ def manager(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
     token = join_token or _token_file(data_dir / "join-token")
+    management = api_token or _token_file(data_dir / "token")
     try:
         if workers:  # given: it must name at least one
             addresses = worker_addresses(workers)
@@ -229,6 +240,7 @@ def manager(
         heartbeat_interval=heartbeat_interval,
         heartbeat_grace=heartbeat_grace,
         join_token=token,
+        token=management,
     )
     node = Manager(addresses, chosen, backend, settings)
     serve(create_app(node), host, port, log_level)

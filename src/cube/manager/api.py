@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
@@ -21,6 +21,8 @@ from cube.errors import (
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
+from cube.manager.tokens_api import router as tokens_router
+from cube.manager.tokens_api import token_guard
 from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
 
@@ -43,16 +45,15 @@ def create_app(manager: Manager) -> FastAPI:
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
         return error_response(404, f"task {exc.args[0]} not found")
 
-    app.include_router(jobs_router(manager.jobs))
-    app.include_router(nodes_router(manager.members))
+    api = APIRouter()  # the task routes, below
 
-    @app.get("/tasks")
+    @api.get("/tasks")
     async def list_tasks(job: str | None = None) -> Response:
         """Every task; ``?job=NAME``: the tasks of that job."""
         tasks = manager.list_tasks() if job is None else manager.jobs.tasks_of(job)
         return Response(tasks_json(tasks), media_type="application/json")
 
-    @app.post("/tasks", status_code=201, response_model=None)
+    @api.post("/tasks", status_code=201, response_model=None)
     async def post_task(request: Request) -> dict[str, Any] | Response:
         """One TaskEvent (the book's body), or a JSON array of them, accepted together.
 
@@ -79,16 +80,16 @@ def create_app(manager: Manager) -> FastAPI:
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
 
-    @app.get("/tasks/{task_id}")
+    @api.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
         return manager.get(parse_uuid(task_id)).to_wire()
 
-    @app.get("/tasks/{task_id}/events")
+    @api.get("/tasks/{task_id}/events")
     async def task_events(task_id: str) -> list[dict[str, Any]]:
         """The task's history: every event users and the manager submitted for it."""
         return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
 
-    @app.delete("/tasks/{task_id}", status_code=204)
+    @api.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(task_id: str) -> Response:
         await manager.stop(parse_uuid(task_id))
         return Response(status_code=204)
@@ -106,8 +107,18 @@ def create_app(manager: Manager) -> FastAPI:
             "Tasks": len(manager.state.tasks),
         }
 
-    @app.get("/nodes")
+    @api.get("/nodes")
     async def nodes() -> list[dict[str, Any]]:
         return [node.to_wire() for node in manager.nodes()]
+
+    # Every route but /health needs a token once the manager has one; joining workers
+    # present the join token instead.
+    guard = [Depends(token_guard(manager.tokens))]
+    joining, nodes_api = nodes_router(manager.members)
+    app.include_router(api, dependencies=guard)
+    app.include_router(jobs_router(manager.jobs), dependencies=guard)
+    app.include_router(nodes_api, dependencies=guard)
+    app.include_router(joining)  # workers: the join token instead
+    app.include_router(tokens_router(manager.tokens), dependencies=guard)
 
     return app

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cube.job import JobRecord
+from cube.manager.auth import TokenRecord
 from cube.node import NodeRecord
 from cube.store import Database, SqliteStore
 from cube.task import Task, TaskEvent
@@ -67,6 +68,14 @@ class Backend(Protocol):
 
     async def delete_node(self, name: str) -> None: ...
 
+    def load_tokens(self) -> list[TokenRecord]:
+        """Every API token made with ``cube token create`` (hashes, not secrets)."""
+        ...
+
+    async def save_token(self, record: TokenRecord) -> None: ...
+
+    async def delete_token(self, token_id: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -95,6 +104,16 @@ class MemoryBackend(_Checked):
         self._events: dict[uuid.UUID, list[TaskEvent]] = {}
         self._jobs: dict[str, JobRecord] = {}
         self._nodes: dict[str, NodeRecord] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+
+    def load_tokens(self) -> list[TokenRecord]:
+        return list(self._tokens.values())
+
+    async def save_token(self, record: TokenRecord) -> None:
+        self._tokens[record.ID] = record
+
+    async def delete_token(self, token_id: str) -> None:
+        self._tokens.pop(token_id, None)
 
     def load_nodes(self) -> list[NodeRecord]:
         return list(self._nodes.values())
@@ -145,6 +164,16 @@ class SqliteBackend(_Checked):
         self._events: SqliteStore[TaskEvent] = self.db.store("events", TaskEvent, _group)
         self._jobs: SqliteStore[JobRecord] = self.db.store("jobs", JobRecord)
         self._nodes: SqliteStore[NodeRecord] = self.db.store("nodes", NodeRecord)
+        self._tokens: SqliteStore[TokenRecord] = self.db.store("tokens", TokenRecord)
+
+    def load_tokens(self) -> list[TokenRecord]:
+        return self._tokens.list()
+
+    async def save_token(self, record: TokenRecord) -> None:
+        self._tokens.put(record.ID, record)
+
+    async def delete_token(self, token_id: str) -> None:
+        self._tokens.delete(token_id)
 
     def load_nodes(self) -> list[NodeRecord]:
         return self._nodes.list()

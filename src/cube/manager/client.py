@@ -7,6 +7,7 @@ user can cause here ends in a traceback.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,10 +100,17 @@ class ManagerClient:
         address: str = DEFAULT_MANAGER,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set)."""
         self.url = manager_url(address)
+        token = token or os.environ.get("CUBE_TOKEN") or None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(
-            base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0), transport=transport
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            transport=transport,
+            headers=headers,
         )
 
     def __enter__(self) -> ManagerClient:
@@ -237,6 +245,18 @@ class ManagerClient:
 
     def remove_node(self, name: str) -> None:
         self._call("DELETE", f"/nodes/{_path(name)}")
+
+    # --- tokens ----------------------------------------------------------------------
+
+    def create_token(self, role: str, name: str = "") -> dict[str, Any]:
+        data: dict[str, Any] = self._call("POST", "/tokens", {"Role": role, "Name": name})
+        return data
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return _list(self._call("GET", "/tokens"), self.url)
+
+    def revoke_token(self, token_id: str) -> None:
+        self._call("DELETE", f"/tokens/{_path(token_id)}")
 
 
 def _path(segment: str) -> str:

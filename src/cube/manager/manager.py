@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from cube.clock import Clock, SystemClock
+from cube.manager.auth import Tokens
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
@@ -114,6 +115,7 @@ class Settings:
     heartbeat_interval: float = 1.0
     heartbeat_grace: float = 2.0
     join_token: str | None = None
+    token: str | None = None  # the management token; None: the API is open
     request_timeout: float = 5.0
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
@@ -165,6 +167,7 @@ class Manager:
             concurrency=s.health_concurrency,
         )
         self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
+        self.tokens = Tokens(backend, s.token)
         self.jobs = Jobs(self.state, backend, self.clock, self._will_restart, self.health.checks_ok)
         self.members = Membership(
             self.state,

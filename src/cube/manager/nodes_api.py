@@ -57,8 +57,9 @@ _join_token = HTTPBearer(auto_error=False, scheme_name="JoinToken", description=
 Authorization = Annotated[HTTPAuthorizationCredentials | None, Depends(_join_token)]
 
 
-def router(members: Membership) -> APIRouter:
-    api = APIRouter()
+def router(members: Membership) -> tuple[APIRouter, APIRouter]:
+    """The workers' routes (join token), and the operators' (the API's own tokens)."""
+    joining, api = APIRouter(), APIRouter()
 
     def admit(authorization: HTTPAuthorizationCredentials | None) -> None:
         try:
@@ -72,7 +73,7 @@ def router(members: Membership) -> APIRouter:
         except UnknownNode:
             raise ApiError(404, f"node {name} not found") from None
 
-    @api.post(
+    @joining.post(
         "/nodes/register", status_code=201, response_model=Joined, responses={**_400, **_JOIN}
     )
     async def register(body: Registration, authorization: Authorization = None) -> Joined:
@@ -80,7 +81,7 @@ def router(members: Membership) -> APIRouter:
         admit(authorization)
         return await members.join(body)
 
-    @api.post("/nodes/{name}/heartbeat", response_model=Joined, responses={**_404, **_JOIN})
+    @joining.post("/nodes/{name}/heartbeat", response_model=Joined, responses={**_404, **_JOIN})
     async def heartbeat(name: str, authorization: Authorization = None) -> Joined:
         """A joined worker is alive. 404: unknown here (removed): join again."""
         admit(authorization)
@@ -118,4 +119,4 @@ def router(members: Membership) -> APIRouter:
             raise ApiError(409, str(exc)) from None
         return Response(status_code=204)
 
-    return api
+    return joining, api

@@ -1,0 +1,76 @@
+"""API tokens: the guard every route but ``/health`` (and the workers' join routes)
+passes, and ``/tokens`` to make, list and revoke them (management tokens only)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from cube.errors import ApiError
+from cube.manager.auth import Forbidden, Tokens, TokenView, Unauthorized
+from cube.manager.auth import Role as _Role
+from cube.manager.jobs_api import ErrorBody, Responses
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="Token", description="An API token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+_READS = frozenset({"GET", "HEAD"})
+
+_404: Responses = {404: {"model": ErrorBody, "description": "No such token"}}
+
+
+class _Create(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    Role: _Role = Field(description="read: GET only; management: everything.")
+    Name: str = Field(default="", max_length=200)
+
+
+def token_guard(tokens: Tokens) -> Callable[..., Awaitable[None]]:
+    """A dependency: 401 without a known token, 403 for a read token writing."""
+
+    async def guard(request: Request, credentials: Credentials = None) -> None:
+        secret = credentials.credentials if credentials is not None else None
+        try:
+            tokens.check(secret, write=request.method not in _READS)
+        except Unauthorized as exc:
+            raise ApiError(401, str(exc)) from None
+        except Forbidden as exc:
+            raise ApiError(403, str(exc)) from None
+
+    return guard
+
+
+def router(tokens: Tokens) -> APIRouter:
+    api = APIRouter()
+
+    def management_only(credentials: Credentials = None) -> None:
+        if not tokens.enabled:
+            return
+        try:
+            role = tokens.role_of(credentials.credentials if credentials else None)
+        except Unauthorized as exc:
+            raise ApiError(401, str(exc)) from None
+        if role != "management":
+            raise ApiError(403, "only a management token may see or change tokens")
+
+    admin = [Depends(management_only)]
+
+    @api.post("/tokens", status_code=201, response_model=TokenView, dependencies=admin)
+    async def create(body: _Create) -> TokenView:
+        """Make a token; its Secret is in this answer only (only its hash is kept)."""
+        return await tokens.create(body.Role, body.Name)
+
+    @api.get("/tokens", response_model=list[TokenView], dependencies=admin)
+    async def list_tokens() -> list[TokenView]:
+        return tokens.list()
+
+    @api.delete("/tokens/{token_id}", status_code=204, responses=_404, dependencies=admin)
+    async def revoke(token_id: str) -> Response:
+        if not await tokens.revoke(token_id):
+            raise ApiError(404, f"token {token_id} not found")
+        return Response(status_code=204)
+
+    return api
