@@ -27,10 +27,13 @@ class Background:
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         handle = asyncio.create_task(self._logged(job))
         self._jobs[handle] = None
-        handle.add_done_callback(self._forget)
+        handle.add_done_callback(lambda done: self._forget(done, job))
 
-    def _forget(self, handle: asyncio.Task[None]) -> None:
+    def _forget(self, handle: asyncio.Task[None], job: Coroutine[Any, Any, None]) -> None:
         self._jobs.pop(handle, None)
+        # Cancelled before it started, the job was never awaited: close it, or Python
+        # warns "coroutine ... was never awaited" (a no-op for one that ran).
+        job.close()
 
     async def _logged(self, job: Coroutine[Any, Any, None]) -> None:
         try:
