@@ -79,11 +79,12 @@ def node(
     if ctx.invoked_subcommand is not None:
         return
     with ManagerClient(manager) as client:
-        nodes = sorted(client.nodes(), key=lambda n: n.Name)
+        nodes = client.nodes()
     if output is Output.json:
-        fmt.print_json([n.to_wire() for n in nodes])
+        fmt.print_json([n.to_wire() for n in nodes])  # as the API answers
         return
-    fmt.show(fmt.table(NODE_HEADERS, [node_row(n) for n in nodes]))
+    rows = [node_row(n) for n in sorted(nodes, key=lambda n: n.Name)]
+    fmt.show(fmt.table(NODE_HEADERS, rows))
 
 
 Name = Annotated[str, typer.Argument(help="The node's name (see `cube node`).")]
