@@ -173,8 +173,7 @@ class Membership:
             node = Node(Name=reg.Name, Ip=fresh.Ip, Api=fresh.Api, Joined=True)
             node.Labels, node.Attributes = dict(reg.Labels), dict(reg.Attributes)
             self.state.add_node(node)
-            self.clients[node.Name] = self.connect(node.Api)
-            self.tracker.add(node.Name, self.clients[node.Name])
+            self._reach(node)
             log.info("worker %s joined from %s", node.Name, node.Api)
         else:
             moved = node.Api != fresh.Api
@@ -184,18 +183,23 @@ class Membership:
             if relabelled:
                 self.state.room()  # tasks waiting on a constraint may fit here now
             if moved or node.Name not in self.clients:
-                old = self.clients.get(node.Name)
-                self.clients[node.Name] = self.connect(node.Api)
-                if node.Name in self.tracker.workers:
-                    self.tracker.replace(node.Name, self.clients[node.Name])
-                else:
-                    self.tracker.add(node.Name, self.clients[node.Name])
-                if old is not None:
-                    self.dispatch.jobs.spawn(old.aclose())
+                self._reach(node)
                 log.info("worker %s joined again, from %s", node.Name, node.Api)
             self.tracker.heard(node.Name)
         await self.backend.save_node(node.record())
         return self._answer(node)
+
+    def _reach(self, node: Node) -> None:
+        """Call the worker at the node's address from now on (closing an older client)
+        and follow it there."""
+        old = self.clients.get(node.Name)
+        self.clients[node.Name] = client = self.connect(node.Api)
+        if node.Name in self.tracker.workers:
+            self.tracker.replace(node.Name, client)
+        else:
+            self.tracker.add(node.Name, client)
+        if old is not None:
+            self.dispatch.jobs.spawn(old.aclose())
 
     def beat(self, name: str) -> Joined:
         node = self.state.nodes.get(name)
