@@ -148,6 +148,25 @@ class Jobs:
                 record = await self.revert(job.Name, action.version, why or action.reason)
         self._note_due(record.Job, members, now)
 
+    def unhealthy(self, name: str) -> tuple[int, float | None]:
+        """How many of the job's live tasks are not healthy (the job reconciler's rule,
+        whatever their version), and when the next could turn healthy by waiting."""
+        record = self.records.get(name)
+        if record is None:
+            return 0, None
+        now = self.clock.monotonic()
+        min_time = record.Job.Update.MinHealthyTime
+        count, due = 0, None
+        for task in self.tasks_of(name):
+            m = self._member(task, now)
+            if not m.live or m.healthy(min_time):
+                continue
+            count += 1
+            if m.checks_ok and m.running_for is not None:
+                at = now + min_time - m.running_for
+                due = at if due is None else min(due, at)
+        return count, due
+
     def _member(self, task: Task, now: float) -> Member:
         born = self._born.setdefault(task.ID, now)
         wanted = task.DesiredState is State.RUNNING

@@ -179,7 +179,6 @@ class Manager:
             connect,
             HeartbeatSettings(s.heartbeat_interval, s.heartbeat_grace, s.join_token),
             scheduler=scheduler,
-            checks_ok=self.health.checks_ok,
         )
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         self._loops: list[asyncio.Task[None]] = []
@@ -364,7 +363,7 @@ class Manager:
             except Exception:
                 self.state.mark(dirty[start:])  # nothing taken is dropped: tried again
                 raise
-        await self.apply(await self.members.drain_pass(self.jobs.records))
+        await self.apply(await self.members.drain_pass(self.jobs))
         await self.jobs.reconcile()
 
     async def apply(self, actions: Sequence[Action]) -> None:

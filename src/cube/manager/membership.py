@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cube import task as task_module  # its now() is the simulator's in a simulation
 from cube.clock import Clock
-from cube.job import JobRecord
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.drain import Budget, Draining, plan_drains
+from cube.manager.jobs import Jobs
 from cube.manager.reconciler import Move
 from cube.manager.state import State as ClusterState
 from cube.manager.tracking import Tracker
@@ -132,7 +131,6 @@ class Membership:
         heartbeat: HeartbeatSettings,
         *,
         scheduler: Scheduler,
-        checks_ok: Callable[[Task], bool],
     ) -> None:
         self.state = state
         self.tracker = tracker
@@ -143,7 +141,6 @@ class Membership:
         self.connect = connect
         self.heartbeat = heartbeat
         self.scheduler = scheduler
-        self.checks_ok = checks_ok
         token = heartbeat.join_token
         self._token = token.encode() if token else None
         # Drain deadlines in the manager's monotonic seconds (stored as wall times).
@@ -263,7 +260,7 @@ class Membership:
         await self.backend.delete_node(name)
         log.info("node %s removed", name)
 
-    async def drain_pass(self, jobs: dict[str, JobRecord]) -> list[Move]:
+    async def drain_pass(self, jobs: Jobs) -> list[Move]:
         """The moves due now for every drain in progress; finished drains are noted."""
         self.next_due = None
         names = [n.Name for n in self.state.nodes.values() if n.Draining]
@@ -278,20 +275,13 @@ class Membership:
             draining.append(Draining(name, tasks, self._deadlines.get(name), others))
         budgets = {}
         for job_name in involved:
-            record = jobs.get(job_name)
+            record = jobs.records.get(job_name)
             if record is None:
                 continue
-            update = record.Job.Update
-            unhealthy = 0
-            for task_id in self.state.by_job.get(job_name, ()):
-                task = self.state.tasks[task_id]
-                if task.DesiredState is not State.RUNNING or task.State is State.COMPLETED:
-                    continue
-                due = self._unhealthy(task, update.MinHealthyTime, now)
-                if due is not None:
-                    unhealthy += 1
-                    self._due(due)
-            budgets[job_name] = Budget(update.MaxParallel, unhealthy)
+            unhealthy, due = jobs.unhealthy(job_name)
+            if due is not None:
+                self._due(due)
+            budgets[job_name] = Budget(record.Job.Update.MaxParallel, unhealthy)
         for drain in draining:
             if drain.deadline is not None and drain.deadline > now:
                 self._due(drain.deadline)
@@ -305,13 +295,6 @@ class Membership:
         moved = task.model_copy(update={"Node": ""})
         nodes = [n for n in self.state.nodes.values() if n.Name != task.Node]
         return bool(self.scheduler.select_candidates(moved, nodes).nodes)
-
-    def _unhealthy(self, task: Task, min_healthy: float, now: float) -> float | None:
-        """None if the task counts healthy, else when it may (+inf: not by waiting)."""
-        if task.State is not State.RUNNING or not self.checks_ok(task):
-            return math.inf
-        at = self.state.since.get(task.ID, 0.0) + min_healthy
-        return None if at <= now else at
 
     def _on(self, name: str) -> tuple[list[Task], int]:
         """The node's tasks to move (placed or running there, to run), and how many
@@ -335,7 +318,7 @@ class Membership:
         log.info("node %s: drain complete; it takes no new work until made eligible", name)
 
     def _due(self, at: float) -> None:
-        if at != float("inf") and (self.next_due is None or at < self.next_due):
+        if self.next_due is None or at < self.next_due:
             self.next_due = at
 
     def _monotonic(self, wall: str) -> float:
