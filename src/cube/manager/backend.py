@@ -64,7 +64,9 @@ class Backend(Protocol):
         manager was down is still known, so it is declared lost and its tasks moved."""
         ...
 
-    async def save_node(self, record: NodeRecord) -> None: ...
+    async def save_nodes(self, records: Sequence[NodeRecord]) -> None:
+        """Store these nodes' records, in one write."""
+        ...
 
     async def delete_node(self, name: str) -> None: ...
 
@@ -118,8 +120,8 @@ class MemoryBackend(_Checked):
     def load_nodes(self) -> list[NodeRecord]:
         return list(self._nodes.values())
 
-    async def save_node(self, record: NodeRecord) -> None:
-        self._nodes[record.Name] = record
+    async def save_nodes(self, records: Sequence[NodeRecord]) -> None:
+        self._nodes.update((r.Name, r) for r in records)
 
     async def delete_node(self, name: str) -> None:
         self._nodes.pop(name, None)
@@ -178,8 +180,8 @@ class SqliteBackend(_Checked):
     def load_nodes(self) -> list[NodeRecord]:
         return self._nodes.list()
 
-    async def save_node(self, record: NodeRecord) -> None:
-        self._nodes.put(record.Name, record)
+    async def save_nodes(self, records: Sequence[NodeRecord]) -> None:
+        self._nodes.put_many((r.Name, r) for r in records)
 
     async def delete_node(self, name: str) -> None:
         self._nodes.delete(name)

@@ -187,8 +187,8 @@ class Manager:
 
     async def start(self) -> None:
         """Start the loops; the state loaded from the backend is reconciled first thing."""
-        for node in self.state.nodes.values():
-            await self.backend.save_node(node.record())  # -w ones too, remembered
+        # Every node remembered, -w ones too; one write, not one per node.
+        await self.backend.save_nodes([node.record() for node in self.state.nodes.values()])
         loops: list[Awaitable[None]] = [
             self._reconcile_loop(),
             self.health.loop(),

@@ -2,7 +2,7 @@
 
 A node is identified by its worker's name, not its address: a worker that joins again
 under the same name from a new address is the same node, with its eligibility and
-drain kept. Every node is stored (:meth:`Backend.save_node`), so a manager restarted
+drain kept. Every node is stored (:meth:`Backend.save_nodes`), so a manager restarted
 while a worker was away still knows it, and declares it lost when it stays silent.
 
 Joining is Swarm's and k3s's: the worker presents a shared join token
@@ -183,7 +183,7 @@ class Membership:
                 self._reach(node)
                 log.info("worker %s joined again, from %s", node.Name, node.Api)
             self.tracker.heard(node.Name)
-        await self.backend.save_node(node.record())
+        await self.backend.save_nodes([node.record()])
         return self._answer(node)
 
     def _reach(self, node: Node) -> None:
@@ -227,7 +227,7 @@ class Membership:
         if deadline is not None:
             self._deadlines[name] = self.clock.monotonic() + deadline
             node.DrainDeadline = _rfc3339(task_module.now() + timedelta(seconds=deadline))
-        await self.backend.save_node(node.record())
+        await self.backend.save_nodes([node.record()])
         log.info("node %s: draining%s", name, f" (deadline {deadline:g}s)" if deadline else "")
         self.state.changed.set()
         return node
@@ -240,7 +240,7 @@ class Membership:
         if eligible:
             node.Draining, node.DrainDeadline = False, ""
             self._deadlines.pop(name, None)
-        await self.backend.save_node(node.record())
+        await self.backend.save_nodes([node.record()])
         log.info("node %s: %s", name, "eligible" if eligible else "ineligible")
         if eligible:
             self.state.room()  # tasks waiting for room may fit there now
@@ -314,7 +314,7 @@ class Membership:
         node = self.state.nodes[name]
         node.Draining, node.DrainDeadline = False, ""
         self._deadlines.pop(name, None)
-        await self.backend.save_node(node.record())
+        await self.backend.save_nodes([node.record()])
         log.info("node %s: drain complete; it takes no new work until made eligible", name)
 
     def _due(self, at: float) -> None:

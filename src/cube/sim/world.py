@@ -96,10 +96,10 @@ class CrashingBackend(SqliteBackend):
             raise asyncio.CancelledError
         await super().save_job(record)
 
-    async def save_node(self, record: NodeRecord) -> None:
+    async def save_nodes(self, records: Sequence[NodeRecord]) -> None:
         if self.dead:
             raise asyncio.CancelledError
-        await super().save_node(record)
+        await super().save_nodes(records)
 
     async def delete_node(self, name: str) -> None:
         if self.dead:
