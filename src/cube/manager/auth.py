@@ -86,11 +86,15 @@ class Tokens:
                 return record.Role
         raise Unauthorized("unknown token")
 
-    def check(self, secret: str | None, write: bool) -> None:
-        """Let the request through, or raise Unauthorized / Forbidden."""
+    def check(self, secret: str | None, write: bool, management: bool = False) -> None:
+        """Let the request through, or raise Unauthorized / Forbidden. ``management``:
+        only a management token may (the ``/tokens`` routes)."""
         if not self.enabled:
             return
-        if self.role_of(secret) == "read" and write:
+        role = self.role_of(secret)
+        if management and role != "management":
+            raise Forbidden("only a management token may see or change tokens")
+        if role == "read" and write:
             raise Forbidden("a read token cannot change anything")
 
     async def create(self, role: Role, name: str = "") -> TokenView:
