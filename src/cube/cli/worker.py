@@ -24,8 +24,15 @@ def register(app: typer.Typer) -> None:
 
 def worker(
     host: Annotated[
-        str, typer.Option("-H", "--host", envvar="CUBE_WORKER_HOST", help="Address to listen on.")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            "-H",
+            "--host",
+            envvar="CUBE_WORKER_HOST",
+            help="Address to listen on (beyond loopback only with a credential and TLS, "
+            "or --insecure).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("-p", "--port", envvar="CUBE_WORKER_PORT", help="Port to listen on.")
     ] = 5556,
@@ -148,6 +155,15 @@ def worker(
             help="A label for placement constraints, KEY=VALUE (repeat for more).",
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="CUBE_INSECURE",
+            help="Listen beyond loopback without a credential or TLS: anyone who reaches "
+            "the worker may then run any container on it.",
+        ),
+    ] = False,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -175,6 +191,14 @@ def worker(
     from cube.worker.worker import Capacity, Worker
 
     setup_logging(log_level)
+    from cube.cli.exposure import refusal
+
+    # A joined worker always has a credential (the secret it makes to join).
+    missing = [] if token or join else ["a credential (--join or --token)"]
+    missing.append("TLS")  # not built yet: a worker's traffic would cross in clear
+    refused = None if insecure else refusal("worker", host, missing)
+    if refused:
+        _fail(refused)
     try:
         capacity = Capacity(cores=cpus, memory=parse_size(memory), disk=parse_size(disk))
     except ValueError as exc:
