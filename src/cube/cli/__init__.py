@@ -66,6 +66,13 @@ def _global_options(
     """Options for every command that talks to a manager."""
     if token:
         os.environ["CUBE_TOKEN"] = token  # what ManagerClient sends
+    if "CUBE_MANAGER" not in os.environ:
+        from cube import clientconfig
+
+        # A cluster `cube up` started is the default manager (its token goes with it).
+        config = clientconfig.load()
+        if config is not None:
+            os.environ["CUBE_MANAGER"] = config.Manager
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import ValidationError
 
+from cube import clientconfig
 from cube.job import Deployment, Job
 from cube.node import Node
 from cube.task import Task, TaskEvent
@@ -102,8 +103,12 @@ class ManagerClient:
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
     ) -> None:
-        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set)."""
+        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set, or the
+        client config's for this manager: cube.clientconfig)."""
         self.url = manager_url(address)
+        if not token and not os.environ.get("CUBE_TOKEN"):
+            config = clientconfig.for_manager(self.url)
+            token = config.Token if config else None
         token = token or os.environ.get("CUBE_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(
