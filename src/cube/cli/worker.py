@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from cube.cli.tls import TlsCa, TlsCert, TlsKey
+
 if TYPE_CHECKING:
+    import ssl
+
     from cube.worker.join import Joiner
 
 
@@ -139,6 +143,9 @@ def worker(
             help="A label for placement constraints, KEY=VALUE (repeat for more).",
         ),
     ] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -156,6 +163,7 @@ def worker(
     ] = 0.0,
 ) -> None:
     """Run a worker: accept tasks over HTTP and run them as Docker containers."""
+    from cube.cli import tls
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.runtime.base import Runtime
     from cube.stats import StatsSampler
@@ -165,6 +173,8 @@ def worker(
     from cube.worker.worker import Capacity, Worker
 
     setup_logging(log_level)
+    # Only its manager calls a worker: with a CA, a client certificate from it is required.
+    served = tls.server_context(tls_cert, tls_key, tls_ca, require_client_cert=True)
     try:
         capacity = Capacity(cores=cpus, memory=parse_size(memory), disk=parse_size(disk))
     except ValueError as exc:
@@ -199,12 +209,15 @@ def worker(
     joiner = None
     if join is not None:
         labels = _labels(label or [])
-        joiner = _join(join, join_token, advertise or _advertise(join, host, port), name, labels)
+        address = advertise or _advertise(join, host, port)
+        calls = tls.client_context(tls_cert, tls_key, tls_ca) if served else None
+        joiner = _join(join, join_token, address, name, labels, calls)
     elif label:
         _fail("--label needs --join: labels are sent when the worker joins")
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
-    serve(create_app(node, sampler, capacity, joiner), host, port, log_level, loop="asyncio")
+    app = create_app(node, sampler, capacity, joiner)
+    serve(app, host, port, log_level, loop="asyncio", tls=served)
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -217,13 +230,20 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _join(
-    manager: str, token: str | None, advertise: str, name: str, labels: dict[str, str]
+    manager: str,
+    token: str | None,
+    advertise: str,
+    name: str,
+    labels: dict[str, str],
+    tls: ssl.SSLContext | None,
 ) -> Joiner:
     """Join once now, so a refused token ends the command with one clear line (an
-    unreachable manager is tried again in the background)."""
+    unreachable manager is tried again in the background). With ``tls`` the worker
+    serves HTTPS: it says so in the address it gives, and calls its manager over it."""
     import asyncio
 
     from cube.node import worker_addresses
+    from cube.tls import https
     from cube.worker.join import Joiner, JoinRefused
 
     if not token:
@@ -237,11 +257,11 @@ def _join(
 
     registration = {
         "Name": name,
-        "Api": advertise,
+        "Api": https(advertise) if tls else advertise,
         "Labels": labels,
         "Attributes": builtin_attributes(),
     }
-    joiner = Joiner(manager, token, registration)
+    joiner = Joiner(manager, token, registration, tls=tls)
     try:
         asyncio.run(joiner.register())
     except JoinRefused as exc:

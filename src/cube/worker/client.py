@@ -209,9 +209,12 @@ class _AiohttpWire:
 
     errors: tuple[type[BaseException], ...] = _AIOHTTP_ERRORS
 
-    def __init__(self, timeout: float, max_connections: int) -> None:
+    def __init__(
+        self, timeout: float, max_connections: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.timeout = timeout
         self.max_connections = max_connections
+        self.tls = tls
         self._default = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
         )
@@ -224,7 +227,7 @@ class _AiohttpWire:
             if self._closed:
                 raise aiohttp.ClientConnectionError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE, ssl=_tls()
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE, ssl=self.tls or _tls()
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -306,8 +309,15 @@ class WorkerClient:
         self._wire: _Wire = _HttpxWire(client) if isinstance(client, httpx.AsyncClient) else client
 
     @classmethod
-    def connect(cls, base_url: str, timeout: float, max_connections: int = 16) -> WorkerClient:
-        """A client with connection pools of its own, closed by :meth:`aclose`.
+    def connect(
+        cls,
+        base_url: str,
+        timeout: float,
+        max_connections: int = 16,
+        tls: ssl.SSLContext | None = None,
+    ) -> WorkerClient:
+        """A client with connection pools of its own, closed by :meth:`aclose`; ``tls``
+        for https:// (default: the system's CAs, no client certificate).
 
         One pool per worker, not one for the whole cluster: a pool shared by a thousand
         workers made every request scan a thousand connections (httpcore's did).
@@ -315,7 +325,7 @@ class WorkerClient:
         cost the manager about half the CPU of httpx's own transport (530 us against
         1,020 us), and less again without httpx's layers over it.
         """
-        return cls(base_url, _AiohttpWire(timeout, max_connections))
+        return cls(base_url, _AiohttpWire(timeout, max_connections, tls))
 
     @property
     def is_closed(self) -> bool:
