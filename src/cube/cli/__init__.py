@@ -97,6 +97,13 @@ def _global_options(
         "CUBE_TLS_KEY": tls_key,
     }
     os.environ.update({name: value for name, value in given.items() if value})
+    if "CUBE_MANAGER" not in os.environ:
+        from cube import clientconfig
+
+        # A cluster `cube up` started is the default manager (its token goes with it).
+        config = clientconfig.load()
+        if config is not None:
+            os.environ["CUBE_MANAGER"] = config.Manager
 
 
 def main() -> None:

@@ -17,8 +17,14 @@ def register(app: typer.Typer) -> None:
 
 def manager(
     host: Annotated[
-        str, typer.Option("-H", "--host", envvar="CUBE_MANAGER_HOST", help="Address to listen on.")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            "-H",
+            "--host",
+            envvar="CUBE_MANAGER_HOST",
+            help="Address to listen on (beyond loopback only with --token, or --insecure).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("-p", "--port", envvar="CUBE_MANAGER_PORT", help="Port to listen on.")
     ] = 5555,
@@ -173,6 +179,15 @@ def manager(
             "open).",
         ),
     ] = None,
+    worker_token: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-token",
+            envvar="CUBE_WORKER_TOKEN",
+            help="What -w workers take commands with (their --token; default: the "
+            "management token). Joined workers each give their own when they join.",
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         float,
         typer.Option(
@@ -191,6 +206,15 @@ def manager(
             help="Seconds past a missed heartbeat before a joined worker is down.",
         ),
     ] = 2.0,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="CUBE_INSECURE",
+            help="Listen beyond loopback without a token: anyone who reaches the manager "
+            "may then run any container on every worker.",
+        ),
+    ] = False,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -218,8 +242,13 @@ def manager(
         chosen = make_scheduler(scheduler)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
+    from cube.cli.exposure import refusal
+
     token = join_token or _token_file(data_dir / "join-token")
     management = api_token or _token_file(data_dir / "token")
+    refused = None if insecure else refusal("manager", host, [] if management else ["--token"])
+    if refused:
+        raise CliError(refused)
     try:
         if workers:  # given: it must name at least one
             addresses = worker_addresses(workers)
@@ -253,6 +282,7 @@ def manager(
         heartbeat_grace=heartbeat_grace,
         join_token=token,
         token=management,
+        worker_token=worker_token,
         tls=calls,
     )
     node = Manager(addresses, chosen, backend, settings)

@@ -28,8 +28,15 @@ def register(app: typer.Typer) -> None:
 
 def worker(
     host: Annotated[
-        str, typer.Option("-H", "--host", envvar="CUBE_WORKER_HOST", help="Address to listen on.")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            "-H",
+            "--host",
+            envvar="CUBE_WORKER_HOST",
+            help="Address to listen on (beyond loopback only with a credential and TLS, "
+            "or --insecure).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("-p", "--port", envvar="CUBE_WORKER_PORT", help="Port to listen on.")
     ] = 5556,
@@ -126,6 +133,15 @@ def worker(
         str | None,
         typer.Option("--join-token", envvar="CUBE_JOIN_TOKEN", help="The manager's join token."),
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="CUBE_WORKER_TOKEN",
+            help="Take commands only with this token (the manager's --worker-token, for "
+            "the -w flow). A joined worker also takes the credential it gives at join.",
+        ),
+    ] = None,
     advertise: Annotated[
         str | None,
         typer.Option(
@@ -143,6 +159,15 @@ def worker(
             help="A label for placement constraints, KEY=VALUE (repeat for more).",
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="CUBE_INSECURE",
+            help="Listen beyond loopback without a credential or TLS: anyone who reaches "
+            "the worker may then run any container on it.",
+        ),
+    ] = False,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
@@ -170,11 +195,21 @@ def worker(
     from cube.store import Database, MemoryStore, Store
     from cube.task import Task, parse_size
     from cube.worker.api import create_app
+    from cube.worker.credentials import Credentials, new_secret
     from cube.worker.worker import Capacity, Worker
 
     setup_logging(log_level)
     # Only its manager calls a worker: with a CA, a client certificate from it is required.
     served = tls.server_context(tls_cert, tls_key, tls_ca, require_client_cert=True)
+    from cube.cli.exposure import refusal
+
+    # A joined worker always has a credential (the secret it makes to join).
+    missing = [] if token or join else ["a credential (--join or --token)"]
+    if served is None:
+        missing.append("TLS")  # its traffic, the credential included, would cross in clear
+    refused = None if insecure else refusal("worker", host, missing)
+    if refused:
+        _fail(refused)
     try:
         capacity = Capacity(cores=cpus, memory=parse_size(memory), disk=parse_size(disk))
     except ValueError as exc:
@@ -207,16 +242,18 @@ def worker(
     )
     sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
     joiner = None
+    secret = None
     if join is not None:
         labels = _labels(label or [])
+        secret = new_secret()  # this process's: a restarted worker joins with a new one
         address = advertise or _advertise(join, host, port)
         calls = tls.client_context(tls_cert, tls_key, tls_ca) if served else None
-        joiner = _join(join, join_token, address, name, labels, calls)
+        joiner = _join(join, join_token, address, name, labels, secret, calls)
     elif label:
         _fail("--label needs --join: labels are sent when the worker joins")
+    app = create_app(node, sampler, capacity, joiner, Credentials(token, secret))
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
-    app = create_app(node, sampler, capacity, joiner)
     serve(app, host, port, log_level, loop="asyncio", tls=served)
 
 
@@ -235,6 +272,7 @@ def _join(
     advertise: str,
     name: str,
     labels: dict[str, str],
+    secret: str,
     tls: ssl.SSLContext | None,
 ) -> Joiner:
     """Join once now, so a refused token ends the command with one clear line (an
@@ -260,6 +298,7 @@ def _join(
         "Api": https(advertise) if tls else advertise,
         "Labels": labels,
         "Attributes": builtin_attributes(),
+        "Secret": secret,  # the manager presents it on every call to this worker
     }
     joiner = Joiner(manager, token, registration, tls=tls)
     try:

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import ValidationError
 
+from cube import clientconfig
 from cube.job import Deployment, Job
 from cube.node import Node
 from cube.task import Task, TaskEvent
@@ -124,13 +125,17 @@ class ManagerClient:
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
     ) -> None:
-        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set). Over
-        https://, the manager is checked against ``CUBE_TLS_CA`` (the system's CAs
-        without it) and ``CUBE_TLS_CERT``/``CUBE_TLS_KEY`` are presented when set; an
-        address without a scheme is https:// when ``CUBE_TLS_CA`` is set."""
+        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set, or the
+        client config's for this manager: cube.clientconfig). Over https://, the
+        manager is checked against ``CUBE_TLS_CA`` (the system's CAs without it) and
+        ``CUBE_TLS_CERT``/``CUBE_TLS_KEY`` are presented when set; an address without a
+        scheme is https:// when ``CUBE_TLS_CA`` is set."""
         ca = os.environ.get("CUBE_TLS_CA") or None
         self.url = manager_url(address, "https" if ca else "http")
         verify = _tls(ca) if self.url.startswith("https://") else True
+        if not token and not os.environ.get("CUBE_TOKEN"):
+            config = clientconfig.for_manager(self.url)
+            token = config.Token if config else None
         token = token or os.environ.get("CUBE_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(

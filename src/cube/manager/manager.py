@@ -118,6 +118,8 @@ class Settings:
     heartbeat_grace: float = 2.0
     join_token: str | None = None
     token: str | None = None  # the management token; None: the API is open
+    # What -w workers take commands with (their --token); None: the management token.
+    worker_token: str | None = None
     request_timeout: float = 5.0
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
@@ -127,7 +129,7 @@ class Settings:
     tls: ssl.SSLContext | None = None
 
 
-Connect = Callable[[str], WorkerClient]
+Connect = Callable[[str, str], WorkerClient]  # (address, the worker's credential)
 
 
 class Manager:
@@ -146,15 +148,16 @@ class Manager:
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
-        nodes = known_nodes(backend, workers)
+        worker_token = s.worker_token if s.worker_token is not None else s.token
+        nodes = known_nodes(backend, workers, worker_token or "")
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
         connect = connect or (
-            lambda url: WorkerClient.connect(
-                https(url) if s.tls else url, s.request_timeout, tls=s.tls
+            lambda url, token: WorkerClient.connect(
+                https(url) if s.tls else url, s.request_timeout, token=token, tls=s.tls
             )
         )
-        self.clients = {name: connect(node.Api) for name, node in nodes.items()}
+        self.clients = {name: connect(node.Api, node.Secret) for name, node in nodes.items()}
         self.dispatch = Dispatcher(
             self.state, self.clients, self.clock, self.report, s.send_concurrency
         )
