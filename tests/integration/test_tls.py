@@ -190,16 +190,18 @@ def test_a_joined_and_a_given_worker_run_a_task_over_mutual_tls(cluster: Cluster
 def test_a_worker_takes_calls_only_with_a_certificate_from_its_ca(cluster: Cluster) -> None:
     worker = f"https://127.0.0.1:{cluster.joined[1]}"
     certs, foreign = cluster.certs, cluster.foreign
-    # The manager's own certificate is let in: the refusals below are about the client's.
-    mine = httpx.get(f"{worker}/tasks", verify=certs.client("manager"), timeout=5)
+    # The cluster's certificate gets an HTTP answer (/health is open; a command then
+    # wants the worker's credential too): the refusals below are the TLS layer's.
+    mine = httpx.get(f"{worker}/health", verify=certs.client("manager"), timeout=5)
     assert mine.status_code == 200, mine.text
-    # Another CA's certificate, trusting the worker all the same: refused in the handshake.
-    strangers = [foreign.client("manager", ca=certs.ca), certs.client()]  # and no certificate
+    # Another CA's certificate, trusting the worker all the same, or no certificate:
+    # refused in the handshake, before any HTTP.
+    strangers = [foreign.client("manager", ca=certs.ca), certs.client()]
     for context in strangers:
         with pytest.raises(httpx.HTTPError):
             httpx.post(f"{worker}/tasks", json=task_event(), verify=context, timeout=5)
         with pytest.raises(httpx.HTTPError):
-            httpx.get(f"{worker}/tasks", verify=context, timeout=5)
+            httpx.get(f"{worker}/health", verify=context, timeout=5)
     # Nor does a worker of another cluster pass for this one's by its server certificate.
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{worker}/health", verify=foreign.client("manager"), timeout=5)
@@ -265,3 +267,24 @@ def test_a_server_given_half_its_tls_material_says_what_is_missing(
     assert ca_only == "cube: --tls-ca needs --tls-cert and --tls-key"
     wrong_key = [*cert, "--tls-key", str(certs.dir / "ca-key.pem")]
     assert "are not a PEM certificate and its key" in one_line(cube(*base, *wrong_key))
+
+
+def test_a_worker_with_a_credential_and_tls_may_listen_beyond_loopback(tmp_path: Path) -> None:
+    """Secure by default counts TLS as served: the same worker without it is refused."""
+    certs = _init(tmp_path / "tls")
+    port = free_port()
+    args = ["worker", "-H", "0.0.0.0", "-p", str(port), "--data-dir", str(tmp_path)]
+    line = one_line(cube(*args, "--token", "t-1"))
+    assert "refusing to listen on 0.0.0.0 without TLS" in line
+    worker = _start([*args, "--token", "t-1", *certs.served("worker")], tmp_path / "w.log")
+    try:
+        context = certs.client("manager")
+
+        def up() -> bool:
+            assert worker.proc is not None and worker.proc.poll() is None, worker.output()
+            url = f"https://127.0.0.1:{port}/health"
+            return httpx.get(url, verify=context, timeout=2).status_code == 200
+
+        wait_for(up, 20, what="the worker on 0.0.0.0 over TLS")
+    finally:
+        worker.stop()
