@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 
 from cube.clock import ManualClock
+from cube.events import Event
 from cube.manager.backend import Backend, Change, SqliteBackend
 from cube.manager.manager import Manager, Settings
 from cube.runtime.base import ContainerInfo
@@ -151,13 +152,15 @@ class FaultyBackend(SqliteBackend):
         self.crashed = False
         self.kill: Callable[[], None] = lambda: None
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
         if self.crashed:
             raise asyncio.CancelledError
         self.commits += 1
         if self.commits == self.crash_at and not self.after:
             self._die()
-        await super().commit(changes, events)
+        await super().commit(changes, events, stream)
         if self.commits == self.crash_at and self.after:
             self._die()
 

@@ -105,8 +105,21 @@ MIGRATIONS: list[str] = [
         seq INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # The cluster's event stream (cube.manager.eventstore): its Index is the key.
+    """
+    CREATE TABLE IF NOT EXISTS stream (
+        idx INTEGER PRIMARY KEY, time REAL NOT NULL, topic TEXT NOT NULL, value TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS stream_time ON stream (time);
+    """,
 ]
 TABLES = ("tasks", "events", "jobs", "nodes", "tokens")
+
+
+class Writes(Protocol):
+    """A table :meth:`Database.write` can put rows into, in its transaction."""
+
+    def _upsert(self, conn: sqlite3.Connection, items: Iterable[tuple[str, Any]]) -> None: ...
 
 
 class Database:
@@ -133,7 +146,7 @@ class Database:
             raise ValueError(f"unknown table {table!r}")
         return SqliteStore(self, table, model, group_of)
 
-    def write(self, batches: Iterable[tuple[SqliteStore[Any], Iterable[tuple[str, Any]]]]) -> None:
+    def write(self, batches: Iterable[tuple[Writes, Iterable[tuple[str, Any]]]]) -> None:
         """Puts into several of this database's stores as one transaction: all or none.
 
         The manager stores a task and the event that changed it together, so a crash

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from cube.clock import ManualClock
+from cube.events import Event
 from cube.manager.backend import Change, MemoryBackend
 from cube.manager.manager import Manager
 from cube.scheduler import Epvm
@@ -28,11 +29,13 @@ class FlakyBackend(MemoryBackend):
 
     fail = 0
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
         if self.fail:
             self.fail -= 1
             raise OSError("disk full")
-        await super().commit(changes, events)
+        await super().commit(changes, events, stream)
 
 
 class Recorder:

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from cube.events import Event
 from cube.manager.backend import Change, MemoryBackend
 from cube.manager.manager import BadRequest, Manager
 from cube.scheduler import Epvm
@@ -18,9 +19,11 @@ class CountingBackend(MemoryBackend):
 
     commits = 0
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
         self.commits += 1
-        await super().commit(changes, events)
+        await super().commit(changes, events, stream)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import images, jobs, manager, nodes, tasks, tls, tokens, up, worker
+    from cube.cli import events, images, jobs, manager, nodes, tasks, tls, tokens, up, worker
 
     app = typer.Typer(
         name="cube",
@@ -29,6 +29,7 @@ def build_app() -> typer.Typer:
     worker.register(app)
     manager.register(app)
     tokens.register(app)
+    events.register(app)
     tls.register(app)
     tasks.register(app)
     nodes.register(app)

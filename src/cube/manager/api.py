@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
+from cube.manager.events_api import router as events_router
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
@@ -30,8 +32,18 @@ _EVENTS = TypeAdapter(list[TaskEvent])
 
 
 def create_app(manager: Manager) -> FastAPI:
+    stopping = asyncio.Event()  # the server is stopping: event streams end
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def end_streams() -> None:
+            stopping.set()
+            manager.events.wake()
+
+        # Called from the signal handler (cube.config.serve) when a stop is asked for.
+        app.state.on_exit = [lambda: loop.call_soon_threadsafe(end_streams)]
         await manager.start()
         try:
             yield
@@ -117,6 +129,7 @@ def create_app(manager: Manager) -> FastAPI:
     joining, nodes_api = nodes_router(manager.members)
     app.include_router(api, dependencies=guard)
     app.include_router(jobs_router(manager.jobs), dependencies=guard)
+    app.include_router(events_router(manager.events, stopping), dependencies=guard)
     app.include_router(nodes_api, dependencies=guard)
     app.include_router(joining)  # workers: the join token instead
     app.include_router(tokens_router(manager.tokens))  # management tokens only

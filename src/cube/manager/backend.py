@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cube.events import Event
 from cube.job import JobRecord
 from cube.manager.auth import TokenRecord
+from cube.manager.eventstore import EventStore, MemoryEvents, SqliteEvents
 from cube.node import NodeRecord
 from cube.store import Database, SqliteStore
 from cube.task import Task, TaskEvent
@@ -38,12 +40,19 @@ class Conflict(Exception):
 
 
 class Backend(Protocol):
+    # The cluster's event stream (cube.manager.events): its own writes, and the task
+    # events a commit carries.
+    stream: EventStore
+
     def load(self) -> list[Task]:
         """Every task, as last committed (at start-up)."""
         ...
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
-        """Store all of it, durably, or none of it."""
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
+        """Store all of it, durably, or none of it: the tasks, the TaskEvents that
+        changed them, and the stream's events that describe the changes."""
         ...
 
     def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
@@ -104,6 +113,7 @@ class MemoryBackend(_Checked):
     def __init__(self) -> None:
         super().__init__()
         self._events: dict[uuid.UUID, list[TaskEvent]] = {}
+        self.stream: EventStore = MemoryEvents()
         self._jobs: dict[str, JobRecord] = {}
         self._nodes: dict[str, NodeRecord] = {}
         self._tokens: dict[str, TokenRecord] = {}
@@ -135,9 +145,12 @@ class MemoryBackend(_Checked):
     def load(self) -> list[Task]:
         return list(self._current.values())
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
         self._check(changes)
         self._keep(changes)
+        self.stream.append(stream)
         for event in events:
             self._events.setdefault(event.Task.ID, []).append(event)
 
@@ -167,6 +180,8 @@ class SqliteBackend(_Checked):
         self._jobs: SqliteStore[JobRecord] = self.db.store("jobs", JobRecord)
         self._nodes: SqliteStore[NodeRecord] = self.db.store("nodes", NodeRecord)
         self._tokens: SqliteStore[TokenRecord] = self.db.store("tokens", TokenRecord)
+        self._stream = SqliteEvents(self.db)
+        self.stream: EventStore = self._stream
 
     def load_tokens(self) -> list[TokenRecord]:
         return self._tokens.list()
@@ -197,12 +212,15 @@ class SqliteBackend(_Checked):
         self._current = {task.ID: task for task in tasks}
         return tasks
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
         self._check(changes)
         self.db.write(
             [
                 (self._events, [(str(e.ID), e) for e in events]),
                 (self._tasks, [(str(c.after.ID), c.after) for c in changes]),
+                (self._stream, [("", e) for e in stream]),
             ]
         )
         self._keep(changes)

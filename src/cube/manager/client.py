@@ -7,10 +7,11 @@ user can cause here ends in a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import httpx
 from pydantic import ValidationError
 
 from cube import clientconfig
+from cube.events import Event
 from cube.job import Deployment, Job
 from cube.node import Node
 from cube.task import Task, TaskEvent
@@ -181,6 +183,27 @@ class ManagerClient:
             raise ManagerError(
                 f"{self.url} did not answer with JSON: is it a Cube manager?"
             ) from None
+
+    def stream(
+        self, index: int = 0, topics: Sequence[str] = (), follow: bool = True
+    ) -> Iterator[Event | None]:
+        """``GET /events``: each event as it comes (None for a heartbeat)."""
+        params: dict[str, Any] = {"index": index, "follow": follow, "topic": list(topics)}
+        # A heartbeat comes every 10 s: a minute of silence is a dead connection.
+        timeout = httpx.Timeout(60.0, connect=5.0)
+        try:
+            with self._http.stream("GET", "/events", params=params, timeout=timeout) as answer:
+                if answer.status_code >= 400:
+                    answer.read()
+                    raise ManagerRejected(answer.status_code, _message(answer))
+                for line in answer.iter_lines():
+                    if line.strip():
+                        data = json.loads(line)
+                        yield self._parse(Event.model_validate, data) if data else None
+        except httpx.HTTPError as exc:
+            raise ManagerUnreachable(f"events from {self.url}: {_reason(exc)}") from None
+        except ValueError:
+            raise ManagerError(f"{self.url} sent a line that is not JSON") from None
 
     def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
         """Whether a plain HTTP request failed for the manager speaking TLS: such a

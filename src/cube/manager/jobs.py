@@ -17,6 +17,7 @@ from cube.clock import Clock
 from cube.job import Deployment, Job, JobRecord, admit
 from cube.manager.backend import Backend
 from cube.manager.deploy import Create, Member, Progress, Revert, Stop, reconcile_job
+from cube.manager.events import job_drafts
 from cube.manager.state import State as ClusterState
 from cube.task import State, Task, TaskEvent
 
@@ -111,6 +112,7 @@ class Jobs:
 
     async def _save(self, record: JobRecord) -> JobRecord:
         await self.backend.save_job(record)
+        self.state.events.emit(*job_drafts(self.records.get(record.Job.Name), record))
         self.records[record.Job.Name] = record
         self.state.changed.set()  # the loop runs the job reconciler
         return record

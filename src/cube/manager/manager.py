@@ -36,6 +36,7 @@ from cube.clock import Clock, SystemClock
 from cube.manager.auth import Tokens
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
+from cube.manager.events import EventLog, Retention
 from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
 from cube.manager.jobs import Jobs
 from cube.manager.membership import HeartbeatSettings, Membership, known_nodes
@@ -120,6 +121,8 @@ class Settings:
     token: str | None = None  # the management token; None: the API is open
     # What -w workers take commands with (their --token); None: the management token.
     worker_token: str | None = None
+    event_retention_count: int = 50_000  # events kept, at most
+    event_retention_age: float = 24 * 3600.0  # seconds an event is kept, at most
     request_timeout: float = 5.0
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
@@ -151,7 +154,11 @@ class Manager:
         worker_token = s.worker_token if s.worker_token is not None else s.token
         nodes = known_nodes(backend, workers, worker_token or "")
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
-        self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
+        retention = Retention(count=s.event_retention_count, age=s.event_retention_age)
+        self.events = EventLog(backend.stream, self.clock, retention)
+        self.state = ClusterState(
+            backend, nodes.values(), self.clock.monotonic, self._will_restart, self.events
+        )
         connect = connect or (
             lambda url, token: WorkerClient.connect(
                 https(url) if s.tls else url, s.request_timeout, token=token, tls=s.tls
@@ -204,6 +211,7 @@ class Manager:
         loops: list[Awaitable[None]] = [
             self._reconcile_loop(),
             self.health.loop(),
+            self.events.run(),
             *self.tracker.loops(),
         ]
         self._loops = [asyncio.ensure_future(loop) for loop in loops]
@@ -220,6 +228,8 @@ class Manager:
         await self.tracker.close()
         await self.health.close()
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+        with contextlib.suppress(Exception):  # what was emitted last, if the disk takes it
+            await self.events.flush()
         self.backend.close()
 
     # --- requests -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ from cube.clock import Clock
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.drain import Budget, Draining, plan_drains
+from cube.manager.events import node_draft
 from cube.manager.jobs import Jobs
 from cube.manager.reconciler import Move
 from cube.manager.state import State as ClusterState
@@ -191,6 +192,7 @@ class Membership:
                 self._reach(node)
                 log.info("worker %s joined again, from %s", node.Name, node.Api)
             self.tracker.heard(node.Name)
+            self.state.events.emit(node_draft("NodeJoined", node))
         await self.backend.save_nodes([node.record()])
         return self._answer(node)
 
@@ -236,6 +238,7 @@ class Membership:
             self._deadlines[name] = self.clock.monotonic() + deadline
             node.DrainDeadline = _rfc3339(task_module.now() + timedelta(seconds=deadline))
         await self.backend.save_nodes([node.record()])
+        self.state.events.emit(node_draft("NodeDrain", node))
         log.info("node %s: draining%s", name, f" (deadline {deadline:g}s)" if deadline else "")
         self.state.changed.set()
         return node
@@ -249,6 +252,7 @@ class Membership:
             node.Draining, node.DrainDeadline = False, ""
             self._deadlines.pop(name, None)
         await self.backend.save_nodes([node.record()])
+        self.state.events.emit(node_draft("NodeEligibility", node))
         log.info("node %s: %s", name, "eligible" if eligible else "ineligible")
         if eligible:
             self.state.room()  # tasks waiting for room may fit there now
@@ -323,6 +327,7 @@ class Membership:
         node.Draining, node.DrainDeadline = False, ""
         self._deadlines.pop(name, None)
         await self.backend.save_nodes([node.record()])
+        self.state.events.emit(node_draft("NodeDrainComplete", node))
         log.info("node %s: drain complete; it takes no new work until made eligible", name)
 
     def _due(self, at: float) -> None:

@@ -19,7 +19,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+from cube.clock import SystemClock
 from cube.manager.backend import Backend, Change
+from cube.manager.events import EventLog, node_draft, task_draft
 from cube.node import DOWN, READY, Node
 from cube.scheduler import release, reserve
 from cube.task import State as TaskState
@@ -35,8 +37,11 @@ class State:
         nodes: Iterable[Node],
         now: Callable[[], float] = time.monotonic,
         restarts: Callable[[Task], bool] = lambda task: False,
+        events: EventLog | None = None,
     ) -> None:
         self.backend = backend
+        # What happened, for GET /events: task events go with the commit that made them.
+        self.events = events or EventLog(backend.stream, SystemClock())
         self._now = now
         # Whether a Failed task is to be restarted: it then keeps its room on its node
         # (as a kubelet's crash-looping pod does), so a task waiting for room cannot
@@ -75,7 +80,14 @@ class State:
         if not tasks and not events:
             return
         changes = [Change(self.tasks.get(task.ID), task) for task in tasks]
-        await self.backend.commit(changes, events)
+        async with self.events.writing:
+            stream = self.events.number([task_draft(c.before, c.after) for c in changes])
+            try:
+                await self.backend.commit(changes, events, stream)
+            except BaseException:
+                self.events.abandon(stream)
+                raise
+            self.events.stored(stream)
         for change in changes:
             task = change.after
             self._note(change.before, task)
@@ -191,13 +203,16 @@ class State:
         self._on_node.setdefault(node.Name, set())
         if node.is_ready:
             self.ready.add(node.Name)
+        self.events.emit(node_draft("NodeJoined", node))
 
     def remove_node(self, name: str) -> None:
         """Forget a node (``cube node rm``). Tasks still on it count as on a lost node
         (the reconciler's ``known`` rule) and are moved or finished."""
         for task_id in self.held_on(name):
             self._release(self.tasks[task_id])
-        self.nodes.pop(name, None)
+        node = self.nodes.pop(name, None)
+        if node is not None:
+            self.events.emit(node_draft("NodeRemoved", node))
         self._on_node.pop(name, None)
         self.ready.discard(name)
         self.lost.discard(name)
@@ -212,13 +227,16 @@ class State:
             self.ready.add(name)
             self.mark(self.held_on(name))
             self.room()
+            self.events.emit(node_draft("NodeReady", node))
 
     def node_lost(self, name: str) -> None:
         """Silent past the worker timeout: its tasks are to be moved elsewhere."""
-        self.nodes[name].Status = DOWN
+        node = self.nodes[name]
+        node.Status = DOWN
         self.ready.discard(name)
         self.lost.add(name)
         self.mark(self.held_on(name))
+        self.events.emit(node_draft("NodeDown", node))
 
     def docker_is(self, name: str, ok: bool) -> bool:
         """Record whether a node's engine answers; say whether that changed anything."""
@@ -228,4 +246,5 @@ class State:
         node.Docker = ok
         if ok:
             self.room()
+        self.events.emit(node_draft("NodeDockerUp" if ok else "NodeDockerDown", node))
         return True

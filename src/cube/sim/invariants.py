@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cube.manager.manager import Manager
 from cube.scheduler import Demand
@@ -35,6 +36,9 @@ class UserView:
     drained: set[str] = field(default_factory=set)  # drains acknowledged, not undone since
     intruded: set[uuid.UUID] = field(default_factory=set)  # sent to a worker by a stranger
     let_in: list[str] = field(default_factory=list)  # a worker answered a stranger but 401
+    # A reader of GET /events that resumes where it left off, whatever the manager does.
+    event_index: int = 0
+    told: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> last payload
 
 
 def _short(task_id: uuid.UUID) -> str:
@@ -228,6 +232,30 @@ def strangers_refused(_: Manager, user: UserView, world: World) -> str | None:
     return None
 
 
+def events_follow(m: Manager, user: UserView, _: World) -> str | None:
+    """Read on from the last event seen, as a client of GET /events does across
+    manager restarts: each index follows the last, none missing, none twice."""
+    while batch := m.events.after(user.event_index, limit=1000):
+        for event in batch:
+            if event.Index != user.event_index + 1:
+                return f"events: after {user.event_index} came {event.Index}"
+            user.event_index = event.Index
+            if event.Topic == "Task":
+                user.told[event.Key] = event.Payload
+    return None
+
+
+def events_tell_the_truth(m: Manager, user: UserView, _: World) -> str | None:
+    """Once quiet, a task's last event shows the task as the manager holds it: a
+    client that keeps a view from the stream alone (the UI) is right."""
+    for task in m.state.tasks.values():
+        told = user.told.get(str(task.ID))
+        if told != task.to_wire():
+            seen = "nothing" if told is None else f"{told.get('State')}/{told.get('Node')!r}"
+            return f"events: {_short(task.ID)} is {task.State.label} but its events said {seen}"
+    return None
+
+
 def placed_where_eligible(m: Manager, _: UserView, world: World) -> str | None:
     """No task is ever placed on a node that takes no new work (drained, ineligible)."""
     return world.scheduler.misplaced[0] if world.scheduler.misplaced else None
@@ -254,8 +282,16 @@ ALWAYS: list[Check] = [
     reservations_add_up,
     placed_where_eligible,
     strangers_refused,
+    events_follow,
 ]
-WHEN_QUIET: list[Check] = [exactly_once, views_agree, jobs_converge, drains_finish, nodes_ready]
+WHEN_QUIET: list[Check] = [
+    exactly_once,
+    views_agree,
+    jobs_converge,
+    drains_finish,
+    nodes_ready,
+    events_tell_the_truth,
+]
 
 
 def check(

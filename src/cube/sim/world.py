@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from cube.events import Event
 from cube.job import JobRecord
 from cube.manager.api import create_app as create_manager_app
 from cube.manager.backend import Change, SqliteBackend
@@ -78,18 +79,20 @@ class CrashingBackend(SqliteBackend):
         self.armed: tuple[int, bool] | None = None  # (commits from now, after the write)
         self.dead = False
 
-    async def commit(self, changes: Sequence[Change], events: Sequence[TaskEvent]) -> None:
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
         if self.dead:
             raise asyncio.CancelledError  # a killed process writes nothing more
         if self.armed is None:
-            return await super().commit(changes, events)
+            return await super().commit(changes, events, stream)
         left, after = self.armed
         if left > 0:
             self.armed = (left - 1, after)
-            return await super().commit(changes, events)
+            return await super().commit(changes, events, stream)
         self.armed = None
         if after:
-            await super().commit(changes, events)
+            await super().commit(changes, events, stream)
         self.dead = True
         self.crash()
         raise asyncio.CancelledError
