@@ -20,6 +20,7 @@ MANAGEMENT = "the-management-token"
 OPEN = {("/health", "get")}  # needs no token
 JOINING = {("/nodes/register", "post"), ("/nodes/{name}/heartbeat", "post")}  # join token
 FILL = {"{task_id}": "9b6b5b43-3c0a-4bd5-9c8d-22b2a6d3f4a1", "{name}": "web", "{token_id}": "x"}
+QUERY = {"/events": "?follow=false"}  # streams: what is there, then the end
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -45,7 +46,7 @@ def routes(doc: dict[str, dict[str, object]]) -> list[tuple[str, str, str]]:
         for hole, value in FILL.items():
             url = url.replace(hole, value)
         for method in operations:  # type: ignore[attr-defined]
-            found.append((method, path, url))
+            found.append((method, path, url + QUERY.get(path, "")))
     return found
 
 
