@@ -207,9 +207,9 @@ class Cluster:
         assert self.manager is not None
         return self.manager
 
-    def connect(self, url: str) -> WorkerClient:
+    def connect(self, url: str, token: str = "") -> WorkerClient:
         node = next(n for n in self.nodes if url.endswith(n.name))
-        return WorkerClient(url, httpx.AsyncClient(transport=node.link))
+        return WorkerClient(url, httpx.AsyncClient(transport=node.link), token)
 
     async def start_manager(
         self, backend: Backend, settings: Settings = SETTINGS, *, static: int = -1, **kw: Any

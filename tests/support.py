@@ -203,15 +203,16 @@ class ManagerProcess(Process):
         return self
 
     def tasks(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/tasks", timeout=5).json()  # type: ignore[no-any-return]
+        answer = httpx.get(f"{self.url}/tasks", timeout=5, headers=self.headers)
+        return answer.json()  # type: ignore[no-any-return]
 
     def task(self, task_id: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.url}/tasks/{task_id}", timeout=5)
+        r = httpx.get(f"{self.url}/tasks/{task_id}", timeout=5, headers=self.headers)
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/tasks", json=body, timeout=10)
+        r = httpx.post(f"{self.url}/tasks", json=body, timeout=10, headers=self.headers)
         assert r.status_code == 201, r.text
         return r.json()  # type: ignore[no-any-return]
 

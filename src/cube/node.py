@@ -70,6 +70,9 @@ class Node:
     # The worker registered itself (``cube worker --join``) and sends heartbeats; a
     # node from ``-w`` is known by its address and heard from through its task stream.
     Joined: bool = False
+    # What the manager presents to the worker on every call: the secret the worker gave
+    # when it joined, or the token a -w worker shares with its manager. Never on the wire.
+    Secret: str = Field(default="", exclude=True, repr=False)
     # Tasks placed here per job (the manager's bookkeeping, not on the wire): the
     # scheduler spreads a job's tasks over nodes, as Nomad's job anti-affinity does.
     JobTasks: dict[str, int] = Field(default_factory=dict, exclude=True)
@@ -84,7 +87,7 @@ class Node:
     def record(self) -> NodeRecord:
         """What is stored of a node: who it is and what was decided about it, not what
         it reports (capacity and status come afresh when it is heard from again)."""
-        return NodeRecord.model_validate(self.to_wire())
+        return NodeRecord.model_validate({**self.to_wire(), "Secret": self.Secret})
 
     @classmethod
     def from_record(cls, record: NodeRecord) -> Node:
@@ -174,6 +177,7 @@ class NodeRecord(BaseModel):
     Draining: bool = False
     DrainDeadline: str = ""
     Joined: bool = False
+    Secret: str = ""
 
 
 def worker_addresses(text: str) -> list[str]:

@@ -8,9 +8,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support import CUBE, ROOT, ManagerProcess, WorkerProcess
+from tests.support import CUBE, ROOT, ManagerProcess, WorkerProcess, containers_of, task_event
 
 StartManager = Callable[..., ManagerProcess]
 StartWorker = Callable[..., WorkerProcess]
@@ -64,3 +65,43 @@ def test_the_cli_sends_its_token_and_a_read_token_cannot_write(
     token_id = next(line.split()[0] for line in listed.stdout.splitlines() if " ci " in line)
     assert cube("--token", SECRET, "token", "revoke", token_id, *m).returncode == 0
     assert "unknown token" in one_line(cube("--token", reader, "status", *m))
+
+
+def refused_by(worker: WorkerProcess, token: str | None) -> int:
+    """What the worker answers a stranger who sends it a task, with ``token``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = task_event("cube/busybox:latest", Cmd=["sleep", "60"])
+    return httpx.post(f"{worker.url}/tasks", json=body, headers=headers, timeout=10).status_code
+
+
+@pytest.mark.docker
+def test_a_joined_worker_takes_commands_from_its_manager_only(
+    workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([], "--token", SECRET, "--join-token", "join-3e1")
+    worker = workers("--join", f"127.0.0.1:{manager.port}", "--join-token", "join-3e1")
+    manager.wait_ready(workers=1)
+    # The manager calls it with the credential it gave at join: a task runs.
+    task = manager.submit(task_event("cube/busybox:latest", Cmd=["sleep", "60"]))
+    manager.wait_task(task["ID"], lambda t: t["State"] == 2, what="Running on the joined worker")
+    # Anyone else, with whatever token they hold, is refused; nothing is started.
+    for token in (None, "guess", "join-3e1", SECRET):
+        assert refused_by(worker, token) == 401, token
+    for path in ("/tasks", "/stats", f"/tasks/{task['ID']}"):
+        assert httpx.get(f"{worker.url}{path}", timeout=5).status_code == 401, path
+    assert httpx.get(f"{worker.url}/health", timeout=5).status_code == 200  # supervisors
+    assert len(containers_of(worker.name)) == 1
+
+
+@pytest.mark.docker
+def test_a_static_worker_shares_its_token_with_its_manager(
+    workers: StartWorker, managers: StartManager
+) -> None:
+    worker = workers("--token", "w-shared-51")
+    manager = managers([worker], "--token", SECRET, "--worker-token", "w-shared-51")
+    manager.wait_ready(workers=1)
+    task = manager.submit(task_event("cube/busybox:latest", Cmd=["sleep", "60"]))
+    manager.wait_task(task["ID"], lambda t: t["State"] == 2, what="Running on the -w worker")
+    for token in (None, "guess", SECRET):
+        assert refused_by(worker, token) == 401, token
+    assert refused_by(worker, "w-shared-51") == 201  # the shared token is the key

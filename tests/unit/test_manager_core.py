@@ -51,7 +51,7 @@ class Recorder:
 async def manager() -> AsyncIterator[Manager]:
     recorder = Recorder()
 
-    def connect(url: str) -> WorkerClient:
+    def connect(url: str, token: str) -> WorkerClient:
         return WorkerClient(url, httpx.AsyncClient(transport=httpx.MockTransport(recorder)))
 
     node = Manager([NODE], Epvm(), FlakyBackend(), clock=ManualClock(), connect=connect)
@@ -152,7 +152,7 @@ async def test_an_idle_manager_still_notices_a_silent_worker() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    def connect(url: str) -> WorkerClient:
+    def connect(url: str, token: str) -> WorkerClient:
         return WorkerClient(url, httpx.AsyncClient(transport=httpx.MockTransport(refuse)))
 
     clock = ManualClock()

@@ -17,6 +17,7 @@ from cube.store import MemoryStore
 from cube.task import State, Task, TaskEvent
 from cube.worker.api import create_app
 from cube.worker.client import TaskChanges, WorkerClient, WorkerRejected, WorkerUnreachable
+from cube.worker.credentials import Credentials
 from cube.worker.worker import Worker
 from tests.support import eventually
 
@@ -24,9 +25,10 @@ pytestmark = pytest.mark.anyio
 
 
 @contextlib.asynccontextmanager
-async def served(worker: Worker) -> AsyncIterator[str]:
+async def served(worker: Worker, credentials: Credentials | None = None) -> AsyncIterator[str]:
     """The worker's app on a loopback port of its own; yields its address."""
-    app = create_app(worker, StatsSampler(interval=3600, task_count=worker.running_count))
+    sampler = StatsSampler(interval=3600, task_count=worker.running_count)
+    app = create_app(worker, sampler, credentials=credentials)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")

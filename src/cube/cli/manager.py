@@ -172,6 +172,15 @@ def manager(
             "open).",
         ),
     ] = None,
+    worker_token: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-token",
+            envvar="CUBE_WORKER_TOKEN",
+            help="What -w workers take commands with (their --token; default: the "
+            "management token). Joined workers each give their own when they join.",
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         float,
         typer.Option(
@@ -241,6 +250,7 @@ def manager(
         heartbeat_grace=heartbeat_grace,
         join_token=token,
         token=management,
+        worker_token=worker_token,
     )
     node = Manager(addresses, chosen, backend, settings)
     serve(create_app(node), host, port, log_level)

@@ -122,6 +122,15 @@ def worker(
         str | None,
         typer.Option("--join-token", envvar="CUBE_JOIN_TOKEN", help="The manager's join token."),
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="CUBE_WORKER_TOKEN",
+            help="Take commands only with this token (the manager's --worker-token, for "
+            "the -w flow). A joined worker also takes the credential it gives at join.",
+        ),
+    ] = None,
     advertise: Annotated[
         str | None,
         typer.Option(
@@ -162,6 +171,7 @@ def worker(
     from cube.store import Database, MemoryStore, Store
     from cube.task import Task, parse_size
     from cube.worker.api import create_app
+    from cube.worker.credentials import Credentials, new_secret
     from cube.worker.worker import Capacity, Worker
 
     setup_logging(log_level)
@@ -197,14 +207,18 @@ def worker(
     )
     sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
     joiner = None
+    secret = None
     if join is not None:
         labels = _labels(label or [])
-        joiner = _join(join, join_token, advertise or _advertise(join, host, port), name, labels)
+        secret = new_secret()  # this process's: a restarted worker joins with a new one
+        address = advertise or _advertise(join, host, port)
+        joiner = _join(join, join_token, address, name, labels, secret)
     elif label:
         _fail("--label needs --join: labels are sent when the worker joins")
+    app = create_app(node, sampler, capacity, joiner, Credentials(token, secret))
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
-    serve(create_app(node, sampler, capacity, joiner), host, port, log_level, loop="asyncio")
+    serve(app, host, port, log_level, loop="asyncio")
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -217,7 +231,12 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _join(
-    manager: str, token: str | None, advertise: str, name: str, labels: dict[str, str]
+    manager: str,
+    token: str | None,
+    advertise: str,
+    name: str,
+    labels: dict[str, str],
+    secret: str,
 ) -> Joiner:
     """Join once now, so a refused token ends the command with one clear line (an
     unreachable manager is tried again in the background)."""
@@ -240,6 +259,7 @@ def _join(
         "Api": advertise,
         "Labels": labels,
         "Attributes": builtin_attributes(),
+        "Secret": secret,  # the manager presents it on every call to this worker
     }
     joiner = Joiner(manager, token, registration)
     try:

@@ -116,13 +116,15 @@ class Settings:
     heartbeat_grace: float = 2.0
     join_token: str | None = None
     token: str | None = None  # the management token; None: the API is open
+    # What -w workers take commands with (their --token); None: the management token.
+    worker_token: str | None = None
     request_timeout: float = 5.0
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
     send_concurrency: int = 16
 
 
-Connect = Callable[[str], WorkerClient]
+Connect = Callable[[str, str], WorkerClient]  # (address, the worker's credential)
 
 
 class Manager:
@@ -141,11 +143,14 @@ class Manager:
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
         self.backend = backend
-        nodes = known_nodes(backend, workers)
+        worker_token = s.worker_token if s.worker_token is not None else s.token
+        nodes = known_nodes(backend, workers, worker_token or "")
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
-        connect = connect or (lambda url: WorkerClient.connect(url, s.request_timeout))
-        self.clients = {name: connect(node.Api) for name, node in nodes.items()}
+        connect = connect or (
+            lambda url, token: WorkerClient.connect(url, s.request_timeout, token=token)
+        )
+        self.clients = {name: connect(node.Api, node.Secret) for name, node in nodes.items()}
         self.dispatch = Dispatcher(
             self.state, self.clients, self.clock, self.report, s.send_concurrency
         )

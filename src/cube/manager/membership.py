@@ -71,6 +71,12 @@ class Registration(BaseModel):
     Api: str = Field(description="Where the manager reaches the worker: http(s)://host:port.")
     Labels: dict[str, str] = Field(default_factory=dict)
     Attributes: dict[str, str] = Field(default_factory=dict)
+    Secret: str = Field(
+        default="",
+        max_length=512,
+        description="The worker's credential: the manager presents it on every call to the "
+        "worker from now on (cube.worker.credentials).",
+    )
 
     @field_validator("Name")
     @classmethod
@@ -105,14 +111,16 @@ class HeartbeatSettings:
     join_token: str | None = None  # None: no worker may join
 
 
-def known_nodes(backend: Backend, workers: Sequence[str]) -> dict[str, Node]:
+def known_nodes(backend: Backend, workers: Sequence[str], token: str = "") -> dict[str, Node]:
     """The stored nodes, and the ``-w`` ones (a repeat counts once; one stored keeps
-    what was decided about it, such as a drain)."""
+    what was decided about it, such as a drain). ``token``: what the ``-w`` workers
+    take commands with (their shared ``--token``)."""
     nodes = {r.Name: Node.from_record(r) for r in backend.load_nodes()}
     for node in map(Node.for_worker, workers):
+        node.Secret = token
         stored = nodes.get(node.Name)
         if stored is not None:
-            stored.Ip, stored.Api = node.Ip, node.Api
+            stored.Ip, stored.Api, stored.Secret = node.Ip, node.Api, token
         else:
             nodes[node.Name] = node
     return nodes
@@ -127,7 +135,7 @@ class Membership:
         clients: dict[str, WorkerClient],
         backend: Backend,
         clock: Clock,
-        connect: Callable[[str], WorkerClient],
+        connect: Callable[[str, str], WorkerClient],
         heartbeat: HeartbeatSettings,
         *,
         scheduler: Scheduler,
@@ -167,15 +175,15 @@ class Membership:
         node = self.state.nodes.get(reg.Name)
         fresh = Node.for_worker(reg.Api)
         if node is None:
-            node = Node(Name=reg.Name, Ip=fresh.Ip, Api=fresh.Api, Joined=True)
+            node = Node(Name=reg.Name, Ip=fresh.Ip, Api=fresh.Api, Joined=True, Secret=reg.Secret)
             node.Labels, node.Attributes = dict(reg.Labels), dict(reg.Attributes)
             self.state.add_node(node)
             self._reach(node)
             log.info("worker %s joined from %s", node.Name, node.Api)
         else:
-            moved = node.Api != fresh.Api
+            moved = (node.Api, node.Secret) != (fresh.Api, reg.Secret)  # a restarted worker
             relabelled = (node.Labels, node.Attributes) != (reg.Labels, reg.Attributes)
-            node.Ip, node.Api, node.Joined = fresh.Ip, fresh.Api, True
+            node.Ip, node.Api, node.Joined, node.Secret = fresh.Ip, fresh.Api, True, reg.Secret
             node.Labels, node.Attributes = dict(reg.Labels), dict(reg.Attributes)
             if relabelled:
                 self.state.room()  # tasks waiting on a constraint may fit here now
@@ -190,7 +198,7 @@ class Membership:
         """Call the worker at the node's address from now on (closing an older client)
         and follow it there."""
         old = self.clients.get(node.Name)
-        self.clients[node.Name] = client = self.connect(node.Api)
+        self.clients[node.Name] = client = self.connect(node.Api, node.Secret)
         if node.Name in self.tracker.workers:
             self.tracker.replace(node.Name, client)
         else:

@@ -33,6 +33,8 @@ class UserView:
     exited_zero: set[uuid.UUID] = field(default_factory=set)  # a container of it exited 0
     health_checked: set[uuid.UUID] = field(default_factory=set)
     drained: set[str] = field(default_factory=set)  # drains acknowledged, not undone since
+    intruded: set[uuid.UUID] = field(default_factory=set)  # sent to a worker by a stranger
+    let_in: list[str] = field(default_factory=list)  # a worker answered a stranger but 401
 
 
 def _short(task_id: uuid.UUID) -> str:
@@ -204,6 +206,28 @@ def jobs_converge(m: Manager, _: UserView, __: World) -> str | None:
     return None
 
 
+def nodes_ready(m: Manager, _: UserView, world: World) -> str | None:
+    """Once quiet (every worker up, every link healed), the manager has every worker
+    ready: one it cannot command (a refused credential, say) would leave every task
+    waiting "for room" and pass every other check."""
+    for w in world.workers:
+        node = m.state.nodes.get(w.name)
+        if node is None or not node.is_ready:
+            return f"nodes: {w.name} is up but {'unknown' if node is None else node.Status}"
+    return None
+
+
+def strangers_refused(_: Manager, user: UserView, world: World) -> str | None:
+    """A worker takes commands from its manager only: a stranger's task is never there."""
+    if user.let_in:
+        return f"intruder: {user.let_in[0]}"
+    for w in world.workers:
+        known = user.intruded & ({t.ID for t in w.worker.tasks()} if w.worker else set())
+        if known or user.intruded & set(w.running()):
+            return f"intruder: a stranger's task is on {w.name}"
+    return None
+
+
 def placed_where_eligible(m: Manager, _: UserView, world: World) -> str | None:
     """No task is ever placed on a node that takes no new work (drained, ineligible)."""
     return world.scheduler.misplaced[0] if world.scheduler.misplaced else None
@@ -229,8 +253,9 @@ ALWAYS: list[Check] = [
     completed_only_if_done,
     reservations_add_up,
     placed_where_eligible,
+    strangers_refused,
 ]
-WHEN_QUIET: list[Check] = [exactly_once, views_agree, jobs_converge, drains_finish]
+WHEN_QUIET: list[Check] = [exactly_once, views_agree, jobs_converge, drains_finish, nodes_ready]
 
 
 def check(

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from cube.job import Job, TaskTemplate, UpdatePolicy
 from cube.manager.jobs import JobError, UnknownJob
 from cube.sim import invariants
@@ -124,6 +126,8 @@ class Run:
             await self.job(kind, a)
         elif kind in ("drain", "eligible", "ineligible"):
             await self.node(kind, self.worker(a["worker"]).name, a.get("deadline"))
+        elif kind == "intrude":
+            await self.intrude(self.worker(a["worker"]), a["token"])
         elif kind == "tick":
             pass  # a moment that only marks time (a soak's end)
         else:
@@ -219,6 +223,27 @@ class Run:
             self.log(f"  not acknowledged: {type(exc).__name__}")
             return
         self.log(f"  {kind} {name}")
+
+    async def intrude(self, w: SimWorker, token: str) -> None:
+        """A stranger (no token, a guessed one, another worker's) sends ``w`` a task."""
+        if token == "other":
+            others = [o for o in self.world.workers if o is not w and o.joins]
+            token = self.world.secret(others[0]) if others else "secret-of-nobody"
+        task = Task(Image="cube/busybox")
+        self.user.intruded.add(task.ID)
+        event = TaskEvent(State=State.RUNNING, Task=task).model_dump_json()
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with httpx.AsyncClient(transport=w.link, timeout=5.0) as client:
+            try:
+                answer = await client.post(f"http://{w.name}/tasks", content=event, headers=headers)
+            except httpx.HTTPError as exc:
+                self.log(f"  intruder on {w.name}: {type(exc).__name__}")
+                return
+        self.log(f"  intruder on {w.name}: {answer.status_code}")
+        if answer.status_code != 401:
+            self.user.let_in.append(f"{w.name} answered {answer.status_code} to a stranger")
 
     def exit(self, w: SimWorker, pick: int, code: int) -> None:
         running = sorted(

@@ -34,6 +34,7 @@ KINDS: dict[str, int] = {
     "drain": 4,  # a node drained (perhaps with a deadline)
     "eligible": 4,
     "ineligible": 2,
+    "intrude": 3,  # someone but the manager sends a worker a task
 }
 JOBS = ["web", "api"]
 POLICIES = ["", "no", "on-failure", "always"]
@@ -154,6 +155,8 @@ def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
         return {"worker": worker, "deadline": rng.choice([None, round(rng.uniform(0.5, 20), 3)])}
     if kind in ("eligible", "ineligible"):
         return {"worker": worker}
+    if kind == "intrude":  # with no token, a made-up one, or another worker's credential
+        return {"worker": worker, "token": rng.choice(["", "guess", "other"])}
     if kind == "health":
         return {
             "pick": rng.randrange(1 << 16),

@@ -37,6 +37,7 @@ from cube.task import Task, TaskEvent
 from cube.transport import InProcessTransport
 from cube.worker.api import create_app
 from cube.worker.client import WorkerClient
+from cube.worker.credentials import Credentials
 from cube.worker.join import Joiner, wait_and_run
 from cube.worker.worker import LABEL_TASK, Capacity, Worker
 
@@ -44,8 +45,10 @@ CORES = 2.0
 MEMORY = 1 << 30  # bytes a worker offers
 
 TOKEN = "sim-join-token"
+WORKER_TOKEN = "sim-worker-token"  # the -w workers'
 SETTINGS = Settings(
     join_token=TOKEN,
+    worker_token=WORKER_TOKEN,
     worker_timeout=10.0,
     stats_interval=2.0,
     watch_heartbeat=5.0,
@@ -172,7 +175,10 @@ class World:
         store = Database(w.db).store("tasks", Task)
         worker = Worker(w.name, store, w.runtime, concurrency=4, reconcile_interval=15.0)
         sampler = FixedSampler(task_count=worker.running_count, interval=3600)
-        app = create_app(worker, sampler, Capacity(cores=CORES, memory=MEMORY, disk=1 << 40))
+        capacity = Capacity(cores=CORES, memory=MEMORY, disk=1 << 40)
+        # As in real life: only the manager's credential for this worker commands it.
+        credentials = Credentials(self.secret(w) if w.joins else WORKER_TOKEN)
+        app = create_app(worker, sampler, capacity, credentials=credentials)
         await worker.start()
         w.worker = worker
         w.link.attach(InProcessTransport(app))
@@ -181,7 +187,7 @@ class World:
 
     def _join(self, w: SimWorker) -> None:
         assert w.uplink is not None
-        registration = {"Name": w.name, "Api": f"http://{w.name}"}
+        registration = {"Name": w.name, "Api": f"http://{w.name}", "Secret": self.secret(w)}
         joiner = Joiner("http://manager", TOKEN, registration, clock=self.clock, transport=w.uplink)
         w.heartbeats = asyncio.create_task(wait_and_run(joiner))
 
@@ -205,9 +211,14 @@ class World:
 
     # --- the manager ------------------------------------------------------------------
 
-    def connect(self, url: str) -> WorkerClient:
+    @staticmethod
+    def secret(w: SimWorker) -> str:
+        """A joining worker's credential (fixed, not random: a seed replays exactly)."""
+        return f"secret-of-{w.name}"
+
+    def connect(self, url: str, token: str) -> WorkerClient:
         w = next(w for w in self.workers if url.endswith(w.name))
-        return WorkerClient(url, httpx.AsyncClient(transport=w.link, timeout=5.0))
+        return WorkerClient(url, httpx.AsyncClient(transport=w.link, timeout=5.0), token)
 
     async def start_manager(self) -> None:
         if self.manager is not None:

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
 
 from cube.errors import (
@@ -24,12 +25,19 @@ from cube.errors import (
 from cube.runtime.base import RuntimeUnavailable
 from cube.stats import StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
+from cube.worker.credentials import Credentials, Unauthorized
 from cube.worker.join import Joiner, wait_and_run
 from cube.worker.worker import BadEvent, Capacity, UnknownTask, Worker
 
 # The longest a GET /tasks?since=... may wait for a change.
 MAX_WAIT = 60.0
 _EVENTS = TypeAdapter(list[TaskEvent])
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="WorkerToken",
+    description="The worker's credential: the secret it gave its manager at join, "
+    "or the --token it shares with it",
+)
 
 
 def _seconds(value: float, default: float) -> float:
@@ -46,9 +54,12 @@ def create_app(
     sampler: StatsSampler,
     capacity: Capacity | None = None,
     joiner: Joiner | None = None,
+    credentials: Credentials | None = None,
 ) -> FastAPI:
-    """``joiner``: the worker joined a manager (``--join``) and heartbeats to it."""
+    """``joiner``: the worker joined a manager (``--join``) and heartbeats to it;
+    ``credentials``: who may call every route but ``/health`` (none: anyone)."""
     capacity = capacity or Capacity()
+    credentials = credentials or Credentials()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +88,18 @@ def create_app(
 
     install_error_handlers(app)
 
+    async def guard(
+        presented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+    ) -> None:
+        try:
+            credentials.check(presented.credentials if presented is not None else None)
+        except Unauthorized as exc:
+            raise ApiError(401, str(exc)) from None
+
+    # Every route but /health: the manager's commands and what it reads to place work.
+    # Guarded even when open, so the served document is the same for every worker.
+    api = APIRouter(dependencies=[Depends(guard)])
+
     @app.exception_handler(UnknownTask)
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
         return error_response(404, f"task {exc.args[0]} not found on worker {worker.name}")
@@ -85,7 +108,7 @@ def create_app(
     async def _docker_down(_: Request, exc: RuntimeUnavailable) -> JSONResponse:
         return error_response(503, f"docker engine unavailable: {exc}")
 
-    @app.get("/tasks")
+    @api.get("/tasks")
     async def list_tasks(
         since: int | None = None,
         epoch: str | None = None,
@@ -158,7 +181,7 @@ def create_app(
             wait_for = min(beat, left) if every else beat
             await worker.wait_for_change(since, epoch, max(wait_for, 0.0))
 
-    @app.post("/tasks", status_code=201, response_model=None)
+    @api.post("/tasks", status_code=201, response_model=None)
     async def post_task(request: Request) -> dict[str, Any] | Response:
         """One TaskEvent (the book's body), or a JSON array of them (a manager's batch)."""
         body = await request.body()
@@ -179,11 +202,11 @@ def create_app(
         except BadEvent as exc:
             raise ApiError(400, str(exc)) from None
 
-    @app.get("/tasks/{task_id}")
+    @api.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
         return worker.get(parse_uuid(task_id)).to_wire()
 
-    @app.delete("/tasks/{task_id}", status_code=204)
+    @api.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(
         task_id: str,
         up_to: Annotated[
@@ -200,7 +223,7 @@ def create_app(
         worker.stop(parse_uuid(task_id), None if up_to is None else int(up_to))
         return Response(status_code=204)
 
-    @app.get("/stats")
+    @api.get("/stats")
     async def stats() -> dict[str, Any]:
         return sampler.current().model_dump(mode="json", by_alias=True)
 
@@ -216,4 +239,5 @@ def create_app(
             "Disk": capacity.disk or stats.disk_total,
         }
 
+    app.include_router(api)
     return app

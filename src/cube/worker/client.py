@@ -34,6 +34,14 @@ _NDJSON = "application/x-ndjson"
 # Idle connections are kept this long (workers keep theirs longer: cube.config.serve).
 KEEPALIVE = 60.0
 _JSON = {"Content-Type": "application/json"}
+
+
+def _auth(token: str) -> dict[str, str]:
+    """The worker's credential (given at its join, or the shared ``--token``) as a
+    header; none when the worker takes commands without one."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 # Whatever httpx raises. HTTPError covers transport failures, but not a URL it cannot
 # parse (InvalidURL: a worker given as ``host:abc``), a cookie clash or a stream error,
 # which would otherwise escape every caller's ``except WorkerUnreachable``.
@@ -151,9 +159,11 @@ class _HttpxWire:
 
     errors: tuple[type[BaseException], ...] = _HTTPX_ERRORS
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, token: str = "") -> None:
         self.client = client
         self.timeout = client.timeout.read or 5.0
+        self._auth = _auth(token)
+        self._post = {**_JSON, **self._auth}
 
     async def request(
         self,
@@ -166,7 +176,7 @@ class _HttpxWire:
         timeout: Any = httpx.USE_CLIENT_DEFAULT
         if read_timeout is not None:
             timeout = httpx.Timeout(read_timeout, connect=self.client.timeout.connect)
-        headers = _JSON if body is not None else None
+        headers = self._post if body is not None else self._auth
         response = await self.client.request(
             method, url, content=body, params=params, headers=headers, timeout=timeout
         )
@@ -177,7 +187,9 @@ class _HttpxWire:
         self, url: str, params: Mapping[str, Any], read_timeout: float
     ) -> AsyncIterator[_Stream]:
         timeout = httpx.Timeout(self.timeout, read=read_timeout)
-        async with self.client.stream("GET", url, params=params, timeout=timeout) as response:
+        async with self.client.stream(
+            "GET", url, params=params, timeout=timeout, headers=self._auth
+        ) as response:
             yield _HttpxStream(response)
 
     @property
@@ -209,8 +221,9 @@ class _AiohttpWire:
 
     errors: tuple[type[BaseException], ...] = _AIOHTTP_ERRORS
 
-    def __init__(self, timeout: float, max_connections: int) -> None:
+    def __init__(self, timeout: float, max_connections: int, token: str = "") -> None:
         self.timeout = timeout
+        self._auth = _auth(token)
         self.max_connections = max_connections
         self._default = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
@@ -230,6 +243,7 @@ class _AiohttpWire:
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=self._default,
+                headers=self._auth,
             )
             self._sessions[kind] = session
         return session
@@ -300,13 +314,18 @@ def _text(value: Any) -> str:
 
 
 class WorkerClient:
-    def __init__(self, base_url: str, client: httpx.AsyncClient | _Wire) -> None:
-        """``client``: an ``httpx.AsyncClient`` (tests give one with their transport)."""
+    def __init__(self, base_url: str, client: httpx.AsyncClient | _Wire, token: str = "") -> None:
+        """``client``: an ``httpx.AsyncClient`` (tests give one with their transport);
+        ``token``: the worker's credential, sent on every call."""
         self.base_url = base_url.rstrip("/")
-        self._wire: _Wire = _HttpxWire(client) if isinstance(client, httpx.AsyncClient) else client
+        if isinstance(client, httpx.AsyncClient):
+            client = _HttpxWire(client, token)
+        self._wire: _Wire = client
 
     @classmethod
-    def connect(cls, base_url: str, timeout: float, max_connections: int = 16) -> WorkerClient:
+    def connect(
+        cls, base_url: str, timeout: float, max_connections: int = 16, token: str = ""
+    ) -> WorkerClient:
         """A client with connection pools of its own, closed by :meth:`aclose`.
 
         One pool per worker, not one for the whole cluster: a pool shared by a thousand
@@ -315,7 +334,7 @@ class WorkerClient:
         cost the manager about half the CPU of httpx's own transport (530 us against
         1,020 us), and less again without httpx's layers over it.
         """
-        return cls(base_url, _AiohttpWire(timeout, max_connections))
+        return cls(base_url, _AiohttpWire(timeout, max_connections, token))
 
     @property
     def is_closed(self) -> bool:
