@@ -100,4 +100,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
-

@@ -54,6 +54,11 @@ def schema(annotation: Any, mode: Literal["validation", "serialization"]) -> dic
     """A type's JSON schema, its models as references to the document's components
     (:func:`install` moves the ``$defs`` there)."""
     found = TypeAdapter(annotation).json_schema(mode=mode, ref_template=_REF)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        # A model is a component of its own, as FastAPI makes one, not inlined.
+        defs = found.pop("$defs", {})
+        defs[annotation.__name__] = found
+        found = {"$ref": _REF.format(model=annotation.__name__), "$defs": defs}
     # As FastAPI writes its own (through its OpenAPI model: 0 becomes 0.0), so that a
     # model found both ways is seen to be the same.
     return jsonable_encoder(Schema(**found), by_alias=True, exclude_none=True)  # type: ignore[no-any-return]

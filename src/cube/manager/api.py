@@ -22,8 +22,8 @@ from cube.errors import (
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
-from cube.manager.tokens_api import router as tokens_router
 from cube.manager.tokens_api import answers as token_answers
+from cube.manager.tokens_api import router as tokens_router
 from cube.manager.tokens_api import token_guard
 from cube.node import Node
 from cube.openapi import body, errors, install, ok
