@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,23 @@ def parse_uuid(text: str) -> uuid.UUID:
         raise ApiError(400, f"invalid task ID {text!r}: expected a UUID") from None
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """A 405's Allow header (RFC 9110): every method the path takes. Starlette names
+    only those of the first route on the path (each method is a route of its own
+    here), so each method is asked of every route."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Give every error, including FastAPI's own and unexpected ones, the same JSON shape."""
 
@@ -84,8 +102,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        answer = error_response(exc.status_code, str(exc.detail))
+        answer.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            answer.headers["Allow"] = _allowed(request)
+        return answer
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -203,7 +203,7 @@ class Task(_Wire):
     ID: uuid.UUID = Field(default_factory=uuid.uuid4)
     Name: str = ""
     State: StateField = State.PENDING
-    Image: str
+    Image: str = Field(json_schema_extra={"pattern": r"\S"})  # not blank: see below
     Cmd: list[str] | None = None
     Env: list[str] | None = None
     Cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)

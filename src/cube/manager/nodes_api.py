@@ -63,13 +63,16 @@ Authorization = Annotated[HTTPAuthorizationCredentials | None, Depends(_join_tok
 
 def router(members: Membership) -> tuple[APIRouter, APIRouter]:
     """The workers' routes (join token), and the operators' (the API's own tokens)."""
-    joining, api = APIRouter(), APIRouter()
 
-    def admit(authorization: HTTPAuthorizationCredentials | None) -> None:
+    async def admit(authorization: Authorization = None) -> None:
+        """The join token, checked as a dependency: before the body is read, so a
+        caller without one gets its 401, not a 400 about the body it sent."""
         try:
             members.check_token(authorization.credentials if authorization else None)
         except JoinRefused as exc:
             raise ApiError(403 if exc.off else 401, str(exc)) from None
+
+    joining, api = APIRouter(dependencies=[Depends(admit)]), APIRouter()
 
     def node(name: str) -> Node:
         try:
@@ -80,15 +83,13 @@ def router(members: Membership) -> tuple[APIRouter, APIRouter]:
     @joining.post(
         "/nodes/register", status_code=201, response_model=Joined, responses={**_400, **_JOIN}
     )
-    async def register(body: Registration, authorization: Authorization = None) -> Joined:
+    async def register(body: Registration) -> Joined:
         """A worker joins (or joins again, perhaps from a new address: the same node)."""
-        admit(authorization)
         return await members.join(body)
 
     @joining.post("/nodes/{name}/heartbeat", response_model=Joined, responses={**_404, **_JOIN})
-    async def heartbeat(name: str, authorization: Authorization = None) -> Joined:
+    async def heartbeat(name: str) -> Joined:
         """A joined worker is alive. 404: unknown here (removed): join again."""
-        admit(authorization)
         try:
             return members.beat(name)
         except UnknownNode:
