@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import ssl
 import sys
 import time
 from types import FrameType
@@ -83,11 +84,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info", loop: str = "auto") -> None:
+def serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    loop: str = "auto",
+    tls: ssl.SSLContext | None = None,
+) -> None:
     """Run an API until SIGINT/SIGTERM; the app's lifespan starts and stops its loops.
 
     ``loop`` is uvicorn's: "auto" takes uvloop when installed (the manager's many
-    connections gain from it), "asyncio" the standard loop.
+    connections gain from it), "asyncio" the standard loop. With ``tls`` (from
+    cube.tls.server_context), HTTPS only.
     """
     config = uvicorn.Config(
         app,
@@ -103,6 +112,9 @@ def serve(app: FastAPI, host: str, port: int, log_level: str = "info", loop: str
         # never reuses a connection the server is closing; the manager polls each
         # worker every few seconds and should not reconnect every time.
         timeout_keep_alive=75,
+        # The context as made, client-certificate rules and all (uvicorn's own takes
+        # file names and makes one of its own).
+        ssl_context_factory=None if tls is None else lambda _config, _default: tls,
     )
 
     class Server(uvicorn.Server):

@@ -434,7 +434,9 @@ class Fleet:
         port = free_port_in(link)
         args = [
             "worker", "-H", link.ip, "-p", str(port), "-n", name,
-            "--data-dir", str(self.tmp), "--reconcile-interval", "1", *extra,
+            "--data-dir", str(self.tmp), "--reconcile-interval", "1",
+            "--insecure",  # on a test link: partitions are under test here, not tokens
+            *extra,
         ]  # fmt: skip
         log = self.tmp / f"{name}.log"
         return NetnsWorker(args=args, log=log, name=name, port=port, link=link, engine=engine)

@@ -327,10 +327,14 @@ def test_cube_up_runs_a_cluster_and_stops_it_on_sigterm(tmp_path: Path, cluster_
         assert f"http://127.0.0.1:{port}" in text and f"{cluster_name}-2" in text
         assert f"cube status -m 127.0.0.1:{port}" in text
 
+        # A token was made; the CLI finds it, with the address, where `cube up` wrote them.
+        config = data_dir / "client.json"
+        assert config.stat().st_mode & 0o777 == 0o600
         manager = f"127.0.0.1:{port}"
-        nodes = json.loads(ok(cube("node", "-o", "json", manager=manager)))
+        assert "a token is needed" in one_line_error(cube("node", manager=manager))
+        nodes = json.loads(ok(cube("node", "-o", "json", CUBE_CONFIG=str(config))))
         assert sorted(n["Status"] for n in nodes) == ["ready", "ready"]
-        out = ok(cube("run", "-f", "examples/hello.json", "--wait", manager=manager))
+        out = ok(cube("run", "-f", "examples/hello.json", "--wait", CUBE_DATA_DIR=str(data_dir)))
         assert "Running" in out
 
         up.send_signal(signal.SIGTERM)
@@ -375,7 +379,10 @@ def test_quick_start_script_then_cube_down(tmp_path: Path, cluster_name: str) ->
         assert result.returncode == 0, result.stdout + result.stderr
         pids = recorded_pids(data_dir)
         assert "Running" in result.stdout and "curl http://127.0.0.1:" in result.stdout
-        tasks = httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5).json()
+        token = (data_dir / "token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5).status_code == 401
+        tasks = httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5, headers=headers).json()
         assert [(t["Name"], t["State"]) for t in tasks] == [("hello", RUNNING)]
 
         again = one_line_error(cube("up", "-d", "--data-dir", str(data_dir)))

@@ -11,7 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import CUBE, ROOT, ManagerProcess, WorkerProcess, containers_of, task_event
+from tests.support import (
+    CUBE,
+    ROOT,
+    ManagerProcess,
+    WorkerProcess,
+    containers_of,
+    free_port,
+    task_event,
+    wait_for,
+)
 
 StartManager = Callable[..., ManagerProcess]
 StartWorker = Callable[..., WorkerProcess]
@@ -105,3 +114,32 @@ def test_a_static_worker_shares_its_token_with_its_manager(
     for token in (None, "guess", SECRET):
         assert refused_by(worker, token) == 401, token
     assert refused_by(worker, "w-shared-51") == 201  # the shared token is the key
+
+
+def test_a_server_beyond_loopback_needs_a_token_or_insecure(tmp_path: Path) -> None:
+    """Secure by default: no token (a worker: no credential or TLS) on 0.0.0.0 is a
+    refusal that says why; loopback, a token, or --insecure start."""
+    port = str(free_port())
+    data = ["--data-dir", str(tmp_path)]
+    line = one_line(cube("manager", "-H", "0.0.0.0", "-p", port, *data))
+    assert "refusing to listen on 0.0.0.0 without --token" in line and "--insecure" in line
+    line = one_line(cube("worker", "-H", "0.0.0.0", "-p", port, *data))
+    assert "without a credential (--join or --token) and TLS" in line
+    line = one_line(cube("worker", "-H", "0.0.0.0", "-p", port, "--token", "t", *data))
+    assert "refusing to listen on 0.0.0.0 without TLS" in line
+    for args in (
+        ["manager", "-H", "0.0.0.0", "--token", SECRET, "-w", "127.0.0.1:1"],
+        ["manager", "-H", "0.0.0.0", "--insecure", "-w", "127.0.0.1:1"],
+        ["manager", "-w", "127.0.0.1:1"],  # loopback by default
+        ["worker", "-H", "0.0.0.0", "--insecure"],
+    ):
+        server = ManagerProcess(
+            args=[*args, "-p", port, *data], log=tmp_path / f"{args[0]}.log", port=int(port)
+        ).start()
+        try:
+            wait_for(
+                lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
+                what=f"{args} serving",
+            )
+        finally:
+            server.stop()

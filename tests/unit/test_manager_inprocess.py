@@ -190,3 +190,25 @@ async def test_a_frozen_link_heals_at_once_not_at_the_next_resync() -> None:
         frozen.link.heal()
         await c.until(lambda: not frozen.running(), virtual=3.0, what="strays stopped")
         assert c.copies() == {str(i): 1 for i in ids}
+
+
+async def test_health_checks_carry_no_token() -> None:
+    """A task's endpoint is the user's program: it never sees the cluster's secrets."""
+    seen: list[httpx.Headers] = []
+
+    def healthy(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(200)
+
+    settings = replace(
+        SETTINGS, health_interval=1.0, health_grace=0.0, token="mgmt", worker_token="w-token"
+    )
+    async with cluster(1) as c:
+        m = await c.start_manager(
+            MemoryBackend(), settings, health_transport=httpx.MockTransport(healthy)
+        )
+        assert m.state.nodes[c.nodes[0].name].Secret == "w-token"  # what the worker gets
+        await m.submit_many([sleeper(HealthCheck="/health", ExposedPorts={"80/tcp": {}})])
+        await c.until(lambda: seen, virtual=5.0, what="a health check")
+        assert all("authorization" not in headers for headers in seen)
+        assert all("w-token" not in str(headers) for headers in seen)

@@ -16,7 +16,7 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import images, jobs, manager, nodes, tasks, tokens, up, worker
+    from cube.cli import images, jobs, manager, nodes, tasks, tls, tokens, up, worker
 
     app = typer.Typer(
         name="cube",
@@ -29,6 +29,7 @@ def build_app() -> typer.Typer:
     worker.register(app)
     manager.register(app)
     tokens.register(app)
+    tls.register(app)
     tasks.register(app)
     nodes.register(app)
     jobs.register(app)
@@ -62,10 +63,47 @@ def _global_options(
             show_envvar=True,
         ),
     ] = None,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="CUBE_TLS_CA",
+            help="The cluster CA (PEM) the manager's certificate is checked against; "
+            "a --manager without a scheme is then https://.",
+            show_envvar=True,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="CUBE_TLS_CERT",
+            help="A client certificate (PEM) to present to the manager, with --tls-key.",
+            show_envvar=True,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-key", envvar="CUBE_TLS_KEY", help="Its private key (PEM).", show_envvar=True
+        ),
+    ] = None,
 ) -> None:
     """Options for every command that talks to a manager."""
-    if token:
-        os.environ["CUBE_TOKEN"] = token  # what ManagerClient sends
+    given = {
+        "CUBE_TOKEN": token,  # what ManagerClient sends
+        "CUBE_TLS_CA": tls_ca,  # and how it checks the manager, and who it says it is
+        "CUBE_TLS_CERT": tls_cert,
+        "CUBE_TLS_KEY": tls_key,
+    }
+    os.environ.update({name: value for name, value in given.items() if value})
+    if "CUBE_MANAGER" not in os.environ:
+        from cube import clientconfig
+
+        # A cluster `cube up` started is the default manager (its token goes with it).
+        config = clientconfig.load()
+        if config is not None:
+            os.environ["CUBE_MANAGER"] = config.Manager
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 
 from cube.cli.errors import CliError
+from cube.clientconfig import FILE, ClientConfig
 from cube.manager.client import ManagerClient, ManagerError
 
 PID_FILE = "up.pid"
@@ -74,6 +75,7 @@ class Cluster:
     scheduler: str = "epvm"
     log_level: str = "info"
     members: list[Member] = field(default_factory=list)
+    token: str = ""  # the management token, once start() has made or read it
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -158,7 +160,12 @@ class Cluster:
         dies without cleaning up (even SIGKILL), so nothing is left behind.
         """
         (self.data_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CUBE_JOIN_TOKEN": join_token(self.data_dir)}
+        env = {**os.environ, "CUBE_JOIN_TOKEN": join_token(self.data_dir)}  # not on a command line
+        # The manager reads its management token from the data directory; the CLI
+        # finds it, with the address, in client.json there (cube.clientconfig).
+        self.token = secret_file(self.data_dir / "token", "cube_")
+        ClientConfig(Manager=self.manager_url, Token=self.token).save(self.data_dir / FILE)
+        env["CUBE_TOKEN"] = self.token  # over any the caller's shell has, for another cluster
         started: list[subprocess.Popen[bytes]] = []
         for member in [self.manager, *self.worker_members]:  # the manager first: they join it
             with open(member.log, "ab") as log:
@@ -183,7 +190,7 @@ class Cluster:
         procs = list(procs)
         deadline = time.monotonic() + timeout
         last = "the manager did not answer yet"
-        with ManagerClient(self.manager_url, timeout=2.0) as client:
+        with ManagerClient(self.manager_url, timeout=2.0, token=self.token) as client:
             while True:
                 for proc in procs:
                     code = proc.poll()
@@ -213,13 +220,17 @@ class Cluster:
 def join_token(data_dir: Path) -> str:
     """The cluster's join token: its data directory's join-token file, made (readable
     by its owner only) the first time, as k3s keeps its node token."""
-    path = data_dir / "join-token"
+    return secret_file(data_dir / "join-token")
+
+
+def secret_file(path: Path, prefix: str = "") -> str:
+    """The secret in ``path``'s first line, made (readable by its owner only) if none."""
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
         token = ""
     if not token:
-        token = secrets.token_urlsafe(24)
+        token = prefix + secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(token + "\n")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cube.cli.tls import TlsCa, TlsCert, TlsKey
 from cube.cli.worker import DbType
 
 
@@ -16,8 +17,14 @@ def register(app: typer.Typer) -> None:
 
 def manager(
     host: Annotated[
-        str, typer.Option("-H", "--host", envvar="CUBE_MANAGER_HOST", help="Address to listen on.")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            "-H",
+            "--host",
+            envvar="CUBE_MANAGER_HOST",
+            help="Address to listen on (beyond loopback only with --token, or --insecure).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("-p", "--port", envvar="CUBE_MANAGER_PORT", help="Port to listen on.")
     ] = 5555,
@@ -199,11 +206,24 @@ def manager(
             help="Seconds past a missed heartbeat before a joined worker is down.",
         ),
     ] = 2.0,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="CUBE_INSECURE",
+            help="Listen beyond loopback without a token: anyone who reaches the manager "
+            "may then run any container on every worker.",
+        ),
+    ] = False,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
 ) -> None:
     """Run a manager: accept tasks, place them on workers, keep them running."""
+    from cube.cli import tls
     from cube.cli.errors import CliError
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.manager.api import create_app
@@ -211,14 +231,24 @@ def manager(
     from cube.manager.manager import Manager, Settings
     from cube.node import worker_addresses
     from cube.scheduler import make_scheduler
+    from cube.tls import https
 
     setup_logging(log_level)
+    # Served with client certificates optional (the CLI comes with a token), and
+    # workers called with this one's certificate, theirs checked against the CA.
+    served = tls.server_context(tls_cert, tls_key, tls_ca, require_client_cert=False)
+    calls = tls.client_context(tls_cert, tls_key, tls_ca) if served else None
     try:
         chosen = make_scheduler(scheduler)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
+    from cube.cli.exposure import refusal
+
     token = join_token or _token_file(data_dir / "join-token")
     management = api_token or _token_file(data_dir / "token")
+    refused = None if insecure else refusal("manager", host, [] if management else ["--token"])
+    if refused:
+        raise CliError(refused)
     try:
         if workers:  # given: it must name at least one
             addresses = worker_addresses(workers)
@@ -226,6 +256,8 @@ def manager(
             addresses = [] if token else worker_addresses("localhost:5556")
     except ValueError as exc:
         raise CliError(f"--workers: {exc}") from None
+    if calls is not None:
+        addresses = [https(a) for a in addresses]  # an explicit http:// too: mutual TLS
 
     backend: Backend
     if dbtype is DbType.persistent:
@@ -251,9 +283,10 @@ def manager(
         join_token=token,
         token=management,
         worker_token=worker_token,
+        tls=calls,
     )
     node = Manager(addresses, chosen, backend, settings)
-    serve(create_app(node), host, port, log_level)
+    serve(create_app(node), host, port, log_level, tls=served)
 
 
 def _token_file(path: Path) -> str | None:

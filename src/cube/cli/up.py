@@ -36,6 +36,7 @@ from cube.cli.cluster import (
     terminate,
 )
 from cube.cli.errors import CliError
+from cube.clientconfig import FILE
 from cube.manager.client import DEFAULT_PORT
 from cube.worker.worker import LABEL_WORKER
 
@@ -224,6 +225,10 @@ def ready_message(cluster: Cluster, detach: bool) -> str:
     ]
     width = max(len(command) for command, _ in hints)
     lines += ["", "Try:", *(f"  {c:<{width}}   # {what}" for c, what in hints), ""]
+    config = cluster.data_dir / FILE
+    lines.append(f"The API wants a token: the CLI finds it, and the address, in {config}")
+    if cluster.data_dir != DEFAULT_DATA_DIR:
+        lines.append(f"(from another directory: export CUBE_CONFIG={config.resolve()})")
     down = "cube down"
     if cluster.data_dir != DEFAULT_DATA_DIR:
         down += f" --data-dir {cluster.data_dir}"
@@ -269,7 +274,7 @@ def purge_cluster(data_dir: Path) -> None:
     members = members_of(record)
     workers = [m.name for m in members if m.role == "worker"]
     removed = remove_containers(workers)
-    patterns = ["manager.db*", "join-token", *(f"worker-{w}.db*" for w in workers)]
+    patterns = ["manager.db*", "join-token", "token", FILE, *(f"worker-{w}.db*" for w in workers)]
     patterns += [f"{LOG_DIR}/{m.name}.log" for m in members]
     for pattern in patterns:
         for path in data_dir.glob(pattern):

@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from cube.cli.tls import TlsCa, TlsCert, TlsKey
+
 if TYPE_CHECKING:
+    import ssl
+
     from cube.worker.join import Joiner
 
 
@@ -24,8 +28,15 @@ def register(app: typer.Typer) -> None:
 
 def worker(
     host: Annotated[
-        str, typer.Option("-H", "--host", envvar="CUBE_WORKER_HOST", help="Address to listen on.")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            "-H",
+            "--host",
+            envvar="CUBE_WORKER_HOST",
+            help="Address to listen on (beyond loopback only with a credential and TLS, "
+            "or --insecure).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("-p", "--port", envvar="CUBE_WORKER_PORT", help="Port to listen on.")
     ] = 5556,
@@ -148,6 +159,18 @@ def worker(
             help="A label for placement constraints, KEY=VALUE (repeat for more).",
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="CUBE_INSECURE",
+            help="Listen beyond loopback without a credential or TLS: anyone who reaches "
+            "the worker may then run any container on it.",
+        ),
+    ] = False,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="CUBE_LOG_LEVEL", help="debug, info, warning.")
     ] = "info",
@@ -165,6 +188,7 @@ def worker(
     ] = 0.0,
 ) -> None:
     """Run a worker: accept tasks over HTTP and run them as Docker containers."""
+    from cube.cli import tls
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.runtime.base import Runtime
     from cube.stats import StatsSampler
@@ -175,6 +199,17 @@ def worker(
     from cube.worker.worker import Capacity, Worker
 
     setup_logging(log_level)
+    # Only its manager calls a worker: with a CA, a client certificate from it is required.
+    served = tls.server_context(tls_cert, tls_key, tls_ca, require_client_cert=True)
+    from cube.cli.exposure import refusal
+
+    # A joined worker always has a credential (the secret it makes to join).
+    missing = [] if token or join else ["a credential (--join or --token)"]
+    if served is None:
+        missing.append("TLS")  # its traffic, the credential included, would cross in clear
+    refused = None if insecure else refusal("worker", host, missing)
+    if refused:
+        _fail(refused)
     try:
         capacity = Capacity(cores=cpus, memory=parse_size(memory), disk=parse_size(disk))
     except ValueError as exc:
@@ -212,13 +247,14 @@ def worker(
         labels = _labels(label or [])
         secret = new_secret()  # this process's: a restarted worker joins with a new one
         address = advertise or _advertise(join, host, port)
-        joiner = _join(join, join_token, address, name, labels, secret)
+        calls = tls.client_context(tls_cert, tls_key, tls_ca) if served else None
+        joiner = _join(join, join_token, address, name, labels, secret, calls)
     elif label:
         _fail("--label needs --join: labels are sent when the worker joins")
     app = create_app(node, sampler, capacity, joiner, Credentials(token, secret))
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
-    serve(app, host, port, log_level, loop="asyncio")
+    serve(app, host, port, log_level, loop="asyncio", tls=served)
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -237,12 +273,15 @@ def _join(
     name: str,
     labels: dict[str, str],
     secret: str,
+    tls: ssl.SSLContext | None,
 ) -> Joiner:
     """Join once now, so a refused token ends the command with one clear line (an
-    unreachable manager is tried again in the background)."""
+    unreachable manager is tried again in the background). With ``tls`` the worker
+    serves HTTPS: it says so in the address it gives, and calls its manager over it."""
     import asyncio
 
     from cube.node import worker_addresses
+    from cube.tls import https
     from cube.worker.join import Joiner, JoinRefused
 
     if not token:
@@ -256,12 +295,12 @@ def _join(
 
     registration = {
         "Name": name,
-        "Api": advertise,
+        "Api": https(advertise) if tls else advertise,
         "Labels": labels,
         "Attributes": builtin_attributes(),
         "Secret": secret,  # the manager presents it on every call to this worker
     }
-    joiner = Joiner(manager, token, registration)
+    joiner = Joiner(manager, token, registration, tls=tls)
     try:
         asyncio.run(joiner.register())
     except JoinRefused as exc:

@@ -8,18 +8,22 @@ user can cause here ends in a traceback.
 from __future__ import annotations
 
 import os
+import ssl
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import ValidationError
 
+from cube import clientconfig
 from cube.job import Deployment, Job
 from cube.node import Node
 from cube.task import Task, TaskEvent
+from cube.tls import TlsError, client_context, speaks_tls
 
 DEFAULT_MANAGER = "localhost:5555"
 DEFAULT_PORT = 5555
@@ -42,18 +46,19 @@ class ManagerRejected(ManagerError):
         self.message = message
 
 
-def manager_url(address: str) -> str:
+def manager_url(address: str, scheme: str = "http") -> str:
     """Accept what people type: ``host``, ``host:port`` or a URL; give a base URL.
 
     A bare host gets Cube's port, because "localhost" alone almost certainly means
-    the manager on its default port, not a web server on port 80.
+    the manager on its default port, not a web server on port 80; an address without
+    a scheme gets ``scheme``.
     """
     text = address.strip()
     if not text:
         raise ManagerError("the manager address is empty (expected host:port or a URL)")
     explicit = "://" in text
     try:
-        parts = urlsplit(text if explicit else f"http://{text}")
+        parts = urlsplit(text if explicit else f"{scheme}://{text}")
         port = parts.port
     except ValueError as exc:
         raise ManagerError(f"invalid manager address {text!r}: {exc}") from None
@@ -63,11 +68,29 @@ def manager_url(address: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
+def _tls(ca: str | None) -> ssl.SSLContext:
+    """The CLI's TLS: the manager checked against the CA, a certificate if given."""
+    cert = os.environ.get("CUBE_TLS_CERT") or None
+    key = os.environ.get("CUBE_TLS_KEY") or None
+    if (cert is None) != (key is None):
+        raise ManagerError("--tls-cert and --tls-key go together (CUBE_TLS_CERT, CUBE_TLS_KEY)")
+    try:
+        return client_context(*(Path(p) if p else None for p in (ca, cert, key)))
+    except TlsError as exc:
+        raise ManagerError(str(exc)) from None
+
+
 def _reason(exc: httpx.HTTPError) -> str:
     """Say why a connection failed in words, not as an exception class and errno."""
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "its certificate is not from the CA given (--tls-ca, CUBE_TLS_CA): " + (
+            text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip()
+        )
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return "it does not answer with TLS: use http://"
     if "]" in text and text.startswith("[Errno"):
         text = text.split("]", 1)[1].strip()  # "[Errno 111] Connection refused"
     return text[:1].lower() + text[1:]
@@ -102,8 +125,17 @@ class ManagerClient:
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
     ) -> None:
-        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set)."""
-        self.url = manager_url(address)
+        """``token``: the API token to send (default: ``CUBE_TOKEN``, if set, or the
+        client config's for this manager: cube.clientconfig). Over https://, the
+        manager is checked against ``CUBE_TLS_CA`` (the system's CAs without it) and
+        ``CUBE_TLS_CERT``/``CUBE_TLS_KEY`` are presented when set; an address without a
+        scheme is https:// when ``CUBE_TLS_CA`` is set."""
+        ca = os.environ.get("CUBE_TLS_CA") or None
+        self.url = manager_url(address, "https" if ca else "http")
+        verify = _tls(ca) if self.url.startswith("https://") else True
+        if not token and not os.environ.get("CUBE_TOKEN"):
+            config = clientconfig.for_manager(self.url)
+            token = config.Token if config else None
         token = token or os.environ.get("CUBE_TOKEN") or None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(
@@ -111,6 +143,7 @@ class ManagerClient:
             timeout=httpx.Timeout(timeout, connect=5.0),
             transport=transport,
             headers=headers,
+            verify=verify,
         )
 
     def __enter__(self) -> ManagerClient:
@@ -126,6 +159,10 @@ class ManagerClient:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
+            if self._speaks_tls(exc):
+                raise ManagerUnreachable(
+                    f"the manager at {self.url} answered with TLS: use https:// and --tls-ca"
+                ) from None
             raise ManagerUnreachable(
                 f"cannot reach manager at {self.url}: {_reason(exc)}"
             ) from None
@@ -144,6 +181,16 @@ class ManagerClient:
             raise ManagerError(
                 f"{self.url} did not answer with JSON: is it a Cube manager?"
             ) from None
+
+    def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
+        """Whether a plain HTTP request failed for the manager speaking TLS: such a
+        server hangs up at once (a refused connection or a timeout is something else)."""
+        if isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
+            return False
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname:
+            return False
+        return speaks_tls(parts.hostname, parts.port or 80)
 
     def _parse(self, parse: Any, data: Any) -> Any:
         try:

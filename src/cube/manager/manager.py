@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from cube.manager.tracking import Tracker, TrackingSettings
 from cube.node import Node
 from cube.scheduler import Scheduler
 from cube.task import InvalidTransition, State, Task, TaskEvent, can_transition, transition
+from cube.tls import https
 from cube.worker.client import WorkerClient
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,9 @@ class Settings:
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
     send_concurrency: int = 16
+    # Workers are called over HTTPS with this context (the manager's certificate as
+    # the client's, theirs checked against the cluster CA); None: as addressed.
+    tls: ssl.SSLContext | None = None
 
 
 Connect = Callable[[str, str], WorkerClient]  # (address, the worker's credential)
@@ -148,7 +153,9 @@ class Manager:
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         self.state = ClusterState(backend, nodes.values(), self.clock.monotonic, self._will_restart)
         connect = connect or (
-            lambda url, token: WorkerClient.connect(url, s.request_timeout, token=token)
+            lambda url, token: WorkerClient.connect(
+                https(url) if s.tls else url, s.request_timeout, token=token, tls=s.tls
+            )
         )
         self.clients = {name: connect(node.Api, node.Secret) for name, node in nodes.items()}
         self.dispatch = Dispatcher(

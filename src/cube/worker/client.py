@@ -221,10 +221,17 @@ class _AiohttpWire:
 
     errors: tuple[type[BaseException], ...] = _AIOHTTP_ERRORS
 
-    def __init__(self, timeout: float, max_connections: int, token: str = "") -> None:
+    def __init__(
+        self,
+        timeout: float,
+        max_connections: int,
+        token: str = "",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeout = timeout
         self._auth = _auth(token)
         self.max_connections = max_connections
+        self.tls = tls
         self._default = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
         )
@@ -237,7 +244,7 @@ class _AiohttpWire:
             if self._closed:
                 raise aiohttp.ClientConnectionError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE, ssl=_tls()
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE, ssl=self.tls or _tls()
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -324,9 +331,15 @@ class WorkerClient:
 
     @classmethod
     def connect(
-        cls, base_url: str, timeout: float, max_connections: int = 16, token: str = ""
+        cls,
+        base_url: str,
+        timeout: float,
+        max_connections: int = 16,
+        token: str = "",
+        tls: ssl.SSLContext | None = None,
     ) -> WorkerClient:
-        """A client with connection pools of its own, closed by :meth:`aclose`.
+        """A client with connection pools of its own, closed by :meth:`aclose`; ``tls``
+        for https:// (default: the system's CAs, no client certificate).
 
         One pool per worker, not one for the whole cluster: a pool shared by a thousand
         workers made every request scan a thousand connections (httpcore's did).
@@ -334,7 +347,7 @@ class WorkerClient:
         cost the manager about half the CPU of httpx's own transport (530 us against
         1,020 us), and less again without httpx's layers over it.
         """
-        return cls(base_url, _AiohttpWire(timeout, max_connections, token))
+        return cls(base_url, _AiohttpWire(timeout, max_connections, token, tls))
 
     @property
     def is_closed(self) -> bool:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from cube.clock import Clock, SystemClock
+from cube.tls import speaks_tls
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +39,18 @@ class Joiner:
         clock: Clock | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.base = (manager if "://" in manager else f"http://{manager}").rstrip("/")
+        """``tls``: call the manager over HTTPS with this context (the worker's
+        certificate, the manager's checked against the cluster CA)."""
+        scheme = "https" if tls else "http"
+        self.base = (manager if "://" in manager else f"{scheme}://{manager}").rstrip("/")
         self.registration = registration
         self.clock = clock or SystemClock()
         self.timeout = timeout
         self._headers = {"Authorization": f"Bearer {token}"}
         self._transport = transport
+        self._tls = tls
         self.interval = 1.0
         self.joined = False
 
@@ -52,6 +60,7 @@ class Joiner:
             headers=self._headers,
             timeout=self.timeout,
             transport=self._transport,
+            verify=self._tls or True,
         )
 
     async def register(self, client: httpx.AsyncClient | None = None) -> bool:
@@ -63,6 +72,11 @@ class Joiner:
         try:
             answer = await client.post("/nodes/register", json=self.registration)
         except httpx.HTTPError as exc:
+            if await self._speaks_tls(exc):
+                raise JoinRefused(
+                    f"the manager at {self.base} answered with TLS: join it at https:// "
+                    "with --tls-cert, --tls-key and --tls-ca"
+                ) from None
             log.warning("joining %s: %s", self.base, exc or type(exc).__name__)
             return False
         if answer.status_code in (401, 403):
@@ -75,6 +89,17 @@ class Joiner:
             log.info("joined the manager at %s as %s", self.base, self.registration["Name"])
         self.joined = True
         return True
+
+    async def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
+        """Whether a plain HTTP request failed for the manager speaking TLS (it hangs
+        up at once: asking it for a TLS handshake tells)."""
+        if isinstance(exc, httpx.ConnectError | httpx.TimeoutException) or self._transport:
+            return False
+        parts = urlsplit(self.base)
+        if parts.scheme != "http" or not parts.hostname:
+            return False
+        port = parts.port or 80
+        return await asyncio.to_thread(speaks_tls, parts.hostname, port, self.timeout)
 
     async def run(self) -> None:
         """Heartbeat until cancelled, joining (again) whenever needed."""
