@@ -96,7 +96,8 @@ def exact(document: dict[str, Any], guards: Mapping[str, Guard]) -> dict[str, An
     components = document.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
-    components.setdefault("ErrorBody", schema(ErrorBody, "serialization"))
+    if "ErrorBody" not in components:  # no route named it: the 400s below still do
+        components["ErrorBody"] = schema(ErrorBody, "serialization")["$defs"]["ErrorBody"]
     for operations in document.get("paths", {}).values():
         for method, operation in operations.items():
             _hoist(operation, components)
