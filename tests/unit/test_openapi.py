@@ -11,11 +11,14 @@ from typing import Any
 import httpx
 import jsonschema_rs
 import pytest
+from fastapi import Depends, FastAPI
+from fastapi.security import HTTPBearer
 
 from cube.clock import ManualClock
 from cube.manager.api import create_app as manager_app
 from cube.manager.backend import MemoryBackend
 from cube.manager.manager import Manager, Settings
+from cube.openapi import install
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm
 from cube.stats import StatsSampler
@@ -269,3 +272,22 @@ async def test_what_the_worker_answers_is_what_its_document_says(
         assert refused.status_code == 400
     done = await worker.post("/tasks", json={**book_event(), "State": State.COMPLETED})
     conforms(doc, "post", "/tasks", done)
+
+
+def test_install_makes_any_app_exact() -> None:
+    """The rules hold for a route that says nothing of them (a new route, say)."""
+    app = FastAPI()
+    install(app, guards={"Key": lambda method: {401: "no key", 403: f"not for {method}"}})
+    key = HTTPBearer(scheme_name="Key", auto_error=False)
+
+    @app.get("/things/{name}", dependencies=[Depends(key)])
+    async def thing(name: str) -> None: ...
+
+    @app.post("/counts")
+    async def count(q: int) -> None: ...
+
+    doc = app.openapi()
+    assert set(doc["paths"]["/things/{name}"]["get"]["responses"]) == {"200", "401", "403"}
+    assert set(doc["paths"]["/counts"]["post"]["responses"]) == {"200", "400"}
+    error = doc["components"]["schemas"]["ErrorBody"]
+    assert error["required"] == ["HTTPStatusCode", "Message"]
