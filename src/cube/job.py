@@ -28,7 +28,7 @@ class _Wire(BaseModel):
 class TaskTemplate(_Wire):
     """Every task field a user may set; each task of the job is made from it."""
 
-    Image: str
+    Image: str = Field(json_schema_extra={"pattern": r"\S"})  # not blank (Task checks)
     Cmd: list[str] | None = None
     Env: list[str] | None = None
     Cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
@@ -71,7 +71,8 @@ _Task = Task  # inside Job, "Task" names the template field
 
 
 class Job(_Wire):
-    Name: str
+    # The pattern documents the validator below (which words the refusal better).
+    Name: str = Field(json_schema_extra={"pattern": NAME.pattern})
     Type: Literal["service", "batch"] = "service"
     Count: int = Field(default=1, ge=0, le=MAX_COUNT)
     Task: TaskTemplate

@@ -141,7 +141,12 @@ def _stamp() -> datetime:
     return now()  # looked up at each call, so a swapped clock is the one used
 
 
-StateField = Annotated[State, BeforeValidator(_parse_state)]
+# The JSON schemas say what is accepted: a state's number or its name; a size in bytes
+# or as a string such as "256MiB" (the bounds apply to what it comes to).
+_StateName = Literal["Pending", "Scheduled", "Running", "Completed", "Failed"]
+StateField = Annotated[
+    State, BeforeValidator(_parse_state, json_schema_input_type=State | _StateName)
+]
 Time = Annotated[
     datetime | None,
     BeforeValidator(_parse_time),
@@ -149,7 +154,14 @@ Time = Annotated[
 ]
 # SQLite and Docker both stop at signed 64 bits; refuse more up front, not deep inside.
 MAX_SIZE = 2**63 - 1
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0, le=MAX_SIZE)]
+_Bytes = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+Size = Annotated[
+    _Bytes,
+    BeforeValidator(
+        parse_size,
+        json_schema_input_type=_Bytes | Annotated[str, Field(description="e.g. '256MiB'")],
+    ),
+]
 RestartPolicyName = Literal["", "no", "on-failure", "always", "unless-stopped"]
 HostPortList = list[dict[str, str]]
 
@@ -191,7 +203,7 @@ class Task(_Wire):
     ID: uuid.UUID = Field(default_factory=uuid.uuid4)
     Name: str = ""
     State: StateField = State.PENDING
-    Image: str
+    Image: str = Field(json_schema_extra={"pattern": r"\S"})  # not blank: see below
     Cmd: list[str] | None = None
     Env: list[str] | None = None
     Cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)

@@ -185,12 +185,13 @@ async def test_the_openapi_document_describes_the_jobs_routes(api: httpx.AsyncCl
     doc = (await api.get("/openapi.json")).json()
     post = doc["paths"]["/jobs"]["post"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
-    assert body["$ref"].endswith("/Job")
-    assert set(post["responses"]) == {"201", "400"}  # what the API answers; no 422
+    assert body["$ref"].endswith("/Job-Input")  # its sizes may be strings ("1GiB")
+    assert set(post["responses"]) == {"201", "400", "401", "403"}  # what it answers; no 422
     created = post["responses"]["201"]["content"]["application/json"]["schema"]
     assert created["$ref"].endswith("/JobAnswer")
     assert "Deployment" in doc["components"]["schemas"]["JobAnswer"]["properties"]
-    assert set(doc["paths"]["/jobs/{name}/scale"]["post"]["responses"]) == {"200", "400", "404"}
+    scale = doc["paths"]["/jobs/{name}/scale"]["post"]["responses"]
+    assert set(scale) == {"200", "400", "401", "403", "404"}
     assert "422" not in json.dumps(doc["paths"])
     assert "HTTPValidationError" not in doc["components"]["schemas"]
 
@@ -214,7 +215,7 @@ async def test_constraints_are_accepted_and_shown(api: httpx.AsyncClient) -> Non
 
 async def test_the_openapi_job_schema_shows_placement(api: httpx.AsyncClient) -> None:
     schemas = (await api.get("/openapi.json")).json()["components"]["schemas"]
-    for model in ("Job", "TaskTemplate"):
+    for model in ("Job-Input", "TaskTemplate-Input", "Job-Output", "TaskTemplate-Output"):
         fields = schemas[model]["properties"]
         assert {"Constraints", "DistinctHosts"} <= set(fields), model
         assert fields["DistinctHosts"] == {

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cube.errors import (
     ApiError,
+    TaskId,
     describe,
     error_response,
     install_error_handlers,
@@ -23,12 +24,25 @@ from cube.manager.events_api import router as events_router
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
+from cube.manager.tokens_api import answers as token_answers
 from cube.manager.tokens_api import router as tokens_router
 from cube.manager.tokens_api import token_guard
+from cube.node import Node
+from cube.openapi import body, errors, install, ok
 from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
 
 _EVENTS = TypeAdapter(list[TaskEvent])
+_404 = errors(e404="No such task")
+
+
+class ManagerHealth(BaseModel):
+    """``GET /health``: the manager answers, and what it holds."""
+
+    Role: Literal["manager"] = "manager"
+    Workers: int
+    WorkersReady: int
+    Tasks: int
 
 
 def create_app(manager: Manager) -> FastAPI:
@@ -52,6 +66,7 @@ def create_app(manager: Manager) -> FastAPI:
 
     app = FastAPI(title="Cube manager", lifespan=lifespan)
     install_error_handlers(app)
+    install(app, guards={"Token": token_answers})
 
     @app.exception_handler(UnknownTask)
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
@@ -59,13 +74,22 @@ def create_app(manager: Manager) -> FastAPI:
 
     api = APIRouter()  # the task routes, below
 
-    @api.get("/tasks")
+    @api.get("/tasks", response_model=list[Task])
     async def list_tasks(job: str | None = None) -> Response:
         """Every task; ``?job=NAME``: the tasks of that job."""
         tasks = manager.list_tasks() if job is None else manager.jobs.tasks_of(job)
         return Response(tasks_json(tasks), media_type="application/json")
 
-    @api.post("/tasks", status_code=201, response_model=None)
+    @api.post(
+        "/tasks",
+        status_code=201,
+        response_model=None,
+        openapi_extra=body(TaskEvent | list[TaskEvent], "One TaskEvent, or an array of them"),
+        responses={
+            **ok(Task | list[Task], 201, "The task, or the tasks in the order given"),
+            **errors(e404="A TaskEvent with State 3 (stop) names no known task"),
+        },
+    )
     async def post_task(request: Request) -> dict[str, Any] | Response:
         """One TaskEvent (the book's body), or a JSON array of them, accepted together.
 
@@ -92,34 +116,35 @@ def create_app(manager: Manager) -> FastAPI:
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
 
-    @api.get("/tasks/{task_id}")
-    async def get_task(task_id: str) -> dict[str, Any]:
+    @api.get("/tasks/{task_id}", response_model=None, responses={**ok(Task), **_404})
+    async def get_task(task_id: TaskId) -> dict[str, Any]:
         return manager.get(parse_uuid(task_id)).to_wire()
 
-    @api.get("/tasks/{task_id}/events")
-    async def task_events(task_id: str) -> list[dict[str, Any]]:
+    @api.get(
+        "/tasks/{task_id}/events", response_model=None, responses={**ok(list[TaskEvent]), **_404}
+    )
+    async def task_events(task_id: TaskId) -> list[dict[str, Any]]:
         """The task's history: every event users and the manager submitted for it."""
         return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
 
-    @api.delete("/tasks/{task_id}", status_code=204)
-    async def delete_task(task_id: str) -> Response:
+    @api.delete("/tasks/{task_id}", status_code=204, responses=_404)
+    async def delete_task(task_id: TaskId) -> Response:
         await manager.stop(parse_uuid(task_id))
         return Response(status_code=204)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> ManagerHealth:
         """Liveness, for a supervisor or load balancer: the manager answers, and what it
         holds. A 200 needs no ready worker: a cluster whose workers are all down still
         takes and keeps submissions, which wait Pending."""
         nodes = manager.nodes()
-        return {
-            "Role": "manager",
-            "Workers": len(nodes),
-            "WorkersReady": sum(node.is_ready for node in nodes),
-            "Tasks": len(manager.state.tasks),
-        }
+        return ManagerHealth(
+            Workers=len(nodes),
+            WorkersReady=sum(node.is_ready for node in nodes),
+            Tasks=len(manager.state.tasks),
+        )
 
-    @api.get("/nodes")
+    @api.get("/nodes", response_model=None, responses=ok(list[Node]))
     async def nodes() -> list[dict[str, Any]]:
         return [node.to_wire() for node in manager.nodes()]
 

@@ -10,23 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from cube.errors import ApiError
 from cube.job import MAX_COUNT, Deployment, Job, JobRecord
 from cube.manager.jobs import JobError, Jobs, UnknownJob
+from cube.openapi import errors
 
 
-class _Scale(BaseModel):
+class ScaleRequest(BaseModel):
+    """The body of ``POST /jobs/{name}/scale``."""
+
     model_config = ConfigDict(extra="forbid")
     Count: int = Field(ge=0, le=MAX_COUNT)
 
 
-class _Revert(BaseModel):
+class RevertRequest(BaseModel):
+    """The body of ``POST /jobs/{name}/revert``."""
+
     model_config = ConfigDict(extra="forbid")
     Version: int = Field(ge=1)
-
-
-class ErrorBody(BaseModel):
-    """Every error answer (the book's shape)."""
-
-    HTTPStatusCode: int
-    Message: str
 
 
 _Deployment = Deployment  # inside JobAnswer, the name is its field
@@ -38,9 +36,8 @@ class JobAnswer(Job):
     Deployment: _Deployment | None = None
 
 
-Responses = dict[int | str, dict[str, Any]]
-_400: Responses = {400: {"model": ErrorBody, "description": "Malformed request; Message says why"}}
-_404: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
+_400 = errors(e400="Malformed request; Message says why")
+_404 = errors(e404="No such job")
 
 
 def view(record: JobRecord) -> dict[str, Any]:
@@ -78,12 +75,12 @@ def router(jobs: Jobs) -> APIRouter:
         return [v.model_dump(mode="json") for v in get(name).Versions]
 
     @api.post("/jobs/{name}/scale", response_model=JobAnswer, responses={**_400, **_404})
-    async def scale(name: str, body: _Scale) -> dict[str, Any]:
+    async def scale(name: str, body: ScaleRequest) -> dict[str, Any]:
         get(name)
         return view(await jobs.scale(name, body.Count))
 
     @api.post("/jobs/{name}/revert", response_model=JobAnswer, responses={**_400, **_404})
-    async def revert(name: str, body: _Revert) -> dict[str, Any]:
+    async def revert(name: str, body: RevertRequest) -> dict[str, Any]:
         """A new version equal to an old one (as Nomad's revert)."""
         get(name)
         try:

@@ -68,7 +68,10 @@ class Registration(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    Name: str = Field(description="The worker's name: the node's identity.")
+    Name: str = Field(
+        description="The worker's name: the node's identity.",
+        json_schema_extra={"pattern": NAME.pattern},
+    )
     Api: str = Field(description="Where the manager reaches the worker: http(s)://host:port.")
     Labels: dict[str, str] = Field(default_factory=dict)
     Attributes: dict[str, str] = Field(default_factory=dict)

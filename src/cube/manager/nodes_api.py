@@ -15,7 +15,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from cube.errors import ApiError
-from cube.manager.jobs_api import ErrorBody, Responses
 from cube.manager.membership import (
     Joined,
     JoinRefused,
@@ -25,9 +24,12 @@ from cube.manager.membership import (
     UnknownNode,
 )
 from cube.node import Node
+from cube.openapi import errors
 
 
-class _Drain(BaseModel):
+class DrainRequest(BaseModel):
+    """The body of ``POST /nodes/{name}/drain`` (optional)."""
+
     model_config = ConfigDict(extra="forbid")
     Deadline: float | None = Field(
         default=None,
@@ -38,18 +40,20 @@ class _Drain(BaseModel):
     )
 
 
-class _Eligibility(BaseModel):
+class EligibilityRequest(BaseModel):
+    """The body of ``POST /nodes/{name}/eligibility``."""
+
     model_config = ConfigDict(extra="forbid")
     Eligible: bool
 
 
-_400: Responses = {400: {"model": ErrorBody, "description": "Malformed request; Message says why"}}
-_404: Responses = {404: {"model": ErrorBody, "description": "No such node"}}
-_JOIN: Responses = {
-    401: {"model": ErrorBody, "description": "Missing or wrong join token"},
-    403: {"model": ErrorBody, "description": "The manager takes no joins (no join token set)"},
-}
-_409: Responses = {409: {"model": ErrorBody, "description": "The node is ready: not removed"}}
+_400 = errors(e400="Malformed request; Message says why")
+_404 = errors(e404="No such node")
+_JOIN = errors(
+    e401="Missing or wrong join token",
+    e403="The manager takes no joins (no join token set)",
+)
+_409 = errors(e409="The node is ready: not removed")
 
 # The join token, as ``Authorization: Bearer`` (a security scheme in the OpenAPI
 # document); a missing or malformed header is the same 401 as a wrong token.
@@ -59,13 +63,16 @@ Authorization = Annotated[HTTPAuthorizationCredentials | None, Depends(_join_tok
 
 def router(members: Membership) -> tuple[APIRouter, APIRouter]:
     """The workers' routes (join token), and the operators' (the API's own tokens)."""
-    joining, api = APIRouter(), APIRouter()
 
-    def admit(authorization: HTTPAuthorizationCredentials | None) -> None:
+    async def admit(authorization: Authorization = None) -> None:
+        """The join token, checked as a dependency: before the body is read, so a
+        caller without one gets its 401, not a 400 about the body it sent."""
         try:
             members.check_token(authorization.credentials if authorization else None)
         except JoinRefused as exc:
             raise ApiError(403 if exc.off else 401, str(exc)) from None
+
+    joining, api = APIRouter(dependencies=[Depends(admit)]), APIRouter()
 
     def node(name: str) -> Node:
         try:
@@ -76,15 +83,13 @@ def router(members: Membership) -> tuple[APIRouter, APIRouter]:
     @joining.post(
         "/nodes/register", status_code=201, response_model=Joined, responses={**_400, **_JOIN}
     )
-    async def register(body: Registration, authorization: Authorization = None) -> Joined:
+    async def register(body: Registration) -> Joined:
         """A worker joins (or joins again, perhaps from a new address: the same node)."""
-        admit(authorization)
         return await members.join(body)
 
     @joining.post("/nodes/{name}/heartbeat", response_model=Joined, responses={**_404, **_JOIN})
-    async def heartbeat(name: str, authorization: Authorization = None) -> Joined:
+    async def heartbeat(name: str) -> Joined:
         """A joined worker is alive. 404: unknown here (removed): join again."""
-        admit(authorization)
         try:
             return members.beat(name)
         except UnknownNode:
@@ -95,7 +100,7 @@ def router(members: Membership) -> tuple[APIRouter, APIRouter]:
         return node(name).to_wire()
 
     @api.post("/nodes/{name}/drain", response_model=Node, responses={**_400, **_404})
-    async def drain(name: str, body: _Drain | None = None) -> dict[str, Any]:
+    async def drain(name: str, body: DrainRequest | None = None) -> dict[str, Any]:
         """Move the node's tasks elsewhere (a job's no faster than its MaxParallel);
         it then takes no new work until made eligible."""
         node(name)
@@ -103,7 +108,7 @@ def router(members: Membership) -> tuple[APIRouter, APIRouter]:
         return (await members.drain(name, deadline)).to_wire()
 
     @api.post("/nodes/{name}/eligibility", response_model=Node, responses={**_400, **_404})
-    async def eligibility(name: str, body: _Eligibility) -> dict[str, Any]:
+    async def eligibility(name: str, body: EligibilityRequest) -> dict[str, Any]:
         """Eligible: takes new work (and any drain ends). Not: its tasks stay, new ones
         go elsewhere."""
         node(name)

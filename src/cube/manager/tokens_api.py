@@ -13,16 +13,27 @@ from pydantic import BaseModel, ConfigDict, Field
 from cube.errors import ApiError
 from cube.manager.auth import Forbidden, Tokens, TokenView, Unauthorized
 from cube.manager.auth import Role as _Role
-from cube.manager.jobs_api import ErrorBody, Responses
+from cube.openapi import errors
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="Token", description="An API token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _READS = frozenset({"GET", "HEAD"})
 
-_404: Responses = {404: {"model": ErrorBody, "description": "No such token"}}
+_404 = errors(e404="No such token")
+_ADMIN = errors(e403="Only a management token may see or change tokens")
 
 
-class _Create(BaseModel):
+def answers(method: str) -> dict[int, str]:
+    """What the guard may answer a request (the OpenAPI document lists it: cube.openapi)."""
+    found = {401: "No token, or one this manager does not know"}
+    if method not in _READS:
+        found[403] = "A read token cannot change anything"
+    return found
+
+
+class TokenRequest(BaseModel):
+    """The body of ``POST /tokens``."""
+
     model_config = ConfigDict(extra="forbid")
     Role: _Role = Field(description="read: GET only; management: everything.")
     Name: str = Field(default="", max_length=200)
@@ -49,16 +60,23 @@ def router(tokens: Tokens) -> APIRouter:
     api = APIRouter()
     admin = [Depends(token_guard(tokens, management=True))]
 
-    @api.post("/tokens", status_code=201, response_model=TokenView, dependencies=admin)
-    async def create(body: _Create) -> TokenView:
+    @api.post(
+        "/tokens", status_code=201, response_model=TokenView, responses=_ADMIN, dependencies=admin
+    )
+    async def create(body: TokenRequest) -> TokenView:
         """Make a token; its Secret is in this answer only (only its hash is kept)."""
         return await tokens.create(body.Role, body.Name)
 
-    @api.get("/tokens", response_model=list[TokenView], dependencies=admin)
+    @api.get("/tokens", response_model=list[TokenView], responses=_ADMIN, dependencies=admin)
     async def list_tokens() -> list[TokenView]:
         return tokens.list()
 
-    @api.delete("/tokens/{token_id}", status_code=204, responses=_404, dependencies=admin)
+    @api.delete(
+        "/tokens/{token_id}",
+        status_code=204,
+        responses={**_ADMIN, **_404},
+        dependencies=admin,
+    )
     async def revoke(token_id: str) -> Response:
         if not await tokens.revoke(token_id):
             raise ApiError(404, f"token {token_id} not found")

@@ -12,18 +12,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from cube.errors import (
     ApiError,
+    TaskId,
     describe,
     error_response,
     install_error_handlers,
     parse_body,
     parse_uuid,
 )
+from cube.openapi import body, content, errors, install, ok
 from cube.runtime.base import RuntimeUnavailable
-from cube.stats import StatsSampler
+from cube.stats import Stats, StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
 from cube.worker.credentials import Credentials, Unauthorized
 from cube.worker.join import Joiner, wait_and_run
@@ -38,6 +40,51 @@ _bearer = HTTPBearer(
     description="The worker's credential: the secret it gave its manager at join, "
     "or the --token it shares with it",
 )
+
+
+_404 = errors(e404="No such task on this worker")
+
+
+class WorkerHealth(BaseModel):
+    """``GET /health``: the worker answers, what it offers, and whether Docker does."""
+
+    Name: str
+    Docker: bool
+    Cores: float = Field(description="Cores offered (--cores, or the machine's)")
+    Memory: int = Field(description="Memory offered, in kB")
+    Disk: int = Field(description="Disk offered, in bytes")
+
+
+_Stats = Stats  # inside WatchLine, the name is its field
+
+
+class WatchLine(BaseModel):
+    """One line of ``GET /tasks?watch=true`` (application/x-ndjson)."""
+
+    Epoch: str
+    Version: int
+    Complete: bool = Field(description="The line lists every task, not only changes")
+    Tasks: list[Task]
+    Docker: bool
+    Stats: _Stats | None = Field(default=None, description="With ?stats=SECONDS, that often")
+
+
+# Not on a watch: a stream says where it is on each line.
+_CURSOR = {
+    "X-Cube-Epoch": ("This worker's run: ?epoch= next time", {"type": "string"}),
+    "X-Cube-Version": ("Where this answer leaves off: ?since= next time", {"type": "integer"}),
+    "X-Cube-Complete": ("1: every task is listed, not only changes", {"enum": ["0", "1"]}),
+}
+_LIST: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The tasks (JSON); with watch=true, one WatchLine per line (NDJSON)",
+        "headers": {
+            name: {"description": description, "schema": schema}
+            for name, (description, schema) in _CURSOR.items()
+        },
+        "content": content("application/x-ndjson", WatchLine),
+    }
+}
 
 
 def _seconds(value: float, default: float) -> float:
@@ -87,6 +134,7 @@ def create_app(
         worker.notify()
 
     install_error_handlers(app)
+    install(app, guards={"WorkerToken": lambda _: {401: "No credential, or the wrong one"}})
 
     async def guard(
         presented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
@@ -108,7 +156,7 @@ def create_app(
     async def _docker_down(_: Request, exc: RuntimeUnavailable) -> JSONResponse:
         return error_response(503, f"docker engine unavailable: {exc}")
 
-    @api.get("/tasks")
+    @api.get("/tasks", response_model=list[Task], responses=_LIST)
     async def list_tasks(
         since: int | None = None,
         epoch: str | None = None,
@@ -181,7 +229,19 @@ def create_app(
             wait_for = min(beat, left) if every else beat
             await worker.wait_for_change(since, epoch, max(wait_for, 0.0))
 
-    @api.post("/tasks", status_code=201, response_model=None)
+    @api.post(
+        "/tasks",
+        status_code=201,
+        response_model=None,
+        openapi_extra=body(TaskEvent | list[TaskEvent], "One TaskEvent, or an array of them"),
+        responses={
+            **ok(Task | list[Task], 201, "The task, or the tasks in the order given"),
+            **errors(
+                e404="A TaskEvent with State 3 (stop) names no task here",
+                e409="A finished run asked to run again (a new incarnation may)",
+            ),
+        },
+    )
     async def post_task(request: Request) -> dict[str, Any] | Response:
         """One TaskEvent (the book's body), or a JSON array of them (a manager's batch)."""
         body = await request.body()
@@ -202,42 +262,41 @@ def create_app(
         except BadEvent as exc:
             raise ApiError(400, str(exc)) from None
 
-    @api.get("/tasks/{task_id}")
-    async def get_task(task_id: str) -> dict[str, Any]:
+    @api.get("/tasks/{task_id}", response_model=None, responses={**ok(Task), **_404})
+    async def get_task(task_id: TaskId) -> dict[str, Any]:
         return worker.get(parse_uuid(task_id)).to_wire()
 
-    @api.delete("/tasks/{task_id}", status_code=204)
+    @api.delete("/tasks/{task_id}", status_code=204, responses=_404)
     async def delete_task(
-        task_id: str,
+        task_id: TaskId,
         up_to: Annotated[
-            str | None,
+            int | None,
             Query(
                 alias="restartCount",
+                ge=0,
                 description="Stop only if the task's incarnation is this one or older.",
             ),
         ] = None,
     ) -> Response:
         """Stop a task. ``?restartCount=N``: only if its incarnation is N or older."""
-        if up_to is not None and not up_to.isdigit():
-            raise ApiError(400, f"restartCount must be a whole number, got {up_to!r}")
-        worker.stop(parse_uuid(task_id), None if up_to is None else int(up_to))
+        worker.stop(parse_uuid(task_id), up_to)
         return Response(status_code=204)
 
-    @api.get("/stats")
+    @api.get("/stats", response_model=None, responses=ok(Stats))
     async def stats() -> dict[str, Any]:
         return sampler.current().model_dump(mode="json", by_alias=True)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> WorkerHealth:
         """Liveness and capacity: what the manager may place here, and can we reach Docker."""
         stats = sampler.current()
-        return {
-            "Name": worker.name,
-            "Docker": worker.docker_ok,
-            "Cores": capacity.cores or stats.cores,
-            "Memory": capacity.memory // 1024 if capacity.memory else stats.mem_total_kb,
-            "Disk": capacity.disk or stats.disk_total,
-        }
+        return WorkerHealth(
+            Name=worker.name,
+            Docker=worker.docker_ok,
+            Cores=capacity.cores or stats.cores,
+            Memory=capacity.memory // 1024 if capacity.memory else stats.mem_total_kb,
+            Disk=capacity.disk or stats.disk_total,
+        )
 
     app.include_router(api)
     return app
