@@ -127,6 +127,12 @@ values = ["127.0.0.1:9"]
 [[operations]]
 include-path = "/nodes/register"
 checks.allow_header_conformance.enabled = false
+
+# A followed event stream ends only when the manager stops (tests/unit/test_events.py
+# and tests/integration/test_events.py follow it): what is there, then the end.
+[[operations]]
+include-name = "GET /events"
+parameters = {{ "query.follow" = false }}
 """,
     )
     assert httpx.get(f"{manager.url}/health").status_code == 200  # still up

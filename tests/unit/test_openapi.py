@@ -96,6 +96,9 @@ def malformable(operation: Doc) -> bool:
     )
 
 
+NDJSON = "application/x-ndjson"
+
+
 def check_document(doc: Doc, server: str) -> int:
     """The rules every route follows; returns how many operations were checked."""
     text = json.dumps(doc)
@@ -111,7 +114,9 @@ def check_document(doc: Doc, server: str) -> int:
         where = f"{server}: {method.upper()} {path}"
         answers = operation["responses"]
         for status, answer in answers.items():
-            body = answer.get("content", {}).get("application/json", {}).get("schema")
+            bodies = answer.get("content", {})
+            # JSON, or (a stream) one model per line.
+            body = (bodies.get("application/json") or bodies.get(NDJSON) or {}).get("schema")
             if status.startswith("2") and status != "204":
                 # A model (or models), never "any object": a generated client needs it.
                 assert body is not None and refs(body), (where, status, body)

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from cube.errors import ApiError
 from cube.events import TOPICS, Event
 from cube.manager.events import EventLog
-from cube.manager.jobs_api import ErrorBody, Responses
+from cube.openapi import ErrorBody, Responses, content
 
 NDJSON = "application/x-ndjson"
 BATCH = 500  # events per read of the log
@@ -26,7 +26,7 @@ BATCH = 500  # events per read of the log
 _RESPONSES: Responses = {
     200: {
         "description": "One Event per line (and `{}` heartbeats while following)",
-        "content": {NDJSON: {"schema": Event.model_json_schema()}},
+        "content": content(NDJSON, Event),
     },
     400: {"model": ErrorBody, "description": "Malformed query; Message says why"},
 }
