@@ -18,7 +18,9 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
+from cube.logs import OPENAPI_200, LogResponse, log_options
 from cube.manager.jobs_api import router as jobs_router
+from cube.manager.logs import open_logs
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
 from cube.manager.tokens_api import router as tokens_router
@@ -88,6 +90,23 @@ def create_app(manager: Manager) -> FastAPI:
     async def task_events(task_id: str) -> list[dict[str, Any]]:
         """The task's history: every event users and the manager submitted for it."""
         return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
+
+    @api.get("/tasks/{task_id}/logs", response_class=LogResponse, responses=OPENAPI_200)
+    async def task_logs(
+        task_id: str,
+        follow: bool = False,
+        tail: str | None = None,
+        since: str | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> LogResponse:
+        """The task's output, streamed from its worker as it answers it (NDJSON, see
+        cube.logs); the same query as the worker's ``GET /tasks/{id}/logs``."""
+        log_options(follow, tail, since, stdout, stderr)  # a 400 here, not from a worker
+        query: dict[str, Any] = {"follow": follow, "stdout": stdout, "stderr": stderr}
+        query |= {k: v for k, v in (("tail", tail), ("since", since)) if v is not None}
+        body, close = await open_logs(manager, manager.get(parse_uuid(task_id)), query)
+        return LogResponse(body, close)
 
     @api.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(task_id: str) -> Response:

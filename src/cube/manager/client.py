@@ -7,10 +7,11 @@ user can cause here ends in a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ from pydantic import ValidationError
 from cube import clientconfig
 from cube.job import Deployment, Job
 from cube.node import Node
+from cube.runtime.base import LogLine, parse_docker_time
 from cube.task import Task, TaskEvent
 from cube.tls import TlsError, client_context, speaks_tls
 
 DEFAULT_MANAGER = "localhost:5555"
+# Seconds a log stream may stay silent: three of the manager's heartbeats (cube.logs).
+_LOG_SILENCE = 15.0
 DEFAULT_PORT = 5555
 
 
@@ -166,13 +170,7 @@ class ManagerClient:
             raise ManagerUnreachable(
                 f"cannot reach manager at {self.url}: {_reason(exc)}"
             ) from None
-        message = _message(response)
-        if response.status_code >= 500:
-            raise ManagerUnreachable(
-                f"manager at {self.url} failed: HTTP {response.status_code}: {message}"
-            )
-        if response.status_code >= 400:
-            raise ManagerRejected(response.status_code, message)
+        self._check(response)
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -181,6 +179,15 @@ class ManagerClient:
             raise ManagerError(
                 f"{self.url} did not answer with JSON: is it a Cube manager?"
             ) from None
+
+    def _check(self, response: httpx.Response) -> None:
+        message = _message(response)
+        if response.status_code >= 500:
+            raise ManagerUnreachable(
+                f"manager at {self.url} failed: HTTP {response.status_code}: {message}"
+            )
+        if response.status_code >= 400:
+            raise ManagerRejected(response.status_code, message)
 
     def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
         """Whether a plain HTTP request failed for the manager speaking TLS: such a
@@ -227,6 +234,40 @@ class ManagerClient:
 
     def stop(self, task_id: uuid.UUID | str) -> None:
         self._call("DELETE", f"/tasks/{task_id}")
+
+    def logs(self, task_id: uuid.UUID | str, query: Mapping[str, Any]) -> Iterator[LogLine]:
+        """The task's log lines as the manager streams them (``GET /tasks/{id}/logs``).
+
+        A generator: the request goes out on the first ``next``, and closing it closes
+        the stream. A follow waits as long as heartbeats keep coming.
+        """
+        timeout = httpx.Timeout(_LOG_SILENCE, connect=5.0)
+        try:
+            with self._http.stream(
+                "GET", f"/tasks/{task_id}/logs", params=dict(query), timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._check(response)
+                for raw in response.iter_lines():
+                    if raw.strip():
+                        yield self._log_line(raw)
+        except httpx.HTTPError as exc:
+            raise ManagerUnreachable(
+                f"lost the log stream from the manager at {self.url}: {_reason(exc)}"
+            ) from None
+
+    def _log_line(self, raw: str) -> LogLine:
+        try:
+            data = json.loads(raw)
+            if "Error" in data:
+                raise ManagerError(str(data["Error"]))
+            stream, text, time = data["Stream"], data["Line"], data.get("Time")
+        except (ValueError, TypeError, KeyError):
+            raise ManagerError(
+                f"{self.url} answered something that is not a log line: {raw[:80]!r}"
+            ) from None
+        return LogLine(str(stream), parse_docker_time(time), str(text))
 
     # --- jobs ------------------------------------------------------------------------
 

@@ -22,12 +22,13 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
+from cube.logs import OPENAPI_200, LogResponse, log_options, ndjson
 from cube.runtime.base import RuntimeUnavailable
 from cube.stats import StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
 from cube.worker.credentials import Credentials, Unauthorized
 from cube.worker.join import Joiner, wait_and_run
-from cube.worker.worker import BadEvent, Capacity, UnknownTask, Worker
+from cube.worker.worker import BadEvent, Capacity, LogsGone, NotStarted, UnknownTask, Worker
 
 # The longest a GET /tasks?since=... may wait for a change.
 MAX_WAIT = 60.0
@@ -205,6 +206,31 @@ def create_app(
     @api.get("/tasks/{task_id}")
     async def get_task(task_id: str) -> dict[str, Any]:
         return worker.get(parse_uuid(task_id)).to_wire()
+
+    @api.get(
+        "/tasks/{task_id}/logs",
+        response_class=LogResponse,
+        responses=OPENAPI_200,
+    )
+    async def task_logs(
+        task_id: str,
+        follow: bool = False,
+        tail: str | None = None,
+        since: str | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> LogResponse:
+        """What the task's container wrote, as NDJSON (see cube.logs): ``follow`` until
+        it stops, the last ``tail`` lines, lines ``since`` a time (RFC 3339, Unix
+        seconds, or a duration ago such as 10m), ``stdout``/``stderr`` only."""
+        options = log_options(follow, tail, since, stdout, stderr)
+        try:
+            stream = await worker.logs(parse_uuid(task_id), options)
+        except NotStarted as exc:
+            raise ApiError(409, str(exc)) from None
+        except LogsGone as exc:
+            raise ApiError(410, str(exc)) from None
+        return LogResponse(ndjson(stream, follow), stream.aclose)
 
     @api.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(

@@ -1,0 +1,184 @@
+"""Task logs on the wire: one format for the worker's API and the manager's.
+
+``GET /tasks/{id}/logs`` answers newline-delimited JSON (``application/x-ndjson``), a
+line per line the container wrote::
+
+    {"Stream":"stdout","Time":"2025-01-02T03:04:05.123456Z","Line":"hello"}
+
+JSON rather than bare text, so that a client can tell stdout from stderr, merge the
+lines of several tasks in time order and prefix them, and so that a line holding any
+bytes at all stays one line. A follow sends an empty line every :data:`HEARTBEAT`
+seconds while the container is quiet, so every reader along the way (the manager, the
+CLI) can tell a quiet task from a dead connection and a server notices a reader that
+went away. A line ``{"Error": "..."}`` ends a stream that broke half way (the manager
+lost the worker): the status code was sent long before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from cube.errors import ApiError
+from cube.runtime.base import LogLine, LogOptions, LogStream, parse_docker_time
+
+__all__ = [
+    "HEARTBEAT",
+    "NDJSON",
+    "LogResponse",
+    "error_line",
+    "log_options",
+    "ndjson",
+    "parse_since",
+]
+
+NDJSON = "application/x-ndjson"
+# Seconds a quiet follow waits before it sends an empty line.
+HEARTBEAT = 5.0
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# What the served OpenAPI document says a 200 holds: the schema of one line.
+LINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "Stream": {"type": "string", "enum": ["stdout", "stderr"]},
+        "Time": {"type": "string", "format": "date-time"},
+        "Line": {"type": "string"},
+        "Error": {"type": "string"},
+    },
+}
+OPENAPI_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One JSON object per line the task wrote (newline-delimited JSON); "
+        "empty lines are heartbeats of a follow",
+        "content": {NDJSON: {"schema": LINE_SCHEMA}},
+    }
+}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A time as people and scripts give it: RFC 3339, Unix seconds, or a duration ago
+    (``10m``, ``1h30m``, ``45s``, ``2d``); ValueError says what was expected."""
+    value = text.strip()
+    when = parse_docker_time(value)
+    if when is not None:
+        return when
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if seconds >= 0:
+            return datetime.fromtimestamp(seconds, UTC)
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        ago = sum(float(n) * _UNITS[u] for n, u in parts)
+        return (now or datetime.now(UTC)) - timedelta(seconds=ago)
+    raise ValueError(
+        f"since: expected a time (RFC 3339), Unix seconds or a duration such as 10m, got {text!r}"
+    )
+
+
+def log_options(
+    follow: bool, tail: str | None, since: str | None, stdout: bool, stderr: bool
+) -> LogOptions:
+    """The query of ``GET /tasks/{id}/logs`` checked; a 400 says what is wrong."""
+    lines: int | None = None
+    if tail is not None and tail.strip().lower() != "all":
+        if not tail.strip().isdigit():
+            raise ApiError(400, f"tail: expected a number of lines or 'all', got {tail!r}")
+        lines = int(tail)
+    if not stdout and not stderr:
+        raise ApiError(400, "stdout and stderr are both false: there would be nothing to show")
+    try:
+        start = None if since is None else parse_since(since)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return LogOptions(follow=follow, tail=lines, since=start, stdout=stdout, stderr=stderr)
+
+
+def encode(line: LogLine) -> bytes:
+    body: dict[str, Any] = {"Stream": line.stream}
+    if line.time is not None:
+        body["Time"] = line.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    body["Line"] = line.text
+    return json.dumps(body, ensure_ascii=False).encode() + b"\n"
+
+
+def error_line(message: str) -> bytes:
+    return json.dumps({"Error": message}).encode() + b"\n"
+
+
+async def ndjson(stream: LogStream, follow: bool) -> AsyncGenerator[bytes, None]:
+    """The stream's lines as NDJSON, with heartbeats while a follow is quiet; closes it."""
+    try:
+        if not follow:
+            async for line in stream:
+                yield encode(line)
+            return
+        pending: asyncio.Future[LogLine] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
+                if not done:
+                    yield b"\n"
+                    continue
+                try:
+                    line = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield encode(line)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.wait({pending})
+    finally:
+        await stream.aclose()
+
+
+class LogResponse(StreamingResponse):
+    """A streamed answer that closes what feeds it however it ends: all sent, the
+    reader gone (Starlette cancels the sending task, which may then never have begun
+    to iterate the body), or the server stopping. Whatever ``close`` holds (a log
+    stream's thread, a connection to a worker) is released at once."""
+
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(body, media_type=NDJSON)
+        self._body = body
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
+            if self._close is not None:
+                await self._close()
+
+
+async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Whole lines out of a byte stream cut anywhere (without their newlines)."""
+    pending = b""
+    async for chunk in chunks:
+        parts = (pending + chunk).split(b"\n")
+        pending = parts.pop()
+        for part in parts:
+            yield part
+    if pending:
+        yield pending
