@@ -46,6 +46,7 @@ DEAD_ACTIONS = frozenset({"die", "oom", "destroy", "kill"})
 # Exited containers kept for their logs (Nomad keeps 50 finished allocations).
 KEEP_EXITED = 50
 STOPPED = "stopped on request"
+VANISHED = "container vanished"
 _FINISHED = (State.COMPLETED, State.FAILED)
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
@@ -125,7 +126,7 @@ def container_spec(task: Task, worker: str) -> ContainerSpec:
 def exit_outcome(info: ContainerInfo | None) -> tuple[State, str]:
     """Map how a container ended to a task state and a reason a person can act on."""
     if info is None:
-        return State.FAILED, "container vanished"
+        return State.FAILED, VANISHED
     if info.oom_killed:
         return State.FAILED, "container was killed: out of memory"
     if info.exit_code == 0:
@@ -240,10 +241,10 @@ class Worker:
         except NoSuchContainer:
             if task.Reason == STOPPED:
                 why = "it was removed when the task was stopped"
-            elif task.State in _FINISHED:
-                why = f"it was removed (worker {self.name} keeps the last {self.keep_exited})"
+            elif task.State in _FINISHED and task.Reason != VANISHED:
+                why = f"removed: worker {self.name} keeps the last {self.keep_exited} exited"
             else:
-                why = "it no longer exists"
+                why = "it was removed behind the worker's back"
             raise LogsGone(
                 f"the logs of task {task_id} are gone: its container "
                 f"{task.ContainerID[:12]} is not on worker {self.name} any more ({why})"
