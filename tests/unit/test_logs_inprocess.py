@@ -27,6 +27,7 @@ from cube.worker.worker import Worker
 from tests.inprocess import Cluster, cluster, sleeper
 
 pytestmark = pytest.mark.anyio
+DEADLINE = 20.0  # seconds a stream that should end gets before the test fails
 
 
 class Counted:
@@ -148,7 +149,8 @@ async def test_follow_streams_new_lines_and_ends_when_the_container_stops(node: 
             "Line": "after",
         }
         engine.exit(task.ContainerID, 0)
-        rest = [line async for line in lines]
+        async with asyncio.timeout(DEADLINE):  # a safety net for a broken build, not a measure
+            rest = [line async for line in lines]
     assert rest == []  # the stream ended with the container
     assert engine.readers[-1].closed
 
@@ -306,7 +308,8 @@ async def test_the_manager_relays_the_workers_stream(managed: Any) -> None:
         engine.write(task.ContainerID, "written while followed")
         assert json.loads(await anext(lines))["Line"] == "written while followed"
         engine.exit(task.ContainerID, 0)
-        assert [line async for line in lines] == []
+        async with asyncio.timeout(DEADLINE):
+            assert [line async for line in lines] == []
 
 
 async def test_a_manager_reader_that_goes_away_ends_the_read_on_the_worker(
