@@ -207,7 +207,7 @@ async def test_a_finished_task_keeps_its_logs_until_newer_ones_push_them_out(nod
         assert [line["Line"] for line in parsed(answer.text)] == [f"run {number}"]
     gone = await client.get(f"/tasks/{tasks[0].ID}/logs")  # the worker keeps the last 2
     assert gone.status_code == 410
-    assert "keeps the last 2 exited" in gone.json()["Message"]
+    assert "keeps the last 2 of its exited containers" in gone.json()["Message"]
     assert [c.id for c in engine.containers] == [t.ContainerID for t in tasks[1:]]
 
 

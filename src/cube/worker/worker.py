@@ -242,7 +242,8 @@ class Worker:
             if task.Reason == STOPPED:
                 why = "it was removed when the task was stopped"
             elif task.State in _FINISHED and task.Reason != VANISHED:
-                why = f"removed: worker {self.name} keeps the last {self.keep_exited} exited"
+                kept = f"the last {self.keep_exited}" if self.keep_exited else "none"
+                why = f"removed: worker {self.name} keeps {kept} of its exited containers"
             else:
                 why = "it was removed behind the worker's back"
             raise LogsGone(
