@@ -91,7 +91,9 @@ def create_app(manager: Manager) -> FastAPI:
         """The task's history: every event users and the manager submitted for it."""
         return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
 
-    @api.get("/tasks/{task_id}/logs", response_class=LogResponse, responses=OPENAPI_200)
+    @api.get(
+        "/tasks/{task_id}/logs", response_class=LogResponse, status_code=200, responses=OPENAPI_200
+    )
     async def task_logs(
         task_id: str,
         follow: bool = False,

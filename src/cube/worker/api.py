@@ -210,6 +210,7 @@ def create_app(
     @api.get(
         "/tasks/{task_id}/logs",
         response_class=LogResponse,
+        status_code=200,
         responses=OPENAPI_200,
     )
     async def task_logs(
