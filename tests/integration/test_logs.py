@@ -15,7 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import CUBE, ROOT, ManagerProcess, WorkerProcess, wait_for
+from tests.support import (
+    CUBE,
+    ROOT,
+    ManagerProcess,
+    WorkerProcess,
+    containers_of,
+    task_event,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -245,3 +253,27 @@ def test_a_pending_task_has_no_logs_yet(workers: StartWorker, managers: StartMan
     task_id = submit(manager, "echo never", Memory=2**50)
     line = one_line_error(cube(manager, "logs", task_id))
     assert f"task {task_id} has no logs yet: it is Pending" in line
+
+
+def test_a_restarted_worker_keeps_the_logs_of_finished_tasks(workers: StartWorker) -> None:
+    worker = workers("-d", "persistent", "--keep-exited", "1")
+    bodies = [task_event("cube/busybox:latest", Cmd=["echo", f"run {i}"]) for i in range(2)]
+    for body in bodies:  # one after the other: the second exits last
+        assert httpx.post(f"{worker.url}/tasks", json=body, timeout=10).status_code == 201
+        wait_for(lambda b=body: worker_task(worker, b)["State"] == COMPLETED, what="Completed")
+
+    def logs(of: WorkerProcess, body: dict[str, Any]) -> httpx.Response:
+        return httpx.get(f"{of.url}/tasks/{body['Task']['ID']}/logs", timeout=10)
+
+    assert logs(worker, bodies[0]).status_code == 410  # it keeps one: the last
+    assert json.loads(logs(worker, bodies[1]).text)["Line"] == "run 1"
+    worker.kill()
+    again = workers("-d", "persistent", "--keep-exited", "1", name=worker.name, port=worker.port)
+    answer = logs(again, bodies[1])
+    assert answer.status_code == 200 and json.loads(answer.text)["Line"] == "run 1"
+    assert [c.labels["cube.task"] for c in containers_of(worker.name)] == [bodies[1]["Task"]["ID"]]
+
+
+def worker_task(worker: WorkerProcess, body: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.get(f"{worker.url}/tasks/{body['Task']['ID']}", timeout=5)
+    return r.json()  # type: ignore[no-any-return]
