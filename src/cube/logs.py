@@ -111,11 +111,11 @@ def encode(line: LogLine) -> bytes:
     if line.time is not None:
         body["Time"] = line.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
     body["Line"] = line.text
-    return json.dumps(body, ensure_ascii=False).encode() + b"\n"
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def error_line(message: str) -> bytes:
-    return json.dumps({"Error": message}).encode() + b"\n"
+    return json.dumps({"Error": message}, separators=(",", ":")).encode() + b"\n"
 
 
 async def ndjson(stream: LogStream, follow: bool) -> AsyncGenerator[bytes, None]:
