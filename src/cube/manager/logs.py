@@ -32,7 +32,8 @@ async def open_logs(
         raise ApiError(503, f"task {task.ID} ran on worker {task.Node}, which has left the cluster")
     if task.Node in manager.state.lost:
         raise ApiError(
-            503, f"task {task.ID} is on worker {task.Node}, which is down: its logs are there"
+            503,
+            f"task {task.ID} is on worker {task.Node}, which is down: ask again once it is back",
         )
     stack = contextlib.AsyncExitStack()
     try:
