@@ -193,7 +193,7 @@ def test_a_jobs_log_merges_every_replica(
         "Count": 3,
         "Task": {
             "Image": "cube/busybox:latest",
-            "Cmd": ["sh", "-c", "echo replica $HOSTNAME says hi; exec sleep 3600"],
+            "Cmd": ["sh", "-c", "echo replica $HOSTNAME says hi; echo bye; exec sleep 3600"],
         },
     }
     ok(cube(manager, "job", "run", "--detach", "-f", "-", stdin=json.dumps(job)))
@@ -205,19 +205,22 @@ def test_a_jobs_log_merges_every_replica(
 
     ids = [t["ID"] for t in wait_for(replicas, 60, what="3 replicas running")]
     merged = ok(cube(manager, "logs", name)).splitlines()
-    assert sorted(line.split(" | ")[0] for line in merged) == sorted(i[:8] for i in ids)
-    assert all(line.split(" | ")[1].startswith("replica ") for line in merged), merged
-
-    follower = followers(manager, name)
+    assert sorted(line.split(" | ")[0] for line in merged) == sorted(2 * [i[:8] for i in ids])
     for task_id in ids:
-        follower.wait_line(f"{task_id[:8]} | replica ")
+        assert f"{task_id[:8]} | replica " in "\n".join(merged)
+        assert f"{task_id[:8]} | bye" in merged
+
+    follower = followers(manager, name, "--tail", "1")
+    for task_id in ids:
+        follower.wait_line(f"{task_id[:8]} | bye")
+    assert not follower.has(" | replica ")  # --tail 1: the last line of each
     ok(cube(manager, "job", "scale", name, "4"))  # a replica that starts later shows up too
     fourth = wait_for(
         lambda: [t["ID"] for t in replicas_of(manager, name) if t["ID"] not in ids],
         60,
         what="a 4th replica",
     )[0]
-    follower.wait_line(f"{fourth[:8]} | replica ")
+    follower.wait_line(f"{fourth[:8]} | replica ")  # from its first line: it started later
     ok(cube(manager, "job", "stop", name))
 
 

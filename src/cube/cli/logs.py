@@ -179,13 +179,15 @@ class _Merge:
 
     def run(self, tasks: list[Task]) -> None:
         """Until Ctrl-C, or until nothing more can come (see :meth:`_over`)."""
-        self._start(tasks)
+        self._start(tasks, self.query)
+        # A replica that starts later is shown from its first line, whatever --tail said.
+        later = {k: v for k, v in self.query.items() if k != "tail"}
         next_look = time.monotonic() + POLL_INTERVAL
         while True:
             wait = next_look - time.monotonic()
             if wait <= 0:
                 tasks = self.client.job_tasks(self.job)
-                self._start([t for t in tasks if _readable(t)])
+                self._start([t for t in tasks if _readable(t)], later)
                 if self.running == 0 and self._over(tasks):
                     return
                 next_look = time.monotonic() + POLL_INTERVAL
@@ -208,19 +210,19 @@ class _Merge:
             return True
         return view.job.Type == "batch" and all(t.State is State.COMPLETED for t in tasks)
 
-    def _start(self, tasks: list[Task]) -> None:
+    def _start(self, tasks: list[Task], query: dict[str, Any]) -> None:
         for task in tasks:
             source = _Source(task.ID, task.ContainerID)
             if source in self.sources:
                 continue
             self.sources.add(source)
             self.running += 1
-            threading.Thread(target=self._pump, args=(task,), daemon=True).start()
+            threading.Thread(target=self._pump, args=(task, query), daemon=True).start()
 
-    def _pump(self, task: Task) -> None:
+    def _pump(self, task: Task, query: dict[str, Any]) -> None:
         prefix = _prefix(task.ID)
         try:
-            for line in _read(self.client, task, self.query):
+            for line in _read(self.client, task, query):
                 self.lines.put((prefix, line))
         except ManagerError as exc:
             self.lines.put(exc)
