@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -39,6 +39,7 @@ __all__ = [
     "parse_since",
 ]
 
+T = TypeVar("T")
 NDJSON = "application/x-ndjson"
 # Seconds a quiet follow waits before it sends an empty line.
 HEARTBEAT = 5.0
@@ -118,32 +119,51 @@ def error_line(message: str) -> bytes:
     return json.dumps({"Error": message}, separators=(",", ":")).encode() + b"\n"
 
 
-async def ndjson(stream: LogStream, follow: bool) -> AsyncGenerator[bytes, None]:
+async def paced(
+    items: AsyncIterator[T], beat: float | None = None, stop: asyncio.Event | None = None
+) -> AsyncGenerator[T | None, None]:
+    """``items`` as they come, None after each ``beat`` seconds without one (a heartbeat
+    is due), and the end as soon as ``stop`` is set (the server is stopping: a follow
+    must not hold its graceful shutdown)."""
+    pending: asyncio.Future[T] | None = None
+    stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(items))
+            waiting: set[asyncio.Future[Any]] = {pending}
+            if stopped is not None:
+                waiting.add(stopped)
+            done, _ = await asyncio.wait(waiting, timeout=beat, return_when=asyncio.FIRST_COMPLETED)
+            if pending in done:
+                try:
+                    item = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield item
+            elif stopped is not None and stopped in done:
+                return
+            else:
+                yield None
+    finally:
+        for waiter in (pending, stopped):
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+                await asyncio.wait({waiter})
+
+
+async def ndjson(
+    stream: LogStream, follow: bool, stop: asyncio.Event | None = None
+) -> AsyncGenerator[bytes, None]:
     """The stream's lines as NDJSON, with heartbeats while a follow is quiet; closes it."""
     try:
         if not follow:
             async for line in stream:
                 yield encode(line)
             return
-        pending: asyncio.Future[LogLine] | None = None
-        try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
-                if not done:
-                    yield b"\n"
-                    continue
-                try:
-                    line = pending.result()
-                except StopAsyncIteration:
-                    return
-                pending = None
-                yield encode(line)
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                await asyncio.wait({pending})
+        async for item in paced(stream, HEARTBEAT, stop):
+            yield b"\n" if item is None else encode(item)
     finally:
         await stream.aclose()
 

@@ -16,15 +16,17 @@ import pytest
 from cube import logs as wire
 from cube.manager.api import create_app as manager_app
 from cube.manager.backend import MemoryBackend
+from cube.manager.manager import Manager
 from cube.runtime.base import ContainerInfo, ContainerSpec, LogLine, LogOptions, LogStream
 from cube.runtime.simulated import SimulatedRuntime
+from cube.scheduler import Epvm
 from cube.stats import StatsSampler
 from cube.store import MemoryStore
 from cube.task import State, Task, TaskEvent
 from cube.transport import InProcessTransport, lifespan
 from cube.worker.api import create_app
 from cube.worker.worker import Worker
-from tests.inprocess import Cluster, cluster, sleeper
+from tests.inprocess import SETTINGS, Cluster, cluster, sleeper
 
 pytestmark = pytest.mark.anyio
 DEADLINE = 20.0  # seconds a stream that should end gets before the test fails
@@ -193,6 +195,28 @@ async def test_a_quiet_follow_sends_heartbeats(node: Any, monkeypatch: pytest.Mo
             break
 
 
+async def test_a_stopping_worker_ends_its_follows() -> None:
+    """uvicorn waits for open answers before it stops: a follow must end at once."""
+    engine = Engine()
+    worker = Worker("w1", MemoryStore(), engine, reconcile_interval=3600)
+    app = create_app(worker, StatsSampler(interval=3600, task_count=worker.running_count))
+    async with (
+        lifespan(app),
+        httpx.AsyncClient(transport=InProcessTransport(app), base_url="http://w1") as client,
+    ):
+        task = await running(worker)
+        engine.write(task.ContainerID, "hello")
+        async with client.stream("GET", f"/tasks/{task.ID}/logs", params={"follow": True}) as r:
+            lines = r.aiter_lines()
+            assert json.loads(await anext(lines))["Line"] == "hello"
+            for on_exit in app.state.on_exit:  # what a SIGTERM calls
+                on_exit()
+            async with asyncio.timeout(DEADLINE):
+                assert [line async for line in lines] == []
+        assert engine.readers[-1].closed
+        assert worker.get(task.ID).State is State.RUNNING  # the task is not the server
+
+
 async def test_a_finished_task_keeps_its_logs_until_newer_ones_push_them_out(node: Any) -> None:
     worker, engine, client = node
     tasks = [await running(worker) for _ in range(3)]
@@ -330,6 +354,33 @@ async def test_a_manager_reader_that_goes_away_ends_the_read_on_the_worker(
         assert json.loads(await anext(r.aiter_lines()))["Line"] == "hello"
         assert len(readers) == 1 and not readers[0].closed
     await eventually(lambda: readers[0].closed, what="the worker's engine stream closed")
+
+
+async def test_a_stopping_manager_ends_its_relays() -> None:
+    async with cluster(1) as c:
+        m = Manager(
+            [c.nodes[0].name], Epvm(), MemoryBackend(), SETTINGS, clock=c.clock, connect=c.connect
+        )
+        app = manager_app(m)
+        async with (
+            lifespan(app),
+            httpx.AsyncClient(transport=InProcessTransport(app), base_url="http://m") as client,
+        ):
+            c.manager = m
+            try:
+                await c.until(lambda: m.state.ready, what="the worker ready")
+                task = await placed(c)
+                engine_of(c, task).write(task.ContainerID, "hello")
+                query = {"follow": True}
+                async with client.stream("GET", f"/tasks/{task.ID}/logs", params=query) as r:
+                    lines = r.aiter_lines()
+                    assert json.loads(await anext(lines))["Line"] == "hello"
+                    for on_exit in app.state.on_exit:  # what a SIGTERM calls
+                        on_exit()
+                    async with asyncio.timeout(DEADLINE):
+                        assert [line async for line in lines] == []
+            finally:
+                c.manager = None  # the app's lifespan closes it
 
 
 async def test_the_manager_says_why_there_are_no_logs(managed: Any) -> None:

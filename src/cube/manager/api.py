@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,8 +33,12 @@ _EVENTS = TypeAdapter(list[TaskEvent])
 
 
 def create_app(manager: Manager) -> FastAPI:
+    stopping = asyncio.Event()  # set when a stop is asked for: log follows end
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        app.state.on_exit = [lambda: loop.call_soon_threadsafe(stopping.set)]
         await manager.start()
         try:
             yield
@@ -107,7 +112,8 @@ def create_app(manager: Manager) -> FastAPI:
         log_options(follow, tail, since, stdout, stderr)  # a 400 here, not from a worker
         query: dict[str, Any] = {"follow": follow, "stdout": stdout, "stderr": stderr}
         query |= {k: v for k, v in (("tail", tail), ("since", since)) if v is not None}
-        body, close = await open_logs(manager, manager.get(parse_uuid(task_id)), query)
+        task = manager.get(parse_uuid(task_id))
+        body, close = await open_logs(manager, task, query, stopping)
         return LogResponse(body, close)
 
     @api.delete("/tasks/{task_id}", status_code=204)

@@ -8,22 +8,24 @@ that does not read stops the relay, which stops reading from the worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from cube.errors import ApiError
-from cube.logs import error_line
+from cube.logs import error_line, paced
 from cube.manager.manager import Manager
 from cube.task import State, Task
 from cube.worker.client import WorkerRejected, WorkerUnreachable
 
 
 async def open_logs(
-    manager: Manager, task: Task, query: Mapping[str, Any]
+    manager: Manager, task: Task, query: Mapping[str, Any], stop: asyncio.Event | None = None
 ) -> tuple[AsyncGenerator[bytes, None], Callable[[], Awaitable[None]]]:
     """The body to send and what closes the worker's stream; an ApiError when there is
-    nothing to relay: not placed yet (409), worker down (503), refused by it (its 4xx)."""
+    nothing to relay: not placed yet (409), worker down (503), refused by it (its 4xx).
+    The body ends when ``stop`` is set (the manager is stopping)."""
     if not task.Node:
         why = task.Reason or "waiting to be placed"
         raise ApiError(409, f"task {task.ID} has no logs yet: it is {task.State.label} ({why})")
@@ -51,7 +53,7 @@ async def open_logs(
     async def relay() -> AsyncGenerator[bytes, None]:
         whole = True  # the last chunk ended a line
         try:
-            async for chunk in chunks:
+            async for chunk in paced(chunks, stop=stop):
                 if chunk:
                     whole = chunk.endswith(b"\n")
                     yield chunk

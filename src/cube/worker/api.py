@@ -231,7 +231,7 @@ def create_app(
             raise ApiError(409, str(exc)) from None
         except LogsGone as exc:
             raise ApiError(410, str(exc)) from None
-        return LogResponse(ndjson(stream, follow), stream.aclose)
+        return LogResponse(ndjson(stream, follow, stopping), stream.aclose)
 
     @api.delete("/tasks/{task_id}", status_code=204)
     async def delete_task(
