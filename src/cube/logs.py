@@ -190,15 +190,3 @@ class LogResponse(StreamingResponse):
             await self._body.aclose()
             if self._close is not None:
                 await self._close()
-
-
-async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Whole lines out of a byte stream cut anywhere (without their newlines)."""
-    pending = b""
-    async for chunk in chunks:
-        parts = (pending + chunk).split(b"\n")
-        pending = parts.pop()
-        for part in parts:
-            yield part
-    if pending:
-        yield pending

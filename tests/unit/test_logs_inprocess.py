@@ -429,3 +429,17 @@ async def test_a_stream_that_breaks_half_way_ends_with_an_error_line(managed: An
         node.link.cut()
         rest = [json.loads(line) async for line in lines if line.strip()]
     assert len(rest) == 1 and "the log stream from worker" in rest[0]["Error"]
+
+
+async def test_a_simulated_log_keeps_its_newest_lines() -> None:
+    from cube.runtime.simulated import MAX_LOG_LINES
+
+    engine = SimulatedRuntime()
+    info = await engine.start(ContainerSpec(name="chatty", image="busybox"))
+    engine.write(info.id, "first")
+    early = await engine.logs(info.id, LogOptions(follow=True))  # before the rotation
+    engine.write(info.id, "\n".join(str(i) for i in range(MAX_LOG_LINES)))
+    kept = [line.text async for line in await engine.logs(info.id, LogOptions())]
+    assert kept == [str(i) for i in range(MAX_LOG_LINES // 2, MAX_LOG_LINES)]
+    assert (await anext(early)).text == str(MAX_LOG_LINES // 2)  # what is left, in order
+    await early.aclose()

@@ -53,13 +53,19 @@ class _Container:
     spec: ContainerSpec
     log: list[LogLine] = field(default_factory=list)
     dropped: int = 0  # lines rotated away: log[i] is line number dropped + i
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event | None = None  # made by the first follower: most have none
     removed: bool = False
 
     def wake(self) -> None:
         """Wake every follower (a line was written, or the container ended)."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+    async def wait(self) -> None:
+        if self.changed is None:
+            self.changed = asyncio.Event()
+        await self.changed.wait()
 
 
 class SimulatedRuntime:
@@ -322,7 +328,7 @@ class _LogReader:
                 break
             if not runtime.available:
                 break
-            await c.changed.wait()
+            await c.wait()
         self._done = True
         raise StopAsyncIteration
 
