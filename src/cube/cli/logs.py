@@ -140,7 +140,10 @@ def _job_logs(client: ManagerClient, job: Job, query: dict[str, Any], show: _Pri
             prefix = _prefix(task.ID)
             lines += [(ln.time or _EARLIEST, prefix, ln) for ln in _read(client, task, query)]
         if not lines and not tasks:
-            raise CliError(f"job {job.Name} has no task with logs: none has run yet")
+            raise CliError(
+                f"no task of job {job.Name} has logs: none has a container (not started "
+                f"yet, or stopped)"
+            )
         for _, prefix, line in sorted(lines, key=lambda item: item[0]):
             show(line, prefix)
         return
