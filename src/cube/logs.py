@@ -31,11 +31,14 @@ from cube.runtime.base import LogLine, LogOptions, LogStream, parse_docker_time
 
 __all__ = [
     "HEARTBEAT",
+    "MANAGER_OPENAPI",
     "NDJSON",
+    "WORKER_OPENAPI",
     "LogResponse",
     "error_line",
     "log_options",
     "ndjson",
+    "paced",
     "parse_since",
 ]
 
@@ -57,13 +60,47 @@ LINE_SCHEMA: dict[str, Any] = {
         "Error": {"type": "string"},
     },
 }
-OPENAPI_200: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "One JSON object per line the task wrote (newline-delimited JSON); "
-        "empty lines are heartbeats of a follow",
-        "content": {NDJSON: {"schema": LINE_SCHEMA}},
+_ERROR = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {"HTTPStatusCode": {"type": "integer"}, "Message": {"type": "string"}},
+            "required": ["HTTPStatusCode", "Message"],
+        }
     }
 }
+
+
+def _openapi(errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    answers: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "One JSON object per line the task wrote (newline-delimited "
+            "JSON); empty lines are heartbeats of a follow",
+            "content": {NDJSON: {"schema": LINE_SCHEMA}},
+        }
+    }
+    answers.update({code: {"description": why, "content": _ERROR} for code, why in errors.items()})
+    return answers
+
+
+# What the served OpenAPI documents say each route answers.
+WORKER_OPENAPI = _openapi(
+    {
+        404: "No such task on this worker",
+        409: "The task has not started a container yet",
+        410: "The task's container, and its logs, are gone (or it never started one)",
+        503: "Docker does not answer",
+    }
+)
+MANAGER_OPENAPI = _openapi(
+    {
+        404: "No such task (or its worker does not know it)",
+        409: "The task is not placed, or not started, yet",
+        410: "The task's container, and its logs, are gone (or it never started one)",
+        502: "The worker refused the request",
+        503: "The task's worker is down or does not answer",
+    }
+)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:

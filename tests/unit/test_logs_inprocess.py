@@ -443,3 +443,24 @@ async def test_a_simulated_log_keeps_its_newest_lines() -> None:
     assert kept == [str(i) for i in range(MAX_LOG_LINES // 2, MAX_LOG_LINES)]
     assert (await anext(early)).text == str(MAX_LOG_LINES // 2)  # what is left, in order
     await early.aclose()
+
+
+async def test_the_openapi_documents_say_what_the_log_routes_answer(
+    node: Any, managed: Any
+) -> None:
+    _, _, worker_api = node
+    _, manager_api = managed
+    for api, codes in ((worker_api, {"404", "409", "410", "503"}), (manager_api, {"502"})):
+        doc = (await api.get("/openapi.json")).json()
+        route = doc["paths"]["/tasks/{task_id}/logs"]["get"]
+        assert set(route["responses"]) >= {"200", "400"} | codes
+        line = route["responses"]["200"]["content"]["application/x-ndjson"]["schema"]
+        assert set(line["properties"]) == {"Stream", "Time", "Line", "Error"}
+        assert [p["name"] for p in route["parameters"]] == [
+            "task_id",
+            "follow",
+            "tail",
+            "since",
+            "stdout",
+            "stderr",
+        ]

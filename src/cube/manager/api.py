@@ -19,7 +19,7 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
-from cube.logs import OPENAPI_200, LogResponse, log_options
+from cube.logs import MANAGER_OPENAPI, LogResponse, log_options
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.logs import open_logs
 from cube.manager.manager import BadRequest, Manager, UnknownTask
@@ -97,7 +97,10 @@ def create_app(manager: Manager) -> FastAPI:
         return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
 
     @api.get(
-        "/tasks/{task_id}/logs", response_class=LogResponse, status_code=200, responses=OPENAPI_200
+        "/tasks/{task_id}/logs",
+        response_class=LogResponse,
+        status_code=200,
+        responses=MANAGER_OPENAPI,
     )
     async def task_logs(
         task_id: str,

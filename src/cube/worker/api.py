@@ -22,7 +22,7 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
-from cube.logs import OPENAPI_200, LogResponse, log_options, ndjson
+from cube.logs import WORKER_OPENAPI, LogResponse, log_options, ndjson
 from cube.runtime.base import RuntimeUnavailable
 from cube.stats import StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
@@ -211,7 +211,7 @@ def create_app(
         "/tasks/{task_id}/logs",
         response_class=LogResponse,
         status_code=200,
-        responses=OPENAPI_200,
+        responses=WORKER_OPENAPI,
     )
     async def task_logs(
         task_id: str,
