@@ -450,7 +450,10 @@ async def test_the_openapi_documents_say_what_the_log_routes_answer(
 ) -> None:
     _, _, worker_api = node
     _, manager_api = managed
-    for api, codes in ((worker_api, {"404", "409", "410", "503"}), (manager_api, {"502"})):
+    for api, codes in (
+        (worker_api, {"404", "409", "410", "503"}),
+        (manager_api, {"404", "409", "410", "502", "503"}),
+    ):
         doc = (await api.get("/openapi.json")).json()
         route = doc["paths"]["/tasks/{task_id}/logs"]["get"]
         assert set(route["responses"]) >= {"200", "400"} | codes
