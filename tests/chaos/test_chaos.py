@@ -169,7 +169,9 @@ def test_manager_sigkilled_during_submissions_loses_nothing(
 def test_worker_killed_repeatedly_leaves_no_orphans(
     workers: StartWorker, managers: StartManager
 ) -> None:
-    worker = workers("-d", "persistent")
+    # Exited containers count as leftovers here: none is kept for its logs (a stop cut
+    # short by the kill leaves one whose task the restarted worker finds exited).
+    worker = workers("-d", "persistent", "--keep-exited", "0")
     manager = managers([worker], "--worker-timeout", "30", "--restart-backoff", "0.1")
     rng = random.Random(5)
     keep: set[str] = set()
@@ -183,7 +185,9 @@ def test_worker_killed_repeatedly_leaves_no_orphans(
             keep.discard(task_id)
             stopped.add(task_id)
         worker.kill()  # mid-flight: some starts and stops are under way
-        worker = workers("-d", "persistent", name=worker.name, port=worker.port)
+        worker = workers(
+            "-d", "persistent", "--keep-exited", "0", name=worker.name, port=worker.port
+        )
 
     def state() -> dict[str, Any]:
         tasks = {t["ID"]: t for t in manager.tasks()}

@@ -133,6 +133,11 @@ checks.allow_header_conformance.enabled = false
 [[operations]]
 include-name = "GET /events"
 parameters = {{ "query.follow" = false }}
+
+# So does a followed log of a running task (tests/unit/test_logs_inprocess.py follows).
+[[operations]]
+include-name = "GET /tasks/{{task_id}}/logs"
+parameters = {{ "query.follow" = false }}
 """,
     )
     assert httpx.get(f"{manager.url}/health").status_code == 200  # still up
@@ -163,6 +168,10 @@ values = {toml([task["ID"]])}
 [[operations]]
 include-name = "GET /tasks"
 parameters = {{ "query.watch" = false, "query.wait" = 0 }}
+
+[[operations]]
+include-name = "GET /tasks/{{task_id}}/logs"
+parameters = {{ "query.follow" = false }}
 """,
     )
     assert httpx.get(f"{worker.url}/health").status_code == 200

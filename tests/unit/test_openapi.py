@@ -168,7 +168,7 @@ async def test_the_manager_document_follows_the_rules(manager: httpx.AsyncClient
 
 async def test_the_worker_document_follows_the_rules(worker: httpx.AsyncClient) -> None:
     doc = (await worker.get("/openapi.json")).json()
-    assert check_document(doc, "worker") == 6
+    assert check_document(doc, "worker") == 7  # + GET /tasks/{task_id}/logs
     listing = doc["paths"]["/tasks"]["get"]["responses"]["200"]
     assert set(listing["content"]) == {"application/json", "application/x-ndjson"}
     assert set(listing["headers"]) == {"X-Cube-Epoch", "X-Cube-Version", "X-Cube-Complete"}

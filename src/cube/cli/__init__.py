@@ -16,7 +16,7 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import events, images, jobs, manager, nodes, tasks, tls, tokens, up, worker
+    from cube.cli import events, images, jobs, logs, manager, nodes, tasks, tls, tokens, up, worker
 
     app = typer.Typer(
         name="cube",
@@ -32,6 +32,7 @@ def build_app() -> typer.Typer:
     events.register(app)
     tls.register(app)
     tasks.register(app)
+    logs.register(app)
     nodes.register(app)
     jobs.register(app)
     up.register(app)

@@ -6,16 +6,18 @@ import time
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
 
 from cube.cli import format as fmt
 from cube.cli.errors import CliError
+from cube.cli.live import Progress
 from cube.cli.options import DEFAULT_MANAGER, Manager, Output, OutputFormat
 from cube.cli.taskfile import parse_document, read_text, syntax_of
 from cube.cli.tasks import STATE_STYLE
 from cube.job import Deployment
 from cube.manager.client import JobView, ManagerClient
-from cube.task import State
+from cube.task import State, Task
 
 JOB_HEADERS = ("NAME", "TYPE", "VERSION", "COUNT", "DEPLOYMENT", "HEALTHY", "STATUS")
 DEPLOYMENT_STYLE = {"running": "cyan", "successful": "green", "failed": "red"}
@@ -84,15 +86,42 @@ def run(
         _follow(client, job.Name, job.Version, timeout)
 
 
-def _follow(client: ManagerClient, name: str, version: int, timeout: float) -> None:
+def _follow(
+    client: ManagerClient, name: str, version: int, timeout: float, console: Console | None = None
+) -> None:
+    """Follow the deployment; on a terminal, live, with the job's tasks (cube.cli.live)."""
+    with Progress(console) as shown:
+        _follow_with(client, name, version, timeout, shown)
+
+
+def task_rows(tasks: list[Task]) -> list[list[str | Text]]:
+    """The job's tasks that count (not those stopped for good), by node."""
+    return [
+        [
+            fmt.short_id(t.ID),
+            str(t.JobVersion),
+            Text(t.State.label, style=STATE_STYLE[t.State]),
+            t.Node or fmt.MISSING,
+            str(t.RestartCount),
+            t.Reason or "",
+        ]
+        for t in sorted(tasks, key=lambda t: (t.Node, -t.JobVersion, str(t.ID)))
+        if not (t.DesiredState is State.COMPLETED and t.State is State.COMPLETED)
+    ]
+
+
+TASK_HEADERS = ("TASK", "VERSION", "STATE", "NODE", "RESTARTS", "REASON")
+
+
+def _follow_with(
+    client: ManagerClient, name: str, version: int, timeout: float, shown: Progress
+) -> None:
     deadline = time.monotonic() + timeout
-    last = ""
     while True:
         view = client.job(name)
         line = progress(view)
-        if line != last:
-            print(line, flush=True)
-            last = line
+        rows = task_rows(client.job_tasks(name)) if shown.interactive else []
+        shown.show(line, fmt.table(TASK_HEADERS, rows) if rows else None)
         d = view.deployment
         if view.job.Version != version:
             why = d.Reason if d is not None and d.Reason else line.strip()
@@ -133,20 +162,8 @@ def status(
         return
     fmt.show(fmt.table(JOB_HEADERS, [job_row(view)]))
     print(progress(view).strip())
-    rows: list[list[str | Text]] = [
-        [
-            fmt.short_id(t.ID),
-            str(t.JobVersion),
-            Text(t.State.label, style=STATE_STYLE[t.State]),
-            t.Node or fmt.MISSING,
-            str(t.RestartCount),
-            t.Reason or "",
-        ]
-        for t in sorted(tasks, key=lambda t: (t.Node, -t.JobVersion, str(t.ID)))
-        if not (t.DesiredState is State.COMPLETED and t.State is State.COMPLETED)
-    ]
     print()
-    fmt.show(fmt.table(("TASK", "VERSION", "STATE", "NODE", "RESTARTS", "REASON"), rows))
+    fmt.show(fmt.table(TASK_HEADERS, task_rows(tasks)))
 
 
 @app.command("scale")

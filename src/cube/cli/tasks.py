@@ -6,11 +6,13 @@ import time
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
 
 from cube.cli import format as fmt
 from cube.cli.errors import CliError
 from cube.cli.ids import match_prefix, parse_full_id
+from cube.cli.live import Progress
 from cube.cli.options import DEFAULT_MANAGER, Manager, Output, OutputFormat
 from cube.cli.taskfile import load_event
 from cube.manager.client import ManagerClient
@@ -144,8 +146,14 @@ def run(
 RESTARTING = "restarting after: "
 
 
-def watch(client: ManagerClient, task: Task, timeout: float, quiet: bool = False) -> Task:
-    """Follow a task to Running, with a deadline.
+def watch(
+    client: ManagerClient,
+    task: Task,
+    timeout: float,
+    quiet: bool = False,
+    console: Console | None = None,
+) -> Task:
+    """Follow a task to Running, with a deadline; live on a terminal (cube.cli.live).
 
     Completed counts as success too: a short batch task can finish between two polls
     and never be seen Running. Failed ends the wait at once, even if the manager will
@@ -153,14 +161,15 @@ def watch(client: ManagerClient, task: Task, timeout: float, quiet: bool = False
     so does a restart seen instead (the manager restarts a first failure at once, so
     a poll may never catch the task Failed).
     """
+    with Progress(console, quiet) as shown:
+        return _watch(client, task, timeout, shown)
+
+
+def _watch(client: ManagerClient, task: Task, timeout: float, shown: Progress) -> Task:
     deadline = time.monotonic() + timeout
     first_run = task.RestartCount
-    seen = ""
     while True:
-        line = progress(task)
-        if line != seen and not quiet:
-            print(line, flush=True)
-            seen = line
+        shown.show(progress(task))
         if task.RestartCount > first_run:
             reason = task.Reason.removeprefix(RESTARTING) or "no reason given"
             raise CliError(f"task {task.ID} failed: {reason} (restarting)")

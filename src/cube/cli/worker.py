@@ -89,6 +89,15 @@ def worker(
             help="Seconds a task gets to exit on stop.",
         ),
     ] = 10.0,
+    keep_exited: Annotated[
+        int,
+        typer.Option(
+            "--keep-exited",
+            envvar="CUBE_WORKER_KEEP_EXITED",
+            help="Exited containers kept for `cube logs`; the oldest beyond go (0: none).",
+            min=0,
+        ),
+    ] = 50,
     cpus: Annotated[
         int,
         typer.Option(
@@ -239,6 +248,7 @@ def worker(
         concurrency=concurrency,
         reconcile_interval=reconcile_interval,
         stop_timeout=stop_timeout,
+        keep_exited=keep_exited,
     )
     sampler = StatsSampler(interval=stats_interval, task_count=node.running_count)
     joiner = None

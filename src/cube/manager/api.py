@@ -20,8 +20,10 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
+from cube.logs import MANAGER_OPENAPI, LogResponse, log_options
 from cube.manager.events_api import router as events_router
 from cube.manager.jobs_api import router as jobs_router
+from cube.manager.logs import open_logs
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
 from cube.manager.tokens_api import answers as token_answers
@@ -126,6 +128,29 @@ def create_app(manager: Manager) -> FastAPI:
     async def task_events(task_id: TaskId) -> list[dict[str, Any]]:
         """The task's history: every event users and the manager submitted for it."""
         return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
+
+    @api.get(
+        "/tasks/{task_id}/logs",
+        response_class=LogResponse,
+        status_code=200,
+        responses=MANAGER_OPENAPI,
+    )
+    async def task_logs(
+        task_id: TaskId,
+        follow: bool = False,
+        tail: str | None = None,
+        since: str | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> LogResponse:
+        """The task's output, streamed from its worker as it answers it (NDJSON, see
+        cube.logs); the same query as the worker's ``GET /tasks/{id}/logs``."""
+        log_options(follow, tail, since, stdout, stderr)  # a 400 here, not from a worker
+        query: dict[str, Any] = {"follow": follow, "stdout": stdout, "stderr": stderr}
+        query |= {k: v for k, v in (("tail", tail), ("since", since)) if v is not None}
+        task = manager.get(parse_uuid(task_id))
+        body, close = await open_logs(manager, task, query, stopping)
+        return LogResponse(body, close)
 
     @api.delete("/tasks/{task_id}", status_code=204, responses=_404)
     async def delete_task(task_id: TaskId) -> Response:

@@ -24,10 +24,13 @@ from cube import clientconfig
 from cube.events import Event
 from cube.job import Deployment, Job
 from cube.node import Node
+from cube.runtime.base import LogLine, parse_docker_time
 from cube.task import Task, TaskEvent
 from cube.tls import TlsError, client_context, speaks_tls
 
 DEFAULT_MANAGER = "localhost:5555"
+# Seconds a log stream may stay silent: three of the manager's heartbeats (cube.logs).
+_LOG_SILENCE = 15.0
 DEFAULT_PORT = 5555
 
 
@@ -168,13 +171,7 @@ class ManagerClient:
             raise ManagerUnreachable(
                 f"cannot reach manager at {self.url}: {_reason(exc)}"
             ) from None
-        message = _message(response)
-        if response.status_code >= 500:
-            raise ManagerUnreachable(
-                f"manager at {self.url} failed: HTTP {response.status_code}: {message}"
-            )
-        if response.status_code >= 400:
-            raise ManagerRejected(response.status_code, message)
+        self._check(response)
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -204,6 +201,15 @@ class ManagerClient:
             raise ManagerUnreachable(f"events from {self.url}: {_reason(exc)}") from None
         except ValueError:
             raise ManagerError(f"{self.url} sent a line that is not JSON") from None
+
+    def _check(self, response: httpx.Response) -> None:
+        message = _message(response)
+        if response.status_code >= 500:
+            raise ManagerUnreachable(
+                f"manager at {self.url} failed: HTTP {response.status_code}: {message}"
+            )
+        if response.status_code >= 400:
+            raise ManagerRejected(response.status_code, message)
 
     def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
         """Whether a plain HTTP request failed for the manager speaking TLS: such a
@@ -250,6 +256,40 @@ class ManagerClient:
 
     def stop(self, task_id: uuid.UUID | str) -> None:
         self._call("DELETE", f"/tasks/{task_id}")
+
+    def logs(self, task_id: uuid.UUID | str, query: Mapping[str, Any]) -> Iterator[LogLine]:
+        """The task's log lines as the manager streams them (``GET /tasks/{id}/logs``).
+
+        A generator: the request goes out on the first ``next``, and closing it closes
+        the stream. A follow waits as long as heartbeats keep coming.
+        """
+        timeout = httpx.Timeout(_LOG_SILENCE, connect=5.0)
+        try:
+            with self._http.stream(
+                "GET", f"/tasks/{task_id}/logs", params=dict(query), timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._check(response)
+                for raw in response.iter_lines():
+                    if raw.strip():
+                        yield self._log_line(raw)
+        except httpx.HTTPError as exc:
+            raise ManagerUnreachable(
+                f"lost the log stream from the manager at {self.url}: {_reason(exc)}"
+            ) from None
+
+    def _log_line(self, raw: str) -> LogLine:
+        try:
+            data = json.loads(raw)
+            if "Error" in data:
+                raise ManagerError(str(data["Error"]))
+            stream, text, time = data["Stream"], data["Line"], data.get("Time")
+        except (ValueError, TypeError, KeyError):
+            raise ManagerError(
+                f"{self.url} answered something that is not a log line: {raw[:80]!r}"
+            ) from None
+        return LogLine(str(stream), parse_docker_time(time), str(text))
 
     # --- jobs ------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ __all__ = [
     "ContainerEvent",
     "ContainerInfo",
     "ContainerSpec",
+    "LogLine",
+    "LogOptions",
+    "LogStream",
+    "NoSuchContainer",
     "Runtime",
     "RuntimeUnavailable",
     "parse_docker_time",
@@ -30,6 +34,10 @@ class RuntimeUnavailable(Exception):
 
 class ContainerError(Exception):
     """This container could not be created or started; the message is meant for the user."""
+
+
+class NoSuchContainer(LookupError):
+    """The container is not there (any more): whatever it held, its logs too, is gone."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,46 @@ class ContainerEvent:
     exit_code: int | None
 
 
+@dataclass(frozen=True)
+class LogOptions:
+    """Which of a container's output to read, as ``docker logs`` takes it.
+
+    ``tail``: only the last that many lines (None: all); ``since``: only lines written
+    at or after that time; ``follow``: keep reading until the container stops.
+    """
+
+    follow: bool = False
+    tail: int | None = None
+    since: datetime | None = None
+    stdout: bool = True
+    stderr: bool = True
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a container wrote, without its newline, and when and where it wrote it."""
+
+    stream: str  # "stdout" or "stderr"
+    time: datetime | None
+    text: str
+
+
+@runtime_checkable
+class LogStream(Protocol):
+    """A container's lines, in order; ``aclose`` ends the read (and its thread, if any).
+
+    A stream that follows ends by itself when the container stops; a reader that goes
+    away must close it. It holds a bounded number of lines: when nobody reads, the
+    engine is made to wait, not memory to grow.
+    """
+
+    def __aiter__(self) -> AsyncIterator[LogLine]: ...
+
+    async def __anext__(self) -> LogLine: ...
+
+    async def aclose(self) -> None: ...
+
+
 @runtime_checkable
 class EventStream(Protocol):
     """Container events as they happen; ``aclose`` ends the subscription.
@@ -104,6 +152,10 @@ class Runtime(Protocol):
     async def list(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
 
     def events(self, labels: dict[str, str]) -> EventStream: ...
+
+    async def logs(self, container_id: str, options: LogOptions) -> LogStream:
+        """Open the container's log; NoSuchContainer when it does not exist."""
+        ...
 
     async def ping(self) -> None: ...
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ import docker.utils
 import requests
 import urllib3
 from docker.errors import APIError, DockerException, NotFound
+from docker.types.daemon import CancellableStream
 
 from cube.runtime.base import (
     ContainerError,
@@ -31,6 +33,10 @@ from cube.runtime.base import (
     ContainerInfo,
     ContainerSpec,
     EventStream,
+    LogLine,
+    LogOptions,
+    LogStream,
+    NoSuchContainer,
     RuntimeUnavailable,
     parse_docker_time,
 )
@@ -54,6 +60,11 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 # Event attributes that Docker adds next to a container's labels.
 _EVENT_ATTRIBUTES = frozenset({"image", "name", "exitCode", "signal", "execDuration"})
+
+# Lines a log reader holds for its reader: beyond that its thread waits, and so does
+# the engine's stream behind it, rather than memory growing for a slow reader.
+LOG_BUFFER = 256
+_STREAMS = {1: "stdout", 2: "stderr"}
 
 # Statuses in which Docker's ExitCode is a placeholder, not a result.
 _NOT_FINISHED = frozenset({"created", "running", "paused", "restarting"})
@@ -89,7 +100,7 @@ class DockerRuntime:
         self._executor = DaemonThreadPool(self._concurrency, "cube-docker")
         self._client: docker.APIClient | None = None
         self._client_lock = threading.Lock()
-        self._streams: set[_EventStream] = set()
+        self._streams: set[_EventStream | _LogStream] = set()
         self._closed = False
 
     # -- the Runtime interface ---------------------------------------------------------
@@ -136,6 +147,24 @@ class DockerRuntime:
         """
         stream = _EventStream(self, dict(labels))
         self._streams.add(stream)
+        return stream
+
+    async def logs(self, container_id: str, options: LogOptions) -> LogStream:
+        """The container's log, read by a thread of its own (a follow lasts as long as
+        the container runs, and must not hold a slot that starts need).
+
+        Returns once the engine has answered, so a missing container is
+        :class:`NoSuchContainer` here rather than an empty stream.
+        """
+        if self._closed:
+            raise RuntimeUnavailable("the Docker runtime is closed")
+        stream = _LogStream(self, container_id, options)
+        self._streams.add(stream)
+        try:
+            await stream.open()
+        except BaseException:
+            await stream.aclose()
+            raise
         return stream
 
     async def ping(self) -> None:
@@ -463,6 +492,165 @@ class _EventStream:
                 self._cancelled = True
             return False
         return True
+
+
+class _LogStream:
+    """``GET /containers/{id}/logs``, read by a dedicated thread and handed to the loop.
+
+    The SDK's own log reader drops which stream a line came from, so the multiplexed
+    frames (an 8-byte header: stream, size) are read here. The thread may run ahead of
+    the reader by :data:`LOG_BUFFER` lines (credits it takes per line and the reader
+    gives back), then waits; closing shuts the engine's connection and gives a credit,
+    which ends the thread wherever it is.
+    """
+
+    def __init__(self, runtime: DockerRuntime, container_id: str, options: LogOptions) -> None:
+        self._runtime = runtime
+        self._container_id = container_id
+        self._options = options
+        self._credits = threading.Semaphore(LOG_BUFFER)
+        self._queue: asyncio.Queue[LogLine | BaseException | None] = asyncio.Queue()
+        self._opened: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._docker_stream: CancellableStream[tuple[int, bytes]] | None = None
+        self._cancelled = False
+        self._done = False
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._opened = self._loop.create_future()
+        threading.Thread(target=self._pump, name="cube-docker-logs", daemon=True).start()
+        await self._opened
+
+    def __aiter__(self) -> _LogStream:
+        return self
+
+    async def __anext__(self) -> LogLine:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, LogLine):
+            self._credits.release()
+            return item
+        self._done = True
+        self._runtime._streams.discard(self)
+        if item is None:
+            raise StopAsyncIteration
+        raise item
+
+    async def aclose(self) -> None:
+        self._runtime._streams.discard(self)
+        with self._lock:
+            self._cancelled = True
+            stream, self._docker_stream = self._docker_stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        self._credits.release()  # a thread waiting for room wakes, and sees it is over
+        if not self._done:
+            self._done = True
+            self._queue.put_nowait(None)  # wake a reader waiting in __anext__
+
+    def _pump(self) -> None:
+        try:
+            with self._runtime._engine() as api:
+                stream = self._request(api)
+                with self._lock:
+                    if self._cancelled:
+                        stream.close()
+                        return
+                    self._docker_stream = stream
+                self._hand(self._opened_ok)
+                for kind, payload in stream:
+                    for line in _log_lines(kind, payload):
+                        self._credits.acquire()
+                        if self._cancelled or not self._hand(self._queue.put_nowait, line):
+                            stream.close()
+                            return
+        except NotFound:
+            self._fail(NoSuchContainer(self._container_id))
+            return
+        except APIError as exc:
+            self._fail(RuntimeUnavailable(f"Docker engine error: {_explain(exc)}"))
+            return
+        except Exception as exc:
+            if self._cancelled:
+                return  # the reader closed the stream under this thread: nobody to tell
+            if not isinstance(exc, RuntimeUnavailable):
+                exc = RuntimeUnavailable(f"Docker log stream failed: {_one_line(exc)}")
+            self._fail(exc)
+            return
+        # The end of the log (a follow: the container stopped), or closed by the reader.
+        self._hand(self._queue.put_nowait, None)
+
+    def _request(self, api: docker.APIClient) -> CancellableStream[tuple[int, bytes]]:
+        options = self._options
+        params: dict[str, Any] = {
+            "stdout": int(options.stdout),
+            "stderr": int(options.stderr),
+            "timestamps": 1,
+            "follow": int(options.follow),
+            "tail": "all" if options.tail is None else max(0, options.tail),
+        }
+        if options.since is not None:
+            ns = round(options.since.timestamp() * 1e9)
+            params["since"] = f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+        client: Any = api  # the SDK's request helpers, which its stubs do not list
+        response = client._get(
+            client._url("/containers/{0}/logs", self._container_id), params=params, stream=True
+        )
+        client._raise_for_status(response)
+        # As the SDK does for its own streams: a quiet container is not a timeout.
+        client._disable_socket_timeout(client._get_raw_response_socket(response))
+        return CancellableStream(_frames(response), response)
+
+    def _opened_ok(self) -> None:
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        def fail() -> None:
+            if self._opened is not None and not self._opened.done():
+                self._opened.set_exception(exc)
+            else:
+                self._queue.put_nowait(exc)
+
+        self._hand(fail)
+
+    def _hand(self, fn: Callable[..., None], *args: Any) -> bool:
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            with self._lock:
+                self._cancelled = True
+            return False
+        return True
+
+
+def _frames(response: Any) -> Iterator[tuple[int, bytes]]:
+    """Docker's multiplexed stream: (1 stdout or 2 stderr, payload) per frame."""
+    while True:
+        header = response.raw.read(8)
+        if len(header) < 8:
+            return
+        kind, size = struct.unpack(">BxxxL", header)
+        payload = response.raw.read(size) if size else b""
+        if size and not payload:
+            return
+        yield kind, payload
+
+
+def _log_lines(kind: int, payload: bytes) -> Iterator[LogLine]:
+    """A frame holds a line (or a part of a long one) behind its RFC 3339 timestamp."""
+    stream = _STREAMS.get(kind, "stdout")
+    for raw in payload.removesuffix(b"\n").split(b"\n"):
+        stamp, _, rest = raw.partition(b" ")
+        when = parse_docker_time(stamp.decode(errors="replace"))
+        text = rest if when is not None else raw
+        yield LogLine(stream, when, text.decode(errors="replace").removesuffix("\r"))
 
 
 # -- parsing Docker's JSON -------------------------------------------------------------

@@ -3,7 +3,8 @@
 It honours the same :class:`~cube.runtime.base.Runtime` contract as Docker: containers
 have IDs, names that must be unique, labels, published ports and exit codes; starting
 one under a name already taken replaces the leftover; a container that stops emits
-``die`` and, when removed, ``destroy`` on the event stream. Nothing runs, so a
+``die`` and, when removed, ``destroy`` on the event stream; what a test :meth:`writes
+<SimulatedRuntime.write>` to a container is its log. Nothing runs, so a
 "container" costs a few hundred bytes and starts as fast as ``start_latency`` allows,
 which lets one process host a thousand workers and a manager be measured rather than
 the engine.
@@ -19,7 +20,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from cube.runtime.base import (
@@ -28,6 +29,10 @@ from cube.runtime.base import (
     ContainerInfo,
     ContainerSpec,
     EventStream,
+    LogLine,
+    LogOptions,
+    LogStream,
+    NoSuchContainer,
     RuntimeUnavailable,
 )
 
@@ -38,12 +43,29 @@ _List = list  # ``SimulatedRuntime.list`` shadows the builtin inside the class b
 # Host ports handed out to published container ports, as Docker's ephemeral range.
 _FIRST_HOST_PORT = 32768
 _LAST_HOST_PORT = 60999
+# Lines a container's log keeps; beyond that its oldest half goes (as a rotated log).
+MAX_LOG_LINES = 10_000
 
 
 @dataclass
 class _Container:
     info: ContainerInfo
     spec: ContainerSpec
+    log: list[LogLine] = field(default_factory=list)
+    dropped: int = 0  # lines rotated away: log[i] is line number dropped + i
+    changed: asyncio.Event | None = None  # made by the first follower: most have none
+    removed: bool = False
+
+    def wake(self) -> None:
+        """Wake every follower (a line was written, or the container ended)."""
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+    async def wait(self) -> None:
+        if self.changed is None:
+            self.changed = asyncio.Event()
+        await self.changed.wait()
 
 
 class SimulatedRuntime:
@@ -148,6 +170,13 @@ class SimulatedRuntime:
             self._subscribers[subscription] = None
         return subscription
 
+    async def logs(self, container_id: str, options: LogOptions) -> LogStream:
+        self._check()
+        container = self._containers.get(container_id)
+        if container is None:
+            raise NoSuchContainer(container_id)
+        return _LogReader(self, container, options)
+
     async def ping(self) -> None:
         self._check()
 
@@ -156,6 +185,7 @@ class SimulatedRuntime:
         for subscription in _List(self._subscribers):
             subscription.end(None)
         self._subscribers.clear()
+        self._wake_all()
 
     # -- controls for tests and benchmarks -----------------------------------------------
 
@@ -175,7 +205,19 @@ class SimulatedRuntime:
             finished_at=self.now(),
         )
         self._emit(container.info, "oom" if oom_killed else "die")
+        container.wake()
         return container.info
+
+    def write(self, container_id: str, text: str, stream: str = "stdout") -> None:
+        """The container prints ``text`` (each of its lines a log line) on ``stream``."""
+        container = self._containers[container_id]
+        now = self.now()
+        container.log.extend(LogLine(stream, now, line) for line in text.splitlines())
+        if len(container.log) > MAX_LOG_LINES:
+            cut = len(container.log) - MAX_LOG_LINES // 2
+            del container.log[:cut]
+            container.dropped += cut
+        container.wake()
 
     def set_available(self, available: bool) -> None:
         """Model the engine going away (streams end) or coming back."""
@@ -184,6 +226,7 @@ class SimulatedRuntime:
             for subscription in _List(self._subscribers):
                 subscription.end(RuntimeUnavailable("the simulated engine went away"))
             self._subscribers.clear()
+            self._wake_all()
 
     @property
     def containers(self) -> _List[ContainerInfo]:
@@ -197,10 +240,16 @@ class SimulatedRuntime:
         if not self.available:
             raise RuntimeUnavailable("the simulated engine is unavailable")
 
+    def _wake_all(self) -> None:
+        for container in self._containers.values():
+            container.wake()
+
     def _drop(self, container_id: str) -> None:
         container = self._containers.pop(container_id, None)
         if container is None:
             return
+        container.removed = True
+        container.wake()
         if self._ids_by_name.get(container.info.name) == container_id:
             del self._ids_by_name[container.info.name]
         self._emit(container.info, "destroy")
@@ -244,6 +293,55 @@ class _Subscription:
         self.runtime._subscribers.pop(self, None)
         if not self._done:
             self.end(None)
+
+
+class _LogReader:
+    """Reads a container's log where it lies: a reader holds a position, not a copy, so
+    a slow one costs nothing however much the container writes."""
+
+    def __init__(self, runtime: SimulatedRuntime, container: _Container, options: LogOptions):
+        self._runtime = runtime
+        self._container = container
+        self._options = options
+        end = container.dropped + len(container.log)
+        # As Docker does: the last ``tail`` lines of the log, then those asked for.
+        tail = end if options.tail is None else options.tail
+        self._next = max(container.dropped, end - tail)
+        self._follow = options.follow
+        self._done = False
+
+    def __aiter__(self) -> _LogReader:
+        return self
+
+    async def __anext__(self) -> LogLine:
+        c, options = self._container, self._options
+        while not self._done:
+            self._next = max(self._next, c.dropped)
+            if self._next < c.dropped + len(c.log):
+                line = c.log[self._next - c.dropped]
+                self._next += 1
+                if _wanted(line, options):
+                    return line
+                continue
+            runtime = self._runtime
+            if not self._follow or not c.info.running or c.removed or runtime._closed:
+                break
+            if not runtime.available:
+                break
+            await c.wait()
+        self._done = True
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._done = True
+        self._container.wake()  # a reader waiting in __anext__ sees it is done
+
+
+def _wanted(line: LogLine, options: LogOptions) -> bool:
+    if not (options.stdout if line.stream == "stdout" else options.stderr):
+        return False
+    since = options.since
+    return since is None or line.time is None or line.time >= since
 
 
 def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:

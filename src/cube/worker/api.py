@@ -23,13 +23,14 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
+from cube.logs import WORKER_OPENAPI, LogResponse, log_options, ndjson
 from cube.openapi import body, content, errors, install, ok
 from cube.runtime.base import RuntimeUnavailable
 from cube.stats import Stats, StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
 from cube.worker.credentials import Credentials, Unauthorized
 from cube.worker.join import Joiner, wait_and_run
-from cube.worker.worker import BadEvent, Capacity, UnknownTask, Worker
+from cube.worker.worker import BadEvent, Capacity, LogsGone, NotStarted, UnknownTask, Worker
 
 # The longest a GET /tasks?since=... may wait for a change.
 MAX_WAIT = 60.0
@@ -265,6 +266,32 @@ def create_app(
     @api.get("/tasks/{task_id}", response_model=None, responses={**ok(Task), **_404})
     async def get_task(task_id: TaskId) -> dict[str, Any]:
         return worker.get(parse_uuid(task_id)).to_wire()
+
+    @api.get(
+        "/tasks/{task_id}/logs",
+        response_class=LogResponse,
+        status_code=200,
+        responses=WORKER_OPENAPI,
+    )
+    async def task_logs(
+        task_id: TaskId,
+        follow: bool = False,
+        tail: str | None = None,
+        since: str | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> LogResponse:
+        """What the task's container wrote, as NDJSON (see cube.logs): ``follow`` until
+        it stops, the last ``tail`` lines, lines ``since`` a time (RFC 3339, Unix
+        seconds, or a duration ago such as 10m), ``stdout``/``stderr`` only."""
+        options = log_options(follow, tail, since, stdout, stderr)
+        try:
+            stream = await worker.logs(parse_uuid(task_id), options)
+        except NotStarted as exc:
+            raise ApiError(409, str(exc)) from None
+        except LogsGone as exc:
+            raise ApiError(410, str(exc)) from None
+        return LogResponse(ndjson(stream, follow, stopping), stream.aclose)
 
     @api.delete("/tasks/{task_id}", status_code=204, responses=_404)
     async def delete_task(

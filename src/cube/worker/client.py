@@ -27,6 +27,7 @@ import aiohttp
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from cube.logs import HEARTBEAT as LOG_HEARTBEAT
 from cube.task import Task, TaskEvent
 
 _TASKS = TypeAdapter(list[Task])
@@ -132,7 +133,7 @@ class _Wire(Protocol):
     ) -> _Answer: ...
 
     def stream(
-        self, url: str, params: Mapping[str, Any], read_timeout: float
+        self, url: str, params: Mapping[str, Any], read_timeout: float, pool: str = "streams"
     ) -> contextlib.AbstractAsyncContextManager[_Stream]: ...
 
     @property
@@ -184,7 +185,7 @@ class _HttpxWire:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, url: str, params: Mapping[str, Any], read_timeout: float
+        self, url: str, params: Mapping[str, Any], read_timeout: float, pool: str = "streams"
     ) -> AsyncIterator[_Stream]:
         timeout = httpx.Timeout(self.timeout, read=read_timeout)
         async with self.client.stream(
@@ -244,7 +245,9 @@ class _AiohttpWire:
             if self._closed:
                 raise aiohttp.ClientConnectionError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE, ssl=self.tls or _tls()
+                limit=0 if kind == "logs" else self.max_connections,
+                keepalive_timeout=KEEPALIVE,
+                ssl=self.tls or _tls(),
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -283,9 +286,12 @@ class _AiohttpWire:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, url: str, params: Mapping[str, Any], read_timeout: float
+        self, url: str, params: Mapping[str, Any], read_timeout: float, pool: str = "streams"
     ) -> AsyncIterator[_Stream]:
-        async with self._session("streams").get(
+        """``pool``: "logs" streams, one per reader for as long as it reads, get a pool
+        of their own, not limited to ``max_connections``: they must not starve the
+        watch, nor wait for one another."""
+        async with self._session(pool).get(
             url,
             params=_query(params),
             timeout=self._timeout(read_timeout),
@@ -464,6 +470,34 @@ class WorkerClient:
         return TaskChanges(
             change.Tasks, change.Complete, change.Epoch, change.Version, change.Stats, change.Docker
         )
+
+    @contextlib.asynccontextmanager
+    async def logs(
+        self, task_id: uuid.UUID, params: Mapping[str, Any]
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The task's log as the worker streams it (NDJSON, cube.logs), chunk by chunk.
+
+        Entering raises :class:`WorkerRejected` (404, 409, 410: no such task, not
+        started, logs gone) or :class:`WorkerUnreachable`; a stream that breaks or
+        stays silent past the heartbeat raises WorkerUnreachable while iterating.
+        """
+        read = LOG_HEARTBEAT + self._wire.timeout
+        url = f"{self.base_url}/tasks/{task_id}/logs"
+        try:
+            async with self._wire.stream(url, params, read, pool="logs") as response:
+                if response.status >= 400:
+                    self._check(response.status, await response.read())
+                yield self._unbroken(response.chunks())
+        except self._wire.errors as exc:
+            raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
+
+    async def _unbroken(self, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """The chunks, with the wire's failures while reading them as WorkerUnreachable."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except self._wire.errors as exc:
+            raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
 
     async def stop(self, task_id: uuid.UUID, up_to: int | None = None) -> None:
         """Stop a task; with ``up_to``, only an incarnation no newer than that."""

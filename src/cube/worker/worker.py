@@ -20,6 +20,7 @@ import re
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cube.background import Background
@@ -27,6 +28,9 @@ from cube.runtime.base import (
     ContainerError,
     ContainerInfo,
     ContainerSpec,
+    LogOptions,
+    LogStream,
+    NoSuchContainer,
     Runtime,
     RuntimeUnavailable,
 )
@@ -39,6 +43,12 @@ LABEL_WORKER = "cube.worker"
 LABEL_TASK = "cube.task"
 LABEL_RESTART = "cube.restart"
 DEAD_ACTIONS = frozenset({"die", "oom", "destroy", "kill"})
+# Exited containers kept for their logs (Nomad keeps 50 finished allocations).
+KEEP_EXITED = 50
+STOPPED = "stopped on request"
+VANISHED = "container vanished"
+_FINISHED = (State.COMPLETED, State.FAILED)
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class UnknownTask(KeyError):
@@ -47,6 +57,14 @@ class UnknownTask(KeyError):
 
 class BadEvent(ValueError):
     """A TaskEvent whose desired state a worker cannot act on (the API answers 400)."""
+
+
+class NotStarted(LookupError):
+    """The task has no container yet, so no logs yet (the API answers 409)."""
+
+
+class LogsGone(LookupError):
+    """The task's container, and with it its logs, is gone (the API answers 410)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,7 @@ def container_spec(task: Task, worker: str) -> ContainerSpec:
 def exit_outcome(info: ContainerInfo | None) -> tuple[State, str]:
     """Map how a container ended to a task state and a reason a person can act on."""
     if info is None:
-        return State.FAILED, "container vanished"
+        return State.FAILED, VANISHED
     if info.oom_killed:
         return State.FAILED, "container was killed: out of memory"
     if info.exit_code == 0:
@@ -128,13 +146,19 @@ class Worker:
         concurrency: int = 32,
         reconcile_interval: float = 5.0,
         stop_timeout: float = 10.0,
+        keep_exited: int = KEEP_EXITED,
     ) -> None:
+        """``keep_exited``: how many containers that exited by themselves are kept for
+        their logs; beyond that the oldest are removed (0: removed at once)."""
         self.name = name
         self.store = store
         self.runtime = runtime
         self.concurrency = concurrency
         self.reconcile_interval = reconcile_interval
         self.stop_timeout = stop_timeout
+        self.keep_exited = max(0, keep_exited)
+        # Exited containers kept for their logs, by task, the one that exited first first.
+        self._exited: dict[uuid.UUID, str] = {}
         self._desired: dict[uuid.UUID, Desired] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._queue: asyncio.Queue[uuid.UUID] = asyncio.Queue()
@@ -198,6 +222,34 @@ class Worker:
         if task is None:
             raise UnknownTask(str(task_id))
         return task
+
+    async def logs(self, task_id: uuid.UUID, options: LogOptions) -> LogStream:
+        """The output of the task's container: while it runs, and after it exited for as
+        long as the container is kept (a stop removes it; so does a restart, whose new
+        container's log starts afresh)."""
+        task = self.get(task_id)
+        if not task.ContainerID:
+            if task.State in _FINISHED:
+                why = f": {task.Reason}" if task.Reason else ""
+                raise LogsGone(f"task {task_id} has no logs: it never started a container{why}")
+            raise NotStarted(
+                f"task {task_id} has no logs yet: it is {task.State.label}, "
+                f"its container has not started"
+            )
+        try:
+            return await self.runtime.logs(task.ContainerID, options)
+        except NoSuchContainer:
+            if task.Reason == STOPPED:
+                why = "it was removed when the task was stopped"
+            elif task.State in _FINISHED and task.Reason != VANISHED:
+                kept = f"the last {self.keep_exited}" if self.keep_exited else "none"
+                why = f"removed: worker {self.name} keeps {kept} of its exited containers"
+            else:
+                why = "it was removed behind the worker's back"
+            raise LogsGone(
+                f"the logs of task {task_id} are gone: its container "
+                f"{task.ContainerID[:12]} is not on worker {self.name} any more ({why})"
+            ) from None
 
     def running_count(self) -> int:
         """From memory: every stats sample asks, and reading the store parsed every task."""
@@ -285,6 +337,7 @@ class Worker:
 
     async def _start(self, task: Task) -> None:
         spec = container_spec(task, self.name)
+        self._exited.pop(task.ID, None)  # the new run's log replaces the old one's
         if task.RestartCount > 0:
             await self._remove_other_incarnations(task)
         try:
@@ -324,20 +377,36 @@ class Worker:
 
     async def _stop(self, task: Task) -> None:
         if task.ContainerID:
+            self._exited.pop(task.ID, None)
             await self.runtime.stop(task.ContainerID, self.stop_timeout)
         if task.State is State.FAILED or task.State is State.COMPLETED:
             return
-        self._save(transition(task, State.COMPLETED, reason="stopped on request"))
+        self._save(transition(task, State.COMPLETED, reason=STOPPED))
         log.info("task %s: stopped", task.ID)
 
     async def _finish(self, task: Task, info: ContainerInfo | None) -> None:
-        """Record how a container ended and clean it away (its state is kept on the task)."""
+        """Record how a container ended, and keep it for its logs (its state is kept
+        on the task); a container of an incarnation replaced meanwhile goes."""
         state, reason = exit_outcome(info)
         at = info.finished_at if info else None
-        self._save(transition(task, state, reason=reason, at=at))
+        saved = self._save(transition(task, state, reason=reason, at=at))
         log.info("task %s: %s (%s)", task.ID, state.label, reason)
-        if info is not None:
+        if info is None:
+            return
+        if saved and self.keep_exited:
+            self._exited.pop(task.ID, None)
+            self._exited[task.ID] = info.id
+            await self._trim_exited()
+        else:
             await self.runtime.remove(info.id)
+
+    async def _trim_exited(self) -> None:
+        """Remove the containers that exited first, beyond the ``keep_exited`` last."""
+        while len(self._exited) > self.keep_exited:
+            task_id = next(iter(self._exited))
+            container_id = self._exited.pop(task_id)
+            log.info("task %s: removing its exited container %s", task_id, container_id[:12])
+            await self.runtime.remove(container_id)
 
     def _save(self, task: Task, *, notify: bool = True) -> bool:
         """Store a task unless a newer incarnation arrived while we were busy with it.
@@ -478,12 +547,21 @@ class Worker:
         """
         containers = await self.runtime.list(self._labels)
         by_task: dict[str, list[ContainerInfo]] = {}
+        kept: list[tuple[ContainerInfo, Task]] = []
         for info in containers:
             by_task.setdefault(info.labels.get(LABEL_TASK, ""), []).append(info)
             task = self.store.get(info.labels.get(LABEL_TASK, ""))
-            if task is None or task.State in (State.COMPLETED, State.FAILED) or _stale(task, info):
+            if task is not None and self._keeps(task, info):
+                kept.append((info, task))
+            elif task is None or task.State in _FINISHED or _stale(task, info):
                 log.info("removing stray container %s", info.name)
                 await self.runtime.remove(info.id)
+        # Exited containers an earlier run of this worker kept, oldest first.
+        kept.sort(key=lambda pair: pair[0].finished_at or _EPOCH)
+        for info, task in kept:
+            if task.ID not in self._exited:
+                self._exited = {task.ID: info.id, **self._exited}
+        await self._trim_exited()
         alive = {info.id for info in containers if info.running}
         for task in self.store.list():
             desired = self._desired.get(task.ID)
@@ -519,6 +597,16 @@ class Worker:
                 return
         if self._desired.get(task.ID, Desired(run=True)).run:
             self._queue.put_nowait(task.ID)
+
+    def _keeps(self, task: Task, info: ContainerInfo) -> bool:
+        """A finished task's container that exited by itself is kept for its logs."""
+        return (
+            self.keep_exited > 0
+            and task.State in _FINISHED
+            and task.Reason != STOPPED
+            and not info.running
+            and info.id == task.ContainerID
+        )
 
 
 def _stale(task: Task, info: ContainerInfo) -> bool:
