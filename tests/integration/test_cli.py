@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -289,6 +290,11 @@ def cluster_name() -> Iterator[str]:
         remove_containers(f"{name}-{i}")
 
 
+def ssl_context(data_dir: Path) -> ssl.SSLContext:
+    """What a client of a `cube up` cluster trusts: the CA it made."""
+    return ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem"))
+
+
 def recorded_pids(data_dir: Path) -> list[int]:
     record = json.loads((data_dir / "up.pid").read_text())
     return [m["pid"] for m in record["members"]]
@@ -324,14 +330,18 @@ def test_cube_up_runs_a_cluster_and_stops_it_on_sigterm(tmp_path: Path, cluster_
         pids = recorded_pids(data_dir)
         assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
         text = output.read_text()
-        assert f"http://127.0.0.1:{port}" in text and f"{cluster_name}-2" in text
+        assert f"https://127.0.0.1:{port}" in text and f"{cluster_name}-2" in text
         assert f"cube status -m 127.0.0.1:{port}" in text
 
         # A token was made; the CLI finds it, with the address, where `cube up` wrote them.
         config = data_dir / "client.json"
         assert config.stat().st_mode & 0o777 == 0o600
         manager = f"127.0.0.1:{port}"
-        assert "a token is needed" in one_line_error(cube("node", manager=manager))
+        # Mutual TLS with the cluster's own CA, and a token: plain HTTP, or no token, fail.
+        plain = one_line_error(cube("node", manager=f"http://{manager}"))
+        assert "answered with TLS: use https:// and --tls-ca" in plain
+        ca = str(data_dir / "tls" / "ca.pem")
+        assert "a token is needed" in one_line_error(cube("node", manager=manager, CUBE_TLS_CA=ca))
         nodes = json.loads(ok(cube("node", "-o", "json", CUBE_CONFIG=str(config))))
         assert sorted(n["Status"] for n in nodes) == ["ready", "ready"]
         out = ok(cube("run", "-f", "examples/hello.json", "--wait", CUBE_DATA_DIR=str(data_dir)))
@@ -381,8 +391,9 @@ def test_quick_start_script_then_cube_down(tmp_path: Path, cluster_name: str) ->
         assert "Running" in result.stdout and "curl http://127.0.0.1:" in result.stdout
         token = (data_dir / "token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}
-        assert httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5).status_code == 401
-        tasks = httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5, headers=headers).json()
+        api = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ssl_context(data_dir))
+        assert api.get("/tasks", timeout=5).status_code == 401
+        tasks = api.get("/tasks", timeout=5, headers=headers).json()
         assert [(t["Name"], t["State"]) for t in tasks] == [("hello", RUNNING)]
 
         again = one_line_error(cube("up", "-d", "--data-dir", str(data_dir)))

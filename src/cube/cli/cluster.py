@@ -35,6 +35,7 @@ from cube.clientconfig import FILE, ClientConfig
 from cube.manager.client import ManagerClient, ManagerError
 
 PID_FILE = "up.pid"
+TLS_DIR = "tls"
 CLUSTER_FILE = "cluster.json"
 LOG_DIR = "logs"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -54,7 +55,7 @@ class Member:
     started: float = 0.0
 
     def url(self, host: str) -> str:
-        return f"http://{host}:{self.port}"
+        return f"https://{host}:{self.port}"  # cube up's members all serve TLS
 
     @property
     def title(self) -> str:
@@ -106,9 +107,14 @@ class Cluster:
         data = str(self.data_dir)
         logs = self.data_dir / LOG_DIR
         common = ["-H", self.host, "--data-dir", data, "--log-level", self.log_level]
+        # Everything speaks mutual TLS with certificates from the cluster's own CA,
+        # made in the data directory by start() (as k3s makes its own).
+        tls = self.data_dir / TLS_DIR
+        common += ["--tls-ca", str(tls / "ca.pem")]
         # Workers join the manager (its join token: the data directory's join-token
         # file, given to the workers in their environment, not on their command line).
-        join = ["--join", f"{self.dial_host}:{self.port}"]
+        join = ["--join", f"https://{self.dial_host}:{self.port}"]
+        join += ["--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
         workers = []
         for i in range(self.workers):
             name, port = f"{self.name}-{i + 1}", self.worker_port + i
@@ -116,6 +122,8 @@ class Cluster:
             workers.append(Member("worker", name, port, args, str(logs / f"{name}.log")))
         manager_args = ["manager", "-p", str(self.port), "-s", self.scheduler]
         manager_args += ["-d", "persistent", *common]
+        manager_args += ["--tls-cert", str(tls / "manager.pem")]
+        manager_args += ["--tls-key", str(tls / "manager-key.pem")]
         manager = Member("manager", "manager", self.port, manager_args, str(logs / "manager.log"))
         return [manager, *workers]
 
@@ -164,7 +172,11 @@ class Cluster:
         # The manager reads its management token from the data directory; the CLI
         # finds it, with the address, in client.json there (cube.clientconfig).
         self.token = secret_file(self.data_dir / "token", "cube_")
-        ClientConfig(Manager=self.manager_url, Token=self.token).save(self.data_dir / FILE)
+        ca = self.tls_material()
+        config = ClientConfig(Manager=self.manager_url, Token=self.token, TlsCa=str(ca.resolve()))
+        config.save(self.data_dir / FILE)
+        for name in ("CUBE_TLS_CERT", "CUBE_TLS_KEY", "CUBE_TLS_CA"):  # the flags say them
+            env.pop(name, None)
         env["CUBE_TOKEN"] = self.token  # over any the caller's shell has, for another cluster
         started: list[subprocess.Popen[bytes]] = []
         for member in [self.manager, *self.worker_members]:  # the manager first: they join it
@@ -184,13 +196,31 @@ class Cluster:
                 member.started = psutil.Process(proc.pid).create_time()
         return started
 
+    def tls_material(self) -> Path:
+        """The cluster's CA and a certificate for the manager and one the workers share
+        (in ``tls/``), made the first time; returns the CA's certificate."""
+        from cube import tls  # cryptography: only where certificates are made
+
+        directory = self.data_dir / TLS_DIR
+        ca_cert, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+        if ca_cert.exists() and ca_key.exists():
+            return ca_cert
+        hosts = [h for h in (self.host, self.dial_host) if h not in ("0.0.0.0", "::", "")]
+        ca = tls.make_ca()
+        tls.write(ca, ca_cert, ca_key)
+        for name in ("manager", "worker"):
+            issued = tls.issue(ca, name, hosts)
+            tls.write(issued, directory / f"{name}.pem", directory / f"{name}-key.pem")
+        return ca_cert
+
     def wait_ready(self, procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
         """Poll until the manager reports every worker ready, or a member dies, or time is up."""
         by_pid = {m.pid: m for m in self.members}
         procs = list(procs)
         deadline = time.monotonic() + timeout
         last = "the manager did not answer yet"
-        with ManagerClient(self.manager_url, timeout=2.0, token=self.token) as client:
+        ca = str(self.data_dir / TLS_DIR / "ca.pem")
+        with ManagerClient(self.manager_url, timeout=2.0, token=self.token, ca=ca) as client:
             while True:
                 for proc in procs:
                     code = proc.poll()

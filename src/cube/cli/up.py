@@ -28,6 +28,7 @@ from cube.cli.cluster import (
     CLUSTER_FILE,
     LOG_DIR,
     PID_FILE,
+    TLS_DIR,
     Cluster,
     load_record,
     members_of,
@@ -276,11 +277,13 @@ def purge_cluster(data_dir: Path) -> None:
     removed = remove_containers(workers)
     patterns = ["manager.db*", "join-token", "token", FILE, *(f"worker-{w}.db*" for w in workers)]
     patterns += [f"{LOG_DIR}/{m.name}.log" for m in members]
+    patterns += [f"{TLS_DIR}/{name}" for name in ("ca*.pem", "manager*.pem", "worker*.pem")]
     for pattern in patterns:
         for path in data_dir.glob(pattern):
             path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        (data_dir / LOG_DIR).rmdir()
+    for directory in (LOG_DIR, TLS_DIR):
+        with contextlib.suppress(OSError):
+            (data_dir / directory).rmdir()
     (data_dir / CLUSTER_FILE).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         data_dir.rmdir()

@@ -129,13 +129,18 @@ class ManagerClient:
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
+        ca: str | None = None,
     ) -> None:
         """``token``: the API token to send (default: ``CUBE_TOKEN``, if set, or the
         client config's for this manager: cube.clientconfig). Over https://, the
-        manager is checked against ``CUBE_TLS_CA`` (the system's CAs without it) and
+        manager is checked against ``ca`` (default: ``CUBE_TLS_CA``, or the client
+        config's for this manager; the system's CAs without one) and
         ``CUBE_TLS_CERT``/``CUBE_TLS_KEY`` are presented when set; an address without a
-        scheme is https:// when ``CUBE_TLS_CA`` is set."""
-        ca = os.environ.get("CUBE_TLS_CA") or None
+        scheme is https:// when there is a CA."""
+        ca = ca or os.environ.get("CUBE_TLS_CA") or None
+        if ca is None:
+            config = clientconfig.for_manager(manager_url(address, "https"))
+            ca = config.TlsCa if config and config.TlsCa else None
         self.url = manager_url(address, "https" if ca else "http")
         verify = _tls(ca) if self.url.startswith("https://") else True
         if not token and not os.environ.get("CUBE_TOKEN"):
