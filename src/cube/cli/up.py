@@ -216,7 +216,7 @@ def ready_message(cluster: Cluster, detach: bool) -> str:
     for w in cluster.worker_members:
         lines.append(f"  {w.name:<7}  {w.url(cluster.dial_host):<24}  log: {w.log}")
     m = ""
-    if cluster.manager_url != f"http://127.0.0.1:{DEFAULT_PORT}":
+    if cluster.manager_url != f"https://127.0.0.1:{DEFAULT_PORT}":
         m = f" -m {cluster.dial_host}:{cluster.port}"
     hints = [
         (f"cube run{m} -f examples/hello.json --wait", "run a web server task"),
