@@ -116,3 +116,18 @@ def test_cube_events_follows_what_happens(workers: StartWorker, managers: StartM
     finally:
         follow.terminate()
         follow.wait(10)
+
+
+def test_retention_keeps_the_newest_events(workers: StartWorker, managers: StartManager) -> None:
+    worker = workers("--runtime", "simulated")
+    manager = managers([worker], "-d", "persistent")
+    run_tasks(manager, 5)
+    last = events(manager)[-1]["Index"]
+    assert last > 10
+    manager.stop()
+    manager = managers(
+        [worker], "-d", "persistent", "--event-retention-count", "4", port=manager.port
+    )
+    wait_for(lambda: events(manager)[0]["Index"] > last - 4, what="the old events trimmed")
+    kept = events(manager)
+    assert contiguous(kept, kept[0]["Index"]) and kept[0]["Index"] > 1

@@ -206,6 +206,24 @@ def manager(
             help="Seconds past a missed heartbeat before a joined worker is down.",
         ),
     ] = 2.0,
+    event_retention_count: Annotated[
+        int,
+        typer.Option(
+            "--event-retention-count",
+            envvar="CUBE_EVENT_RETENTION_COUNT",
+            min=1,
+            help="Events kept for GET /events, at most (the newest).",
+        ),
+    ] = 50_000,
+    event_retention_age: Annotated[
+        float,
+        typer.Option(
+            "--event-retention-age",
+            envvar="CUBE_EVENT_RETENTION_AGE",
+            min=1.0,
+            help="Seconds an event is kept for GET /events, at most.",
+        ),
+    ] = 24 * 3600.0,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -284,6 +302,8 @@ def manager(
         token=management,
         worker_token=worker_token,
         tls=calls,
+        event_retention_count=event_retention_count,
+        event_retention_age=event_retention_age,
     )
     node = Manager(addresses, chosen, backend, settings)
     serve(create_app(node), host, port, log_level, tls=served)

@@ -144,6 +144,11 @@ class EventLog:
             dropped = self.store.trim(before, self.retention.count)
             if dropped:
                 log.debug("event retention dropped %d events", dropped)
+        # What readers get from memory goes by the same rule.
+        oldest = self.last - self.retention.count
+        recent = self._recent
+        while recent and (recent[0].Index <= oldest or recent[0].Time < before):
+            recent.popleft()
         if self.dropped:
             log.warning("%d events were dropped: their writes could not keep up", self.dropped)
             self.dropped = 0
