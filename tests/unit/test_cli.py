@@ -340,15 +340,17 @@ def test_a_cluster_is_a_manager_and_numbered_workers(tmp_path: Path) -> None:
     manager_args = cluster.manager.args
     assert "-w" not in manager_args  # the workers join it
     for worker in cluster.worker_members:
-        assert worker.args[worker.args.index("--join") + 1] == "127.0.0.1:7000"
+        assert worker.args[worker.args.index("--join") + 1] == "https://127.0.0.1:7000"
+        assert worker.args[worker.args.index("--tls-cert") + 1] == str(tmp_path / "tls/worker.pem")
         assert not any("token" in arg.lower() for arg in worker.args)  # not on a command line
     assert "persistent" in manager_args and "persistent" in cluster.worker_members[0].args
-    assert cluster.manager_url == "http://127.0.0.1:7000"
+    assert cluster.manager_url == "https://127.0.0.1:7000"  # mutual TLS, always
+    assert manager_args[manager_args.index("--tls-ca") + 1] == str(tmp_path / "tls/ca.pem")
 
 
 def test_a_wildcard_listen_address_is_reached_on_loopback(tmp_path: Path) -> None:
     cluster = Cluster(data_dir=tmp_path, workers=1, host="0.0.0.0")
-    assert cluster.manager_url == "http://127.0.0.1:5555"
+    assert cluster.manager_url == "https://127.0.0.1:5555"
 
 
 @pytest.mark.parametrize(("name", "workers"), [("bad name", 1), ("-x", 1), ("ok", 0)])
