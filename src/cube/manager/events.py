@@ -122,7 +122,11 @@ class EventLog:
         self.stored(events)
 
     async def run(self) -> None:
-        """Write emitted events as they come; trim by the retention every so often."""
+        """Write emitted events as they come, and trim by the retention at most once a
+        ``retention.interval`` as it writes (a quiet log has nothing new to trim for).
+
+        It waits on the queue alone, with no timer: a timed wait here (``wait_for``
+        racing a cancellation) could leave a manager being stopped waiting for it."""
         due = self.clock.monotonic()
         while True:
             if self.clock.monotonic() >= due:
@@ -135,8 +139,8 @@ class EventLog:
                 except Exception:
                     log.exception("storing %d events", len(self._queue))
                     await self.clock.sleep(1.0)
-            wait = max(due - self.clock.monotonic(), 0.0)
-            await self.clock.wait(self._queued, wait)
+                    continue
+            await self._queued.wait()
 
     def _trim(self) -> None:
         before = self.clock.now() - timedelta(seconds=self.retention.age)
