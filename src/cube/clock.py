@@ -9,7 +9,6 @@ worker timeout takes no real time to test and happens exactly when it should.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -33,6 +32,23 @@ class Clock(Protocol):
         ...
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Until ``event`` is set or ``timeout`` seconds pass on the loop's clock; say which.
+
+    ``asyncio.wait``, not ``wait_for``: cancelled (its loop stopped), this returns at
+    once and leaves the inner wait cancelled behind it, where ``wait_for`` on Python
+    3.11 waits for the inner wait to finish, which in the simulator once never came
+    (a crashed manager's loop hung in it, seeds 138 and 332)."""
+    if event.is_set():
+        return True  # no timer and no task for what is already there
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
 class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
@@ -44,11 +60,7 @@ class SystemClock:
         await asyncio.sleep(max(seconds, 0.0))
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        if event.is_set():
-            return True  # no timer and no task for what is already there
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
-        return event.is_set()
+        return await wait_event(event, timeout)
 
 
 class ManualClock:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cube.task
+from cube.clock import wait_event
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -119,11 +120,7 @@ class LoopClock:
         await asyncio.sleep(max(seconds, 0.0))
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        if event.is_set():
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
-        return event.is_set()
+        return await wait_event(event, timeout)
 
 
 @contextlib.contextmanager
