@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import statistics
 import subprocess
 import time
@@ -237,6 +238,7 @@ class UpCluster:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.http_options: dict[str, Any] = {}
 
     def __enter__(self) -> UpCluster:
         worker_port = _free_run(self.workers)
@@ -266,6 +268,13 @@ class UpCluster:
         )
         if up.returncode != 0:
             raise RuntimeError(f"cube up failed:\n{up.stdout}\n{up.stderr}")
+        # `cube up` runs over mutual TLS with a token: talk to it as the CLI does.
+        config = json.loads((self.data / "client.json").read_text())
+        self.url = config["Manager"]
+        self.http_options = {
+            "headers": {"Authorization": f"Bearer {config['Token']}"},
+            "verify": ssl.create_default_context(cafile=config["TlsCa"]),
+        }
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -279,7 +288,9 @@ class UpCluster:
             remove_labelled(f"cube.worker={self.name}-{index}")
 
     def tasks(self) -> list[dict[str, Any]]:
-        data: list[dict[str, Any]] = httpx.get(f"{self.url}/tasks", timeout=30).json()
+        data: list[dict[str, Any]] = httpx.get(
+            f"{self.url}/tasks", timeout=30, **self.http_options
+        ).json()
         return data
 
     def run(self, n: int) -> float:
@@ -289,7 +300,9 @@ class UpCluster:
 
         async def submit() -> None:
             limits = httpx.Limits(max_connections=n)
-            async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as http:
+            async with httpx.AsyncClient(
+                base_url=self.url, timeout=60, limits=limits, **self.http_options
+            ) as http:
                 answers = await asyncio.gather(*(http.post("/tasks", json=b) for b in bodies))
             refused = [a.text for a in answers if a.status_code != 201]
             if refused:
@@ -312,7 +325,7 @@ class UpCluster:
         return last - started
 
     def stop(self, ids: set[str]) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=30, **self.http_options) as http:
             for task_id in ids:
                 http.delete(f"/tasks/{task_id}")
 
