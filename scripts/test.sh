@@ -22,4 +22,4 @@ echo "Coverage of cube.manager by the tests that need no Docker:"
 .venv/bin/coverage report --include='*/cube/manager/*' --fail-under=85
 scripts/sim.sh --seeds "${CUBE_SIM_SEEDS:-500}"
 # The rest of pyproject's testpaths (--ignore does not apply to testpaths).
-exec .venv/bin/pytest tests/integration tests/bench tests/chaos
+exec .venv/bin/pytest --durations=40 tests/integration tests/bench tests/chaos
