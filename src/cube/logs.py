@@ -119,9 +119,16 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def log_options(
-    follow: bool, tail: str | None, since: str | None, stdout: bool, stderr: bool
+    follow: bool = False,
+    tail: str | None = None,
+    since: str | None = None,
+    stdout: bool = True,
+    stderr: bool = True,
 ) -> LogOptions:
-    """The query of ``GET /tasks/{id}/logs`` checked; a 400 says what is wrong."""
+    """The query of ``GET /tasks/{id}/logs`` checked; a 400 says what is wrong.
+
+    Both servers' log routes take it as a FastAPI dependency, so the query is spelt
+    once: ``options: Annotated[LogOptions, Depends(log_options)]``."""
     lines: int | None = None
     if tail is not None and tail.strip().lower() != "all":
         if not tail.strip().isdigit():
@@ -134,6 +141,21 @@ def log_options(
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     return LogOptions(follow=follow, tail=lines, since=start, stdout=stdout, stderr=stderr)
+
+
+def log_query(options: LogOptions) -> dict[str, Any]:
+    """The query to ask a worker for the same lines (``since`` as the absolute time it
+    was resolved to, so a duration means the same on both machines)."""
+    query: dict[str, Any] = {
+        "follow": options.follow,
+        "stdout": options.stdout,
+        "stderr": options.stderr,
+    }
+    if options.tail is not None:
+        query["tail"] = options.tail
+    if options.since is not None:
+        query["since"] = options.since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return query
 
 
 def encode(line: LogLine) -> bytes:

@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cube.constraints import Constraint
+from cube.explain import Decision, decide
 from cube.feasible import CONSTRAINTS_CHECK, DISTINCT_HOSTS_CHECK, ELIGIBLE_CHECK, Check
 from cube.feasible import nodes_phrase as _nodes
 from cube.node import READY, Node
@@ -283,6 +284,7 @@ class Candidates:
     nodes: list[Node]
     rejected: dict[str, int]
     demand: Demand
+    evaluated: int = 0  # nodes looked at (fewer than all on a large cluster: select_some)
 
     def reason(self) -> str:
         """Why nothing fits, worded for a user reading a Pending task."""
@@ -302,7 +304,8 @@ def select_candidates(task: TaskRequest, nodes: Iterable[Node]) -> Candidates:
     """Narrow the nodes check by check, keeping their order (round robin relies on it)."""
     demand = Demand.of(task)
     rejected: dict[str, int] = {}
-    return Candidates(_filter(demand, list(nodes), rejected), rejected, demand)
+    every = list(nodes)
+    return Candidates(_filter(demand, every, rejected), rejected, demand, len(every))
 
 
 def select_some(
@@ -329,7 +332,8 @@ def select_some(
             chunk += nodes[: size - len(chunk)]
         found += _filter(demand, chunk, rejected)
         scanned += size
-    return Candidates(found, rejected, demand), (start + scanned) % max(total, 1)
+    found_all = Candidates(found, rejected, demand, scanned)
+    return found_all, (start + scanned) % max(total, 1)
 
 
 def _filter(demand: Demand, nodes: list[Node], rejected: dict[str, int]) -> list[Node]:
@@ -348,10 +352,12 @@ def _filter(demand: Demand, nodes: list[Node], rejected: dict[str, int]) -> list
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """The outcome of one decision: a node, or none and the reason the task stays Pending."""
+    """The outcome of one decision: a node, or none and the reason the task stays Pending;
+    ``decision`` is its record for the task (:mod:`cube.explain`)."""
 
     node: Node | None
     reason: str = ""
+    decision: Decision | None = None
 
 
 class Scheduler(Protocol):
@@ -392,8 +398,12 @@ class _Pipeline:
     def place(self, task: TaskRequest, nodes: Sequence[Node]) -> Placement:
         found = self.select_candidates(task, nodes)
         if not found.nodes:
-            return Placement(None, found.reason())
-        return Placement(self.pick(self._score(task, found), found.nodes))
+            record = decide(self.name, found.evaluated, found.rejected, {}, "")
+            return Placement(None, found.reason(), record)
+        scores = self._score(task, found)
+        node = self.pick(scores, found.nodes)
+        record = decide(self.name, found.evaluated, found.rejected, scores, node.Name)
+        return Placement(node, "", record)
 
     def _score(self, task: TaskRequest, found: Candidates) -> dict[str, float]:
         """:meth:`score` within a decision, whose request is already worked out."""

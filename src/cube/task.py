@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from cube.constraints import Constraint
+from cube.explain import Decision
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -232,6 +233,9 @@ class Task(_Wire):
     # it must not share a node with another task of its Job. Workers ignore both.
     Constraints: list[Constraint] | None = None
     DistinctHosts: bool = False
+    # Output: the scheduler's latest decision about it (cube.explain): why it is on its
+    # node, or what turned every node away while it waits.
+    Placement: Decision | None = None
 
     @field_validator("DesiredState")
     @classmethod

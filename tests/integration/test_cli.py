@@ -157,6 +157,43 @@ def test_run_wait_reports_completion_and_failure(
     assert "not running after 3s: still Pending: no feasible node" in waited
 
 
+def test_plan_shows_where_tasks_would_go_and_why_and_changes_nothing(
+    tmp_path: Path, workers: StartWorker, managers: StartManager
+) -> None:
+    manager = managers([workers("--memory", "512MiB"), workers("--memory", "512MiB")])
+    job = write(
+        tmp_path,
+        "job.yaml",
+        "Name: plan\nCount: 5\nTask: {Image: cube/http:latest, Memory: 200MiB}\n",
+    )
+    result = cube("plan", "-f", job, manager=manager)
+    # Two 512 MiB workers hold two 200 MiB tasks each: the fifth would wait (exit 3).
+    assert result.returncode == 3, f"{result.stdout}\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Job plan: new job, version 1; 5 to place (1 would wait), 0 to stop"
+    assert lines[1].split() == ["TASK", "NODE", "WHY"]
+    rows = lines[2:]
+    placed = [r for r in rows if "evaluated" in r]
+    assert len(placed) == 4 and all(r.split()[0] == "plan-v1" for r in rows)
+    assert "no feasible node: 2 nodes lack memory (need 200 MiB)" in rows[-1]
+    jobs = httpx.get(f"{manager.url}/jobs", timeout=5).json()
+    assert manager.tasks() == [] and jobs == []  # nothing submitted
+
+    as_json = json.loads(cube("plan", "-f", job, "-o", "json", manager=manager).stdout)
+    assert (as_json["Change"], as_json["Waiting"], len(as_json["Place"])) == ("create", 1, 5)
+
+    task = write(tmp_path, "task.yaml", "Image: cube/http:latest\nMemory: 64MiB\n")
+    fits = ok(cube("plan", "-f", task, manager=manager))
+    assert fits.splitlines()[0] == "Task: 1 to place"
+
+    # Where a real task went, and why, on `cube status TASK`.
+    out = ok(cube("run", "-f", task, "--wait", manager=manager))
+    task_id = out.split()[1]
+    detail = ok(cube("status", task_id, manager=manager))
+    placement = next(line for line in detail.splitlines() if line.startswith("Placement"))
+    assert "2 evaluated; epvm: " in placement and manager.task(task_id)["Node"] in placement
+
+
 def test_node_table_and_json_match_the_api(workers: StartWorker, managers: StartManager) -> None:
     nodes = [workers("--memory", "1GiB"), workers("--memory", "2GiB")]
     manager = managers(nodes)

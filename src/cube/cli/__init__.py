@@ -16,7 +16,20 @@ HELP = (
 
 
 def build_app() -> typer.Typer:
-    from cube.cli import events, images, jobs, logs, manager, nodes, tasks, tls, tokens, up, worker
+    from cube.cli import (
+        events,
+        images,
+        jobs,
+        logs,
+        manager,
+        nodes,
+        plan,
+        tasks,
+        tls,
+        tokens,
+        up,
+        worker,
+    )
 
     app = typer.Typer(
         name="cube",
@@ -35,6 +48,7 @@ def build_app() -> typer.Typer:
     logs.register(app)
     nodes.register(app)
     jobs.register(app)
+    plan.register(app)
     up.register(app)
     images.register(app)
     return app

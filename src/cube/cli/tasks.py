@@ -15,6 +15,7 @@ from cube.cli.ids import match_prefix, parse_full_id
 from cube.cli.live import Progress
 from cube.cli.options import DEFAULT_MANAGER, Manager, Output, OutputFormat
 from cube.cli.taskfile import load_event
+from cube.explain import summary
 from cube.manager.client import ManagerClient
 from cube.task import State, Task
 from cube.worker.worker import container_name
@@ -85,6 +86,7 @@ def details(task: Task) -> list[tuple[str, str]]:
     return [
         ("ID", str(task.ID)),
         ("Reason", task.Reason or fmt.MISSING),
+        ("Placement", summary(task.Placement) if task.Placement else fmt.MISSING),
         ("Ports", fmt.format_ports(task.HostPorts)),
         ("Health check", task.HealthCheck or fmt.MISSING),
         ("Restart policy", task.RestartPolicy or "on-failure (default)"),

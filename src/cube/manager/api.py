@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,17 +20,19 @@ from cube.errors import (
     parse_body,
     parse_uuid,
 )
-from cube.logs import MANAGER_OPENAPI, LogResponse, log_options
+from cube.logs import MANAGER_OPENAPI, LogResponse, log_options, log_query
 from cube.manager.events_api import router as events_router
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.logs import open_logs
 from cube.manager.manager import BadRequest, Manager, UnknownTask
 from cube.manager.nodes_api import router as nodes_router
+from cube.manager.plan_api import router as plan_router
 from cube.manager.tokens_api import answers as token_answers
 from cube.manager.tokens_api import router as tokens_router
 from cube.manager.tokens_api import token_guard
 from cube.node import Node
 from cube.openapi import body, errors, install, ok
+from cube.runtime.base import LogOptions
 from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
 
@@ -136,20 +138,13 @@ def create_app(manager: Manager) -> FastAPI:
         responses=MANAGER_OPENAPI,
     )
     async def task_logs(
-        task_id: TaskId,
-        follow: bool = False,
-        tail: str | None = None,
-        since: str | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
+        task_id: TaskId, options: Annotated[LogOptions, Depends(log_options)]
     ) -> LogResponse:
         """The task's output, streamed from its worker as it answers it (NDJSON, see
-        cube.logs); the same query as the worker's ``GET /tasks/{id}/logs``."""
-        log_options(follow, tail, since, stdout, stderr)  # a 400 here, not from a worker
-        query: dict[str, Any] = {"follow": follow, "stdout": stdout, "stderr": stderr}
-        query |= {k: v for k, v in (("tail", tail), ("since", since)) if v is not None}
+        cube.logs); the same query as the worker's ``GET /tasks/{id}/logs``, checked
+        here first so a 400 comes from the manager, not from a worker."""
         task = manager.get(parse_uuid(task_id))
-        body, close = await open_logs(manager, task, query, stopping)
+        body, close = await open_logs(manager, task, log_query(options), stopping)
         return LogResponse(body, close)
 
     @api.delete("/tasks/{task_id}", status_code=204, responses=_404)
@@ -179,6 +174,7 @@ def create_app(manager: Manager) -> FastAPI:
     joining, nodes_api = nodes_router(manager.members)
     app.include_router(api, dependencies=guard)
     app.include_router(jobs_router(manager.jobs), dependencies=guard)
+    app.include_router(plan_router(manager), dependencies=guard)
     app.include_router(events_router(manager.events, stopping), dependencies=guard)
     app.include_router(nodes_api, dependencies=guard)
     app.include_router(joining)  # workers: the join token instead

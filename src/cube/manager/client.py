@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from cube import clientconfig
 from cube.events import Event
 from cube.job import Deployment, Job
+from cube.manager.plan import Plan
 from cube.node import Node
 from cube.runtime.base import LogLine, parse_docker_time
 from cube.task import Task, TaskEvent
@@ -261,6 +262,17 @@ class ManagerClient:
 
     def stop(self, task_id: uuid.UUID | str) -> None:
         self._call("DELETE", f"/tasks/{task_id}")
+
+    def plan(self, body: Mapping[str, Any], job: str | None = None) -> Plan:
+        """A dry run of ``POST /tasks`` (a TaskEvent) or, given ``job``, of ``POST /jobs``."""
+        path = "/tasks/plan" if job is None else f"/jobs/{quote(job, safe='')}/plan"
+        try:
+            data = self._call("POST", path, dict(body))
+        except ManagerRejected as exc:
+            what = "task" if job is None else "job"
+            raise ManagerRejected(exc.status, f"invalid {what}: {exc.message}") from None
+        plan: Plan = self._parse(Plan.model_validate, data)
+        return plan
 
     def logs(self, task_id: uuid.UUID | str, query: Mapping[str, Any]) -> Iterator[LogLine]:
         """The task's log lines as the manager streams them (``GET /tasks/{id}/logs``).

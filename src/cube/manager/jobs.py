@@ -18,6 +18,7 @@ from cube.job import Deployment, Job, JobRecord, admit
 from cube.manager.backend import Backend
 from cube.manager.deploy import Create, Member, Progress, Revert, Stop, reconcile_job
 from cube.manager.events import job_drafts
+from cube.manager.plan import ChangeKind
 from cube.manager.state import State as ClusterState
 from cube.task import State, Task, TaskEvent
 
@@ -117,6 +118,33 @@ class Jobs:
         self.state.changed.set()  # the loop runs the job reconciler
         return record
 
+    def plan(self, job: Job) -> tuple[Job, ChangeKind, int, int]:
+        """What submitting ``job`` would do first, changing nothing: the job as it would
+        be admitted, the kind of change, and how many tasks the job reconciler would
+        create and stop in its first pass."""
+        record = self.records.get(job.Name)
+        current = record.Job if record is not None else None
+        admitted = admit(job, current)
+        change: ChangeKind
+        if current is None:
+            change = "create"
+        elif admitted == current:
+            change = "none"
+        elif admitted.Version != current.Version:
+            change = "update"
+        else:
+            change = "scale"  # Count alone, or a stopped job run again
+        deployment = record.Deployment if record is not None else None
+        if current is None or admitted.Version != current.Version:
+            deployment = Deployment(Version=admitted.Version, Desired=admitted.Count)
+        now = self.clock.monotonic()
+        members = [self._member(t, now, remember=False) for t in self.tasks_of(job.Name)]
+        last_good = record.LastGood if record is not None else None
+        actions = reconcile_job(admitted, deployment, members, last_good)
+        create = sum(a.count for a in actions if isinstance(a, Create))
+        stop = sum(len(a.ids) for a in actions if isinstance(a, Stop))
+        return admitted, change, create, stop
+
     # --- reconciling ------------------------------------------------------------------
 
     async def reconcile(self) -> None:
@@ -169,8 +197,8 @@ class Jobs:
                 due = at if due is None else min(due, at)
         return count, due
 
-    def _member(self, task: Task, now: float) -> Member:
-        born = self._born.setdefault(task.ID, now)
+    def _member(self, task: Task, now: float, remember: bool = True) -> Member:
+        born = self._born.setdefault(task.ID, now) if remember else self._born.get(task.ID, now)
         wanted = task.DesiredState is State.RUNNING
         live = wanted and (
             task.State in _LIVE or (task.State is State.FAILED and self.restarts(task))

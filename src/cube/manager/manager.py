@@ -80,6 +80,7 @@ _ACCEPTED: dict[str, Any] = {
     "FinishTime": None,
     "RestartCount": 0,
     "Reason": "",
+    "Placement": None,
     "Job": "",  # only a job's own tasks say they are of a job
     "JobVersion": 0,
 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cube.manager.reconciler import Move, Place, Restart
 from cube.manager.state import State as ClusterState
+from cube.scheduler import Placement as Choice
 from cube.scheduler import Scheduler
 from cube.task import State, Task, transition
 
@@ -62,14 +63,16 @@ def _place_all(
         if choice.node is None:
             moved = isinstance(action, Move) or task.State is State.SCHEDULED
             why = f"{task.Reason.split(WAITS)[0]}{WAITS}{choice.reason})" if moved else ""
-            _wait(task, action.task, why or choice.reason, result)
+            _wait(task, action.task, why or choice.reason, choice, result)
             continue
         node = choice.node.Name
         if task.State is State.PENDING:
-            _hold(transition(task, State.SCHEDULED, also={"Node": node}), state, result)
+            placed = transition(task, State.SCHEDULED, also={"Node": node})
+            _hold(placed.model_copy(update={"Placement": choice.decision}), state, result)
             continue
         reason = task.Reason.split(WAITS)[0] if task.Reason.startswith("restarting") else ""
-        _hold(task.model_copy(update={"Node": node, "Reason": reason}), state, result)
+        update = {"Node": node, "Reason": reason, "Placement": choice.decision}
+        _hold(task.model_copy(update=update), state, result)
 
 
 def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Placements) -> None:
@@ -85,11 +88,15 @@ def _restart(task: Task, state: ClusterState, scheduler: Scheduler, result: Plac
     failure = task.Reason.split(WAITS)[0]  # why it failed, without an earlier wait's note
     if choice.node is None:
         state.hold(task)  # still to be restarted: it keeps its room
-        _wait(task, task, f"{failure}{WAITS}{choice.reason})", result)
+        _wait(task, task, f"{failure}{WAITS}{choice.reason})", choice, result)
         return
     why = f"restarting after: {failure}" if failure else "restarting"
     restarted = transition(task, State.SCHEDULED, reason=why).model_copy(
-        update={"RestartCount": task.RestartCount + 1, "Node": choice.node.Name}
+        update={
+            "RestartCount": task.RestartCount + 1,
+            "Node": choice.node.Name,
+            "Placement": choice.decision,
+        }
     )
     _hold(restarted, state, result)
     if restarted.Node != task.Node:
@@ -101,10 +108,13 @@ def _hold(task: Task, state: ClusterState, result: Placements) -> None:
     result.placed.append(task)
 
 
-def _wait(task: Task, before: Task, reason: str, result: Placements) -> None:
+def _wait(task: Task, before: Task, reason: str, choice: Choice, result: Placements) -> None:
+    """Fits nowhere for now: stored only when why changed (the reason's counts say it),
+    so a task that waits costs no write per pass."""
     result.waiting.append(task.ID)
     if task is not before or task.Reason != reason:
-        result.updated.append(task.model_copy(update={"Reason": reason}))
+        update = {"Reason": reason, "Placement": choice.decision}
+        result.updated.append(task.model_copy(update=update))
 
 
 def undo(result: Placements, state: ClusterState) -> None:

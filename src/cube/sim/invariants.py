@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cube.job import Job
 from cube.manager.manager import Manager
+from cube.manager.plan import plan_job
 from cube.scheduler import Demand
 from cube.sim.world import World
 from cube.task import State, Task
@@ -39,6 +41,7 @@ class UserView:
     # A reader of GET /events that resumes where it left off, whatever the manager does.
     event_index: int = 0
     told: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> last payload
+    plan_changed: list[str] = field(default_factory=list)  # what a dry run changed
 
 
 def _short(task_id: uuid.UUID) -> str:
@@ -256,6 +259,55 @@ def events_tell_the_truth(m: Manager, user: UserView, _: World) -> str | None:
     return None
 
 
+def placements_explained(m: Manager, _: UserView, __: World) -> str | None:
+    """Every placed task carries the decision that put it where it is (cube.explain)."""
+    for task in m.state.tasks.values():
+        if task.State in _HOLDING and task.Node:
+            record = task.Placement
+            if record is None or record.Node != task.Node:
+                said = "none" if record is None else repr(record.Node)
+                return f"explained: {_short(task.ID)} is on {task.Node}, its decision says {said}"
+    return None
+
+
+def plans_change_nothing(_: Manager, user: UserView, __: World) -> str | None:
+    return f"plan: {user.plan_changed[0]}" if user.plan_changed else None
+
+
+def dry_run(m: Manager, job: Job) -> str | None:
+    """Plan ``job`` as `cube plan` does, and say what, if anything, the plan changed."""
+    before = _picture_of(m)
+    admitted, change, create, stop = m.jobs.plan(job)
+    plan_job(admitted, change, create, stop, m.nodes(), m.scheduler.name)
+    after = _picture_of(m)
+    changed = [name for name in before if before[name] != after[name]]
+    if not changed:
+        return None
+    return f"planning job {job.Name} changed the manager's {', '.join(changed)}"
+
+
+def _picture_of(m: Manager) -> dict[str, Any]:
+    nodes = [
+        (
+            n.Name,
+            n.TaskCount,
+            n.MemoryAllocated,
+            n.DiskAllocated,
+            n.CpuAllocated,
+            sorted(n.PortsAllocated),
+            dict(n.JobTasks),
+        )
+        for n in m.state.nodes.values()
+    ]
+    return {
+        "tasks": dict(m.state.tasks),
+        "nodes": nodes,
+        "jobs": dict(m.jobs.records),
+        "job clocks": dict(m.jobs._born),
+        "events": m.events.last,
+    }
+
+
 def placed_where_eligible(m: Manager, _: UserView, world: World) -> str | None:
     """No task is ever placed on a node that takes no new work (drained, ineligible)."""
     return world.scheduler.misplaced[0] if world.scheduler.misplaced else None
@@ -283,6 +335,8 @@ ALWAYS: list[Check] = [
     placed_where_eligible,
     strangers_refused,
     events_follow,
+    placements_explained,
+    plans_change_nothing,
 ]
 WHEN_QUIET: list[Check] = [
     exactly_once,

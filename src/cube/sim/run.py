@@ -191,6 +191,10 @@ class Run:
                     Order=a["order"],
                 )
                 job = Job(Name=a["name"], Count=a["count"], Task=task, Update=update)
+                # `cube plan` first, as a careful user does: it must change nothing.
+                changed = invariants.dry_run(manager, job)
+                if changed:
+                    self.user.plan_changed.append(changed)
                 record = await manager.jobs.submit(job)
             elif kind == "job_scale":
                 record = await manager.jobs.scale(a["name"], a["count"])

@@ -25,7 +25,7 @@ from cube.errors import (
 )
 from cube.logs import WORKER_OPENAPI, LogResponse, log_options, ndjson
 from cube.openapi import body, content, errors, install, ok
-from cube.runtime.base import RuntimeUnavailable
+from cube.runtime.base import LogOptions, RuntimeUnavailable
 from cube.stats import Stats, StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
 from cube.worker.credentials import Credentials, Unauthorized
@@ -274,24 +274,18 @@ def create_app(
         responses=WORKER_OPENAPI,
     )
     async def task_logs(
-        task_id: TaskId,
-        follow: bool = False,
-        tail: str | None = None,
-        since: str | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
+        task_id: TaskId, options: Annotated[LogOptions, Depends(log_options)]
     ) -> LogResponse:
         """What the task's container wrote, as NDJSON (see cube.logs): ``follow`` until
         it stops, the last ``tail`` lines, lines ``since`` a time (RFC 3339, Unix
         seconds, or a duration ago such as 10m), ``stdout``/``stderr`` only."""
-        options = log_options(follow, tail, since, stdout, stderr)
         try:
             stream = await worker.logs(parse_uuid(task_id), options)
         except NotStarted as exc:
             raise ApiError(409, str(exc)) from None
         except LogsGone as exc:
             raise ApiError(410, str(exc)) from None
-        return LogResponse(ndjson(stream, follow, stopping), stream.aclose)
+        return LogResponse(ndjson(stream, options.follow, stopping), stream.aclose)
 
     @api.delete("/tasks/{task_id}", status_code=204, responses=_404)
     async def delete_task(

@@ -1,0 +1,91 @@
+"""Why a task is where it is: the scheduler's decision, kept on the task.
+
+Every placement records what the scheduler looked at (``NodesEvaluated``), how many
+nodes each feasibility check turned away (``NodesFiltered``, by check: ``memory``,
+``ports``, ``constraint ${node.labels.zone} = a``...), the best scores among the nodes
+that fit, and the node chosen: Nomad's allocation metrics (``NodesEvaluated``,
+``ConstraintFiltered``, ``DimensionExhausted``, ``ScoreMetaData``) in one small record.
+A task that fits nowhere keeps the same record with no ``Node``, beside the ``Reason``
+that words it ("no feasible node: 3 nodes lack memory (need 1 GiB)").
+
+Scores are the scheduler's own: for E-PVM the cost of adding the task (lower is
+better), for round robin 0.1 for the node whose turn it is and 1 for the others.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TOP_SCORES = 3  # as Nomad's `alloc status -verbose` shows the top few
+
+
+class NodeScore(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    Node: str
+    Score: float = Field(description="The scheduler's score; lower is better.")
+
+
+class Decision(BaseModel):
+    """One placement decision (the ``Placement`` field of a task)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    Scheduler: str = Field(default="", description="epvm or roundrobin.")
+    NodesEvaluated: int = Field(default=0, ge=0, description="Nodes the checks looked at.")
+    NodesFiltered: dict[str, int] = Field(
+        default_factory=dict,
+        description="Nodes each feasibility check turned away (a node counts once, "
+        "against the first check it fails).",
+    )
+    NodesFeasible: int = Field(default=0, ge=0, description="Nodes that passed every check.")
+    TopScores: list[NodeScore] = Field(
+        default_factory=list, description="The best-scored feasible nodes, best first."
+    )
+    Node: str = Field(default="", description="The node chosen; empty when none fits.")
+
+
+def decide(
+    scheduler: str,
+    evaluated: int,
+    filtered: Mapping[str, int],
+    scores: Mapping[str, float],
+    chosen: str,
+) -> Decision:
+    """The record of a decision, with the few best scores (best first, the chosen node
+    always among them)."""
+    best = heapq.nsmallest(TOP_SCORES, scores.items(), key=lambda item: item[1])
+    if chosen and chosen not in (name for name, _ in best):
+        best = [(chosen, scores[chosen]), *best[: TOP_SCORES - 1]]
+    return Decision.model_construct(
+        Scheduler=scheduler,
+        NodesEvaluated=evaluated,
+        NodesFiltered=dict(filtered),
+        NodesFeasible=len(scores),
+        TopScores=[NodeScore.model_construct(Node=n, Score=_finite(s)) for n, s in best],
+        Node=chosen,
+    )
+
+
+def _finite(score: float) -> float:
+    """JSON has no infinity; a node too full to price scores as the largest float."""
+    return score if math.isfinite(score) else 1.7976931348623157e308
+
+
+def summary(decision: Decision) -> str:
+    """One line for `cube status` and `cube plan`: evaluated, filtered, scores."""
+    parts = [f"{decision.NodesEvaluated} evaluated"]
+    if decision.NodesFiltered:
+        parts.append(
+            "filtered: " + ", ".join(f"{k} {v}" for k, v in decision.NodesFiltered.items())
+        )
+    if decision.TopScores:
+        parts.append(
+            f"{decision.Scheduler or 'scores'}: "
+            + ", ".join(f"{s.Node} {s.Score:.3g}" for s in decision.TopScores)
+        )
+    return "; ".join(parts)
