@@ -228,9 +228,15 @@ def strangers_refused(_: Manager, user: UserView, world: World) -> str | None:
     """A worker takes commands from its manager only: a stranger's task is never there."""
     if user.let_in:
         return f"intruder: {user.let_in[0]}"
+    if not user.intruded:
+        return None
     for w in world.workers:
-        known = user.intruded & ({t.ID for t in w.worker.tasks()} if w.worker else set())
-        if known or user.intruded & set(w.running()):
+        # Point lookups of the strangers' tasks: reading every stored task after every
+        # step made this check a large part of a run.
+        stored = w.worker is not None and any(
+            w.worker.store.get(str(task_id)) is not None for task_id in user.intruded
+        )
+        if stored or user.intruded & set(w.running()):
             return f"intruder: a stranger's task is on {w.name}"
     return None
 
