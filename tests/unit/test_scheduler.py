@@ -11,28 +11,32 @@ from typing import Any
 import pytest
 
 from cube.constraints import Constraint
-from cube.feasible import CONSTRAINTS_CHECK, DISTINCT_HOSTS_CHECK, ELIGIBLE_CHECK
-from cube.node import DOWN, READY, Node
-from cube.scheduler import (
+from cube.feasible import (
     _KEPT,
-    CPU_CAPACITY,
+    CONSTRAINTS_CHECK,
     CPU_CHECK,
     DISK_CHECK,
-    LIEB,
-    MAX_JOBS,
+    DISTINCT_HOSTS_CHECK,
+    ELIGIBLE_CHECK,
     MEMORY_CHECK,
     PORTS_CHECK,
     READY_CHECK,
     Check,
     Demand,
+    format_bytes,
+    select_candidates,
+    select_some,
+)
+from cube.node import DOWN, READY, Node
+from cube.scheduler import (
+    CPU_CAPACITY,
+    LIEB,
+    MAX_JOBS,
     Epvm,
     RoundRobin,
-    format_bytes,
     make_scheduler,
     release,
     reserve,
-    select_candidates,
-    select_some,
 )
 from cube.task import Task
 

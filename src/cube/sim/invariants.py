@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cube.feasible import Demand
 from cube.job import Job
 from cube.manager.manager import Manager
 from cube.manager.plan import plan_job
-from cube.scheduler import Demand
 from cube.sim.world import World
 from cube.task import State, Task
 

@@ -23,13 +23,14 @@ from pathlib import Path
 import httpx
 
 from cube.events import Event
+from cube.feasible import Candidates, TaskRequest
 from cube.job import JobRecord
 from cube.manager.api import create_app as create_manager_app
 from cube.manager.backend import Change, SqliteBackend
 from cube.manager.manager import Manager, Settings
 from cube.node import Node, NodeRecord
 from cube.runtime.simulated import SimulatedRuntime
-from cube.scheduler import Candidates, Epvm, Placement, Scheduler, TaskRequest
+from cube.scheduler import Epvm, Placement, Scheduler
 from cube.sim.loop import LoopClock
 from cube.sim.net import Link
 from cube.stats import Stats, StatsSampler
