@@ -20,6 +20,8 @@ A unit test walks both served documents and checks these rules for every route.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -52,7 +54,14 @@ def errors(**answers: str) -> Responses:
 
 def schema(annotation: Any, mode: Literal["validation", "serialization"]) -> dict[str, Any]:
     """A type's JSON schema, its models as references to the document's components
-    (:func:`install` moves the ``$defs`` there)."""
+    (:func:`install` moves the ``$defs`` there). Made once per type: an app is built at
+    every start of a worker or manager (many, in the simulator), and a schema costs
+    tens of milliseconds; each caller gets a copy of its own to change."""
+    return copy.deepcopy(_schema(annotation, mode))
+
+
+@functools.cache
+def _schema(annotation: Any, mode: Literal["validation", "serialization"]) -> dict[str, Any]:
     found = TypeAdapter(annotation).json_schema(mode=mode, ref_template=_REF)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         # A model is a component of its own, as FastAPI makes one, not inlined.
