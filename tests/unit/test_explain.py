@@ -8,6 +8,7 @@ routes are called through their own router over the in-process transport.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import httpx
@@ -178,6 +179,28 @@ async def test_a_job_plan_says_create_update_scale_or_none(
     assert (update["Version"], update["Change"], update["Stop"]) == (2, "update", 0)
     assert [p["Name"] for p in update["Place"]] == ["web-v2"]
     assert c.m.jobs.get("web").Job.Version == 1 and len(c.m.state.tasks) == 3
+
+
+async def test_the_manager_then_places_as_its_plan_said(
+    planned: tuple[Cluster, httpx.AsyncClient],
+) -> None:
+    """The plan decides with a copy of the manager's scheduler, its state included: with
+    round robin part-way through its turn, a fresh one would answer otherwise."""
+    c, http = planned
+    c.m.scheduler = RoundRobin()
+    (first,) = await c.m.submit_many([sleeper()])
+    await c.until(lambda: _running(c, first.ID), what="the first task running")
+    plan = (await http.post("/jobs/web/plan", json=_job(count=5))).json()
+    said = Counter(p["Node"] for p in plan["Place"])
+    await c.m.jobs.submit(Job.model_validate(_job(count=5)))
+
+    def placed() -> Counter[str] | None:
+        tasks = c.m.jobs.tasks_of("web")
+        done = len(tasks) == 5 and all(t.State is State.RUNNING for t in tasks)
+        return Counter(t.Node for t in tasks) if done else None
+
+    assert await c.until(placed, what="the job running") == said
+    assert len(said) == 3 and said[c.task(first.ID).Node] == 1  # the turn went on
 
 
 async def test_a_plan_refuses_what_its_submission_would(

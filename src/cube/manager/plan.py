@@ -1,8 +1,10 @@
 """Dry runs: where tasks would go, and why, changing nothing (``cube plan``).
 
 A plan runs the manager's own code on copies: the job reconciler on the job as it would
-be admitted, and a fresh scheduler of the manager's kind over copies of its nodes, each
-decision holding its room on the copy so the next one sees it (as a real pass does).
+be admitted, and a copy of the manager's scheduler (its turn and its window included)
+over copies of its nodes, each decision holding its room on the copy so the next one
+sees it, as a real pass does: the plan shows the placements the manager would make
+next.
 Nothing is stored and no reservation is made, so a plan is only as good as the moment
 it was made: by the time the job is submitted, workers may have filled or emptied, as
 with Nomad's ``job plan``.
@@ -19,7 +21,7 @@ from pydantic import BaseModel, Field
 from cube.explain import Decision
 from cube.job import Job as JobSpec
 from cube.node import Node
-from cube.scheduler import make_scheduler, reserve
+from cube.scheduler import Scheduler, reserve
 from cube.task import Task
 
 ChangeKind = Literal["", "create", "update", "scale", "none"]
@@ -49,11 +51,13 @@ class Plan(BaseModel):
     Waiting: int = Field(default=0, ge=0, description="How many of Place fit nowhere now.")
 
 
-def place_all(tasks: Iterable[Task], nodes: Iterable[Node], scheduler: str) -> list[PlannedTask]:
-    """Decide each task in turn on copies of the nodes, with a fresh scheduler (the
-    manager's keeps its own turn and window untouched)."""
+def place_all(
+    tasks: Iterable[Task], nodes: Iterable[Node], scheduler: Scheduler
+) -> list[PlannedTask]:
+    """Decide each task in turn on copies of the nodes, with a copy of the scheduler
+    (the manager's keeps its own turn and window untouched)."""
     copies = [_copy(node) for node in nodes]
-    chooser = make_scheduler(scheduler)
+    chooser = copy.deepcopy(scheduler)
     planned = []
     for task in tasks:
         choice = chooser.place(task, copies)
@@ -70,7 +74,7 @@ def place_all(tasks: Iterable[Task], nodes: Iterable[Node], scheduler: str) -> l
     return planned
 
 
-def plan_tasks(tasks: Sequence[Task], nodes: Iterable[Node], scheduler: str) -> Plan:
+def plan_tasks(tasks: Sequence[Task], nodes: Iterable[Node], scheduler: Scheduler) -> Plan:
     planned = place_all(tasks, nodes, scheduler)
     return Plan(Place=planned, Waiting=sum(not p.Node for p in planned))
 
@@ -81,7 +85,7 @@ def plan_job(
     to_create: int,
     to_stop: int,
     nodes: Iterable[Node],
-    scheduler: str,
+    scheduler: Scheduler,
 ) -> Plan:
     """``job`` as it would be admitted; the counts are the job reconciler's first step."""
     name = f"{job.Name}-v{job.Version}"

@@ -40,7 +40,7 @@ def router(manager: Manager) -> APIRouter:
         else:
             events = [parse_body(TaskEvent, raw)]
         tasks = [event.Task for event in events]
-        return plan_tasks(tasks, manager.nodes(), manager.scheduler.name)
+        return plan_tasks(tasks, manager.nodes(), manager.scheduler)
 
     @api.post(
         "/jobs/{name}/plan",
@@ -53,6 +53,6 @@ def router(manager: Manager) -> APIRouter:
         if job.Name != name:
             raise ApiError(400, f"the job is named {job.Name!r}, not {name!r} as in the path")
         admitted, change, create, stop = manager.jobs.plan(job)
-        return plan_job(admitted, change, create, stop, manager.nodes(), manager.scheduler.name)
+        return plan_job(admitted, change, create, stop, manager.nodes(), manager.scheduler)
 
     return api

@@ -284,7 +284,7 @@ def dry_run(m: Manager, job: Job) -> str | None:
     """Plan ``job`` as `cube plan` does, and say what, if anything, the plan changed."""
     before = _picture_of(m)
     admitted, change, create, stop = m.jobs.plan(job)
-    plan_job(admitted, change, create, stop, m.nodes(), m.scheduler.name)
+    plan_job(admitted, change, create, stop, m.nodes(), m.scheduler)
     after = _picture_of(m)
     changed = [name for name in before if before[name] != after[name]]
     if not changed:
