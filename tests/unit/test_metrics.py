@@ -177,7 +177,7 @@ async def test_failed_probes_are_counted() -> None:
         await health.check_all()
     finally:
         await health.close()
-    assert metrics.health_failures._value.get() == 6
+    assert metrics.registry.get_sample_value("cube_health_check_failures_total") == 6
 
 
 async def test_every_server_counts_on_its_own_registry() -> None:
