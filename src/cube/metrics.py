@@ -40,7 +40,7 @@ __all__ = [
 # No ``*_created`` series: in the text format Prometheus scrapes they are series of
 # their own, one more per counter and histogram child, that nobody queries. (A setting
 # of the client library, not a registry: no Cube process serves anyone else's metrics.)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # The text format Prometheus has read since 2014 (version 2.42 as Debian ships it too).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
