@@ -76,6 +76,24 @@ if ! command -v iptables >/dev/null 2>&1; then
     apt_install iptables
 fi
 
+# --- Prometheus -------------------------------------------------------------------
+# tests/integration/test_prometheus.py runs a real Prometheus server (its own binary,
+# config and storage in a temp dir) to scrape a cluster. Only the binary is wanted:
+# no node exporter (a recommendation), and the package's service is not started
+# (policy-rc.d answers 101, "not allowed", while it installs).
+if ! command -v prometheus >/dev/null 2>&1; then
+    log "installing Debian's prometheus (the binary only; its service stays stopped)"
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        made_policy=1
+    fi
+    apt_install --no-install-recommends prometheus || { [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"; exit 1; }
+    [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
+fi
+
 # --- Offline images ---------------------------------------------------------------
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
     log "installing Debian's busybox-static"

@@ -63,6 +63,10 @@ def test_the_cli_sends_its_token_and_a_read_token_cannot_write(
     reader = made.stdout.splitlines()[0]
     assert reader.startswith("cube_")
     assert cube("--token", reader, "node", *m).returncode == 0  # reads
+    # Prometheus scrapes the manager with a token like any client; a read one will do.
+    scrape = f"{manager.url}/metrics"
+    assert httpx.get(scrape, timeout=5).status_code == 401
+    assert httpx.get(scrape, headers={"Authorization": f"Bearer {reader}"}).status_code == 200
     task = tmp_path / "t.json"
     task.write_text('{"Image": "cube/busybox:latest", "Cmd": ["sleep", "5"]}')
     line = one_line(cube("--token", reader, "run", "-f", str(task), *m))
@@ -99,6 +103,12 @@ def test_a_joined_worker_takes_commands_from_its_manager_only(
     for path in ("/tasks", "/stats", f"/tasks/{task['ID']}"):
         assert httpx.get(f"{worker.url}{path}", timeout=5).status_code == 401, path
     assert httpx.get(f"{worker.url}/health", timeout=5).status_code == 200  # supervisors
+    # And scrapers: a scraper cannot hold the secret the worker gave its manager, so
+    # /metrics is open; the listener (loopback here, or mutual TLS) decides who reaches
+    # it, and it holds counts only.
+    scraped = httpx.get(f"{worker.url}/metrics", timeout=5)
+    assert scraped.status_code == 200, scraped.text
+    assert 'cube_worker_tasks{state="Running"} 1.0' in scraped.text
     assert len(containers_of(worker.name)) == 1
 
 

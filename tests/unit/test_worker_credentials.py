@@ -1,6 +1,6 @@
-"""Workers take commands from their manager only: every route but /health needs the
-credential the worker gave at join (or its shared --token); the manager's client
-presents it over both of its wires; a manager calls a joined worker with its own."""
+"""Workers take commands from their manager only: every route but /health and /metrics
+needs the credential the worker gave at join (or its shared --token); the manager's
+client presents it over both of its wires; a manager calls a joined worker with its own."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ from tests.unit.test_worker_client_wire import served
 
 pytestmark = pytest.mark.anyio
 FILL = {"{task_id}": "9b6b5b43-3c0a-4bd5-9c8d-22b2a6d3f4a1"}
+# Open without the manager's credential: /health for supervisors and joins; /metrics
+# because a scraper cannot hold the secret a worker shares with its manager alone (the
+# listener decides who reaches it: loopback, or mutual TLS). It serves counts only.
+OPEN = {"/health", "/metrics"}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -46,7 +50,7 @@ async def api() -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-async def test_every_route_but_health_needs_the_managers_credential(
+async def test_every_route_but_health_and_metrics_needs_the_managers_credential(
     api: httpx.AsyncClient,
 ) -> None:
     doc = (await api.get("/openapi.json")).json()
@@ -56,7 +60,7 @@ async def test_every_route_but_health_needs_the_managers_credential(
         for hole, value in FILL.items():
             url = url.replace(hole, value)
         for method in operations:
-            if (path, method) == ("/health", "get"):
+            if path in OPEN and method == "get":
                 continue
             body = TaskEvent(State=State.RUNNING, Task=Task(Image="x")).model_dump_json()
             content = body if method == "post" else None
@@ -69,11 +73,18 @@ async def test_every_route_but_health_needs_the_managers_credential(
                 assert answer.status_code not in (401, 403), (method, path, answer.text)
             checked += 1
         # The document says so, for clients generated from it.
-        if path != "/health":
-            for operation in operations.values():
+        for operation in operations.values():
+            if path in OPEN:
+                assert "security" not in operation, path
+            else:
                 assert operation["security"] == [{"WorkerToken": []}], path
     assert checked >= 5  # list, submit, get, stop, stats
     assert (await api.get("/health")).status_code == 200  # open to supervisors and joins
+    for headers in ({}, bearer("wrong")):  # open to scrapers: counts, no secrets
+        scraped = await api.get("/metrics", headers=headers)
+        assert scraped.status_code == 200, scraped.text
+        assert "cube_worker_tasks" in scraped.text
+        assert "shared" not in scraped.text and "joined-secret" not in scraped.text
 
 
 async def test_a_worker_with_no_credential_takes_commands_from_anyone() -> None:

@@ -30,6 +30,7 @@ from cube.manager.plan_api import router as plan_router
 from cube.manager.tokens_api import answers as token_answers
 from cube.manager.tokens_api import router as tokens_router
 from cube.manager.tokens_api import token_guard
+from cube.metrics import metrics_router
 from cube.node import Node
 from cube.openapi import body, errors, install, ok
 from cube.runtime.base import LogOptions
@@ -71,6 +72,7 @@ def create_app(manager: Manager) -> FastAPI:
     app = FastAPI(title="Cube manager", lifespan=lifespan)
     install_error_handlers(app)
     install(app, guards={"Token": token_answers})
+    manager.metrics.http.install(app)
 
     @app.exception_handler(UnknownTask)
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
@@ -177,6 +179,8 @@ def create_app(manager: Manager) -> FastAPI:
     app.include_router(plan_router(manager), dependencies=guard)
     app.include_router(events_router(manager.events, stopping), dependencies=guard)
     app.include_router(nodes_api, dependencies=guard)
+    # Guarded like the rest: Prometheus presents a token (a read token will do).
+    app.include_router(metrics_router(manager.metrics.registry), dependencies=guard)
     app.include_router(joining)  # workers: the join token instead
     app.include_router(tokens_router(manager.tokens))  # management tokens only
 

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cube.clock import Clock
 from cube.events import Draft, Event
@@ -32,6 +32,9 @@ from cube.job import JobRecord
 from cube.manager.eventstore import EventStore
 from cube.node import Node
 from cube.task import Task
+
+if TYPE_CHECKING:
+    from cube.manager.metrics import ManagerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,15 @@ class Retention:
 
 
 class EventLog:
-    def __init__(self, store: EventStore, clock: Clock, retention: Retention | None = None):
+    def __init__(
+        self,
+        store: EventStore,
+        clock: Clock,
+        retention: Retention | None = None,
+        metrics: ManagerMetrics | None = None,
+    ):
         self.store = store
+        self.metrics = metrics  # counts what is stored, and dropped
         self.clock = clock
         self.retention = retention or Retention()
         self.last = store.last_index()
@@ -81,6 +91,8 @@ class EventLog:
             return
         self._recent.extend(events)
         self.last = events[-1].Index
+        if self.metrics is not None:
+            self.metrics.stored(events)
         self.wake()
 
     def wake(self) -> None:
@@ -102,6 +114,8 @@ class EventLog:
         while len(self._queue) > MAX_QUEUED:
             self._queue.popleft()
             self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.events_dropped.inc()
         self._queued.set()
 
     async def flush(self) -> None:

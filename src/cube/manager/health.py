@@ -17,6 +17,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -24,6 +25,9 @@ from httpx_aiohttp import AiohttpTransport
 from cube.clock import Clock
 from cube.manager.state import State as ClusterState
 from cube.task import State, Task
+
+if TYPE_CHECKING:
+    from cube.manager.metrics import ManagerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,10 @@ class HealthChecker:
         settings: HealthSettings,
         report: Report,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
         self.state = state
+        self.metrics = metrics
         self.clock = clock
         self.settings = settings
         self.report = report
@@ -118,6 +124,8 @@ class HealthChecker:
                 self.state.changed.set()
             return
         self._passed.pop(task.ID, None)
+        if self.metrics is not None:
+            self.metrics.health_failures.inc()
         count, incarnation = self._failed.get(task.ID, (0, task.RestartCount))
         count = count + 1 if incarnation == task.RestartCount else 1
         self._failed[task.ID] = (count, task.RestartCount)

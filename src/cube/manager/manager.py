@@ -40,6 +40,7 @@ from cube.manager.events import EventLog, Retention
 from cube.manager.health import UNHEALTHY, HealthChecker, HealthSettings
 from cube.manager.jobs import Jobs
 from cube.manager.membership import HeartbeatSettings, Membership, known_nodes
+from cube.manager.metrics import ManagerMetrics
 from cube.manager.observe import observe
 from cube.manager.placement import place, undo
 from cube.manager.reconciler import (
@@ -147,16 +148,19 @@ class Manager:
         clock: Clock | None = None,
         connect: Connect | None = None,
         health_transport: httpx.AsyncBaseTransport | None = None,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
         self.settings = s = settings or Settings()
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
+        # Its own registry: the simulator and the tests run many managers in one process.
+        self.metrics = metrics or ManagerMetrics(self.clock)
         self.backend = backend
         worker_token = s.worker_token if s.worker_token is not None else s.token
         nodes = known_nodes(backend, workers, worker_token or "")
         self.policy = Policy(s.max_restarts, s.restart_backoff, s.restart_backoff_max)
         retention = Retention(count=s.event_retention_count, age=s.event_retention_age)
-        self.events = EventLog(backend.stream, self.clock, retention)
+        self.events = EventLog(backend.stream, self.clock, retention, self.metrics)
         self.state = ClusterState(
             backend, nodes.values(), self.clock.monotonic, self._will_restart, self.events
         )
@@ -186,9 +190,12 @@ class Manager:
             failures=s.health_failures,
             concurrency=s.health_concurrency,
         )
-        self.health = HealthChecker(self.state, self.clock, health, self.report, health_transport)
+        self.health = HealthChecker(
+            self.state, self.clock, health, self.report, health_transport, self.metrics
+        )
         self.tokens = Tokens(backend, s.token)
         self.jobs = Jobs(self.state, backend, self.clock, self._will_restart, self.health.checks_ok)
+        self.metrics.watch(self.state, self.jobs)
         self.members = Membership(
             self.state,
             self.tracker,
@@ -399,6 +406,7 @@ class Manager:
         placements = place(wanted, self.state, self.scheduler)
         placed = placements.placed
         records = [TaskEvent(State=State.SCHEDULED, Task=task) for task in placed]
+        counted = self.metrics.placing(placed, self.state.tasks, self.state.since)
         try:
             await self.state.commit(finished + placements.updated + placed, records)
         except Exception:
@@ -408,6 +416,7 @@ class Manager:
             for action in actions:
                 self._wake(action.task.ID, retry)
             return
+        self.metrics.placed(counted)
         for task_id in placements.waiting:
             self.state.wait_for_room(task_id)
         for task, record in zip(placed, records, strict=True):

@@ -41,6 +41,7 @@ from cube.worker.api import create_app
 from cube.worker.client import WorkerClient
 from cube.worker.credentials import Credentials
 from cube.worker.join import Joiner, wait_and_run
+from cube.worker.metrics import WorkerMetrics
 from cube.worker.worker import LABEL_TASK, Capacity, Worker
 
 CORES = 2.0
@@ -177,7 +178,11 @@ class World:
         if not keep_store:
             w.db.unlink(missing_ok=True)
         store = Database(w.db).store("tasks", Task)
-        worker = Worker(w.name, store, w.runtime, concurrency=4, reconcile_interval=15.0)
+        # Its metrics time engine calls and requests on virtual time, as the manager's do.
+        metrics = WorkerMetrics(self.clock)
+        worker = Worker(
+            w.name, store, w.runtime, concurrency=4, reconcile_interval=15.0, metrics=metrics
+        )
         sampler = FixedSampler(task_count=worker.running_count, interval=3600)
         capacity = Capacity(cores=CORES, memory=MEMORY, disk=1 << 40)
         # As in real life: only the manager's credential for this worker commands it.

@@ -24,6 +24,7 @@ from cube.errors import (
     parse_uuid,
 )
 from cube.logs import WORKER_OPENAPI, LogResponse, log_options, ndjson
+from cube.metrics import metrics_router
 from cube.openapi import body, content, errors, install, ok
 from cube.runtime.base import LogOptions, RuntimeUnavailable
 from cube.stats import Stats, StatsSampler
@@ -136,6 +137,7 @@ def create_app(
 
     install_error_handlers(app)
     install(app, guards={"WorkerToken": lambda _: {401: "No credential, or the wrong one"}})
+    worker.metrics.http.install(app)
 
     async def guard(
         presented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
@@ -320,4 +322,9 @@ def create_app(
         )
 
     app.include_router(api)
+    # Not behind the manager's credential, as /health is not: a scraper cannot hold the
+    # secret a worker shares with its manager alone. Who reaches it is the listener's
+    # business: loopback only by default, or mutual TLS (a certificate from the
+    # cluster's CA). It serves counts only (docs/api.md).
+    app.include_router(metrics_router(worker.metrics.registry))
     return app

@@ -36,6 +36,7 @@ from cube.runtime.base import (
 )
 from cube.store import Store
 from cube.task import InvalidTransition, State, Task, TaskEvent, is_terminal, transition
+from cube.worker.metrics import CONTAINER, ENGINE, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,16 @@ class Worker:
         reconcile_interval: float = 5.0,
         stop_timeout: float = 10.0,
         keep_exited: int = KEEP_EXITED,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """``keep_exited``: how many containers that exited by themselves are kept for
         their logs; beyond that the oldest are removed (0: removed at once)."""
         self.name = name
         self.store = store
         self.runtime = runtime
+        # Its own registry: the simulator and the tests run many workers in one process.
+        self.metrics = metrics or WorkerMetrics()
+        self._engine = self.metrics.timed(runtime)  # every call into the engine, timed
         self.concurrency = concurrency
         self.reconcile_interval = reconcile_interval
         self.stop_timeout = stop_timeout
@@ -174,10 +179,13 @@ class Worker:
         self.version = 0
         self._versions: dict[uuid.UUID, int] = {}
         self._changed = asyncio.Event()
-        # Tasks stored as Running (kept by _save, the one write path).
+        # Each task's state, and the tasks stored as Running (kept by _save, the one
+        # write path): for /metrics, and for every stats sample.
+        self._states = {task.ID: task.State for task in store.list()}
         self._running: dict[uuid.UUID, None] = {
-            task.ID: None for task in store.list() if task.State is State.RUNNING
+            task_id: None for task_id, state in self._states.items() if state is State.RUNNING
         }
+        self.metrics.watch(self._states)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -237,7 +245,7 @@ class Worker:
                 f"its container has not started"
             )
         try:
-            return await self.runtime.logs(task.ContainerID, options)
+            return await self._engine.logs(task.ContainerID, options)
         except NoSuchContainer:
             if task.Reason == STOPPED:
                 why = "it was removed when the task was stopped"
@@ -341,17 +349,20 @@ class Worker:
         if task.RestartCount > 0:
             await self._remove_other_incarnations(task)
         try:
-            info = await self.runtime.start(spec)
+            info = await self._engine.start(spec)
         except ContainerError as exc:
+            self.metrics.start_failures.labels(CONTAINER).inc()
             log.info("task %s: failed to start: %s", task.ID, exc)
             self._save(transition(task, State.FAILED, reason=str(exc)))
             return
         except RuntimeUnavailable as exc:
             # Not the task's fault: it stays Scheduled and starts when Docker is back
             # (the reconcile after reconnecting picks up every Scheduled task).
+            self.metrics.start_failures.labels(ENGINE).inc()
             log.warning("task %s: docker unavailable, will start when it is back: %s", task.ID, exc)
             self._save(task.model_copy(update={"Reason": f"waiting for docker: {exc}"}))
             return
+        self.metrics.starts.inc()
         # StartTime even for a run too short to be seen running: it did start.
         task = task.model_copy(
             update={
@@ -364,21 +375,21 @@ class Worker:
             if self._save(transition(task, State.RUNNING, at=info.started_at)):
                 log.info("task %s: running as %s", task.ID, info.name)
             else:
-                await self.runtime.remove(info.id)  # started for an incarnation now gone
+                await self._engine.remove(info.id)  # started for an incarnation now gone
         else:
             await self._finish(task, info)
 
     async def _remove_other_incarnations(self, task: Task) -> None:
         """A restart replaces the previous container, which may still be running."""
         labels = {**self._labels, LABEL_TASK: str(task.ID)}
-        for info in await self.runtime.list(labels):
+        for info in await self._engine.list(labels):
             if _stale(task, info):
-                await self.runtime.remove(info.id)
+                await self._engine.remove(info.id)
 
     async def _stop(self, task: Task) -> None:
         if task.ContainerID:
             self._exited.pop(task.ID, None)
-            await self.runtime.stop(task.ContainerID, self.stop_timeout)
+            await self._engine.stop(task.ContainerID, self.stop_timeout)
         if task.State is State.FAILED or task.State is State.COMPLETED:
             return
         self._save(transition(task, State.COMPLETED, reason=STOPPED))
@@ -398,7 +409,7 @@ class Worker:
             self._exited[task.ID] = info.id
             await self._trim_exited()
         else:
-            await self.runtime.remove(info.id)
+            await self._engine.remove(info.id)
 
     async def _trim_exited(self) -> None:
         """Remove the containers that exited first, beyond the ``keep_exited`` last."""
@@ -406,7 +417,7 @@ class Worker:
             task_id = next(iter(self._exited))
             container_id = self._exited.pop(task_id)
             log.info("task %s: removing its exited container %s", task_id, container_id[:12])
-            await self.runtime.remove(container_id)
+            await self._engine.remove(container_id)
 
     def _save(self, task: Task, *, notify: bool = True) -> bool:
         """Store a task unless a newer incarnation arrived while we were busy with it.
@@ -426,6 +437,7 @@ class Worker:
             )
             return False
         self.store.put(str(task.ID), task)
+        self._states[task.ID] = task.State
         if task.State is State.RUNNING:
             self._running[task.ID] = None
         else:
@@ -484,7 +496,7 @@ class Worker:
             desired = self._desired.get(task_id)
             if desired is not None and not desired.run:
                 return  # a stop is under way; the consumer records it
-            info = await self.runtime.inspect(task.ContainerID)
+            info = await self._engine.inspect(task.ContainerID)
             if info is None or not info.running:
                 await self._finish(task, info)
 
@@ -494,7 +506,7 @@ class Worker:
         warned = False
         while True:
             try:
-                await self.runtime.ping()
+                await self._engine.ping()
                 if not self.docker_ok:
                     self._docker_is(True)
                     warned = False
@@ -502,7 +514,7 @@ class Worker:
                     await self.reconcile()
                 delay = 0.2
                 # aclosing: the stream's reader thread ends with it, also on cancel.
-                async with contextlib.aclosing(self.runtime.events(self._labels)) as events:
+                async with contextlib.aclosing(self._engine.events(self._labels)) as events:
                     async for event in events:
                         if event.action in DEAD_ACTIONS:
                             task_id = _task_id(event.labels.get(LABEL_TASK, ""))
@@ -545,7 +557,7 @@ class Worker:
         under the event stream. A consumer that met an unavailable engine only logs it:
         this is where its work is taken up again, without waiting for a manager to ask.
         """
-        containers = await self.runtime.list(self._labels)
+        containers = await self._engine.list(self._labels)
         by_task: dict[str, list[ContainerInfo]] = {}
         kept: list[tuple[ContainerInfo, Task]] = []
         for info in containers:
@@ -555,7 +567,7 @@ class Worker:
                 kept.append((info, task))
             elif task is None or task.State in _FINISHED or _stale(task, info):
                 log.info("removing stray container %s", info.name)
-                await self.runtime.remove(info.id)
+                await self._engine.remove(info.id)
         # Exited containers an earlier run of this worker kept, oldest first.
         kept.sort(key=lambda pair: pair[0].finished_at or _EPOCH)
         for info, task in kept:
