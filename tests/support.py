@@ -254,6 +254,57 @@ def manager_process(
     return ManagerProcess(args=args, log=tmp / f"manager-{port}.log", port=port)
 
 
+def cube_env(manager: ManagerProcess | str | None = None, **env: str) -> dict[str, str]:
+    """The environment `cube` gets from a user's shell: none of the caller's CUBE_*
+    variables (a developer's CUBE_MANAGER or CUBE_TOKEN would change what a test
+    means), no colour, ``manager`` as CUBE_MANAGER, then ``env`` over all of it.
+
+    A manager started with ``--token`` gets no CUBE_TOKEN from here: tests of tokens
+    need the CLI without one, so a test that wants it passes ``CUBE_TOKEN=...``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CUBE_")}
+    if manager is not None:
+        clean["CUBE_MANAGER"] = manager if isinstance(manager, str) else manager.url
+    return {**clean, "NO_COLOR": "1", **env}
+
+
+def cube(
+    *args: str,
+    manager: ManagerProcess | str | None = None,
+    stdin: str = "",
+    timeout: float = 90,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cube ARGS` to its end as a user would (see :func:`cube_env`), from the
+    repository root, ``stdin`` as its input; the result is for :func:`ok` or
+    :func:`one_line_error` to judge."""
+    return subprocess.run(
+        [*CUBE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cube_env(manager, **env),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """A command that worked: exit 0. Its stdout, for the test to read."""
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The contract for every user error: exit 1, exactly one stderr line, starting
+    ``cube: ``, and no traceback anywhere. That line, for the test to read."""
+    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr + result.stdout, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cube: "), result.stderr
+    return lines[0]
+
+
 async def eventually(
     check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str = ""
 ) -> T:

@@ -25,7 +25,10 @@ from tests.support import (
     ManagerProcess,
     WorkerProcess,
     containers_of,
+    cube,
     free_port,
+    ok,
+    one_line_error,
     remove_containers,
     task_event,
     wait_for,
@@ -49,38 +52,6 @@ NODE_HEADERS = [
     "ELIGIBILITY",
     "LABELS",
 ]
-
-
-def cube(
-    *args: str, manager: ManagerProcess | str | None = None, timeout: float = 90, **env: str
-) -> subprocess.CompletedProcess[str]:
-    """Run `cube ...` as a user would; the caller's CUBE_* variables never leak in."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CUBE_")}
-    if manager is not None:
-        clean["CUBE_MANAGER"] = manager if isinstance(manager, str) else manager.url
-    return subprocess.run(
-        [*CUBE, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**clean, **env},
-        timeout=timeout,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The contract for every user error: exit 1, one `cube: ...` line, no traceback."""
-    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cube: "), result.stderr
-    return lines[0]
 
 
 def columns(output: str) -> list[str]:

@@ -4,9 +4,7 @@ scaling, batch jobs, and a manager killed mid-deployment."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ManagerProcess, WorkerProcess, containers_of, wait_for
+from tests.support import (
+    ManagerProcess,
+    WorkerProcess,
+    containers_of,
+    cube,
+    one_line_error,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -40,20 +45,9 @@ def job(count: int = 6, env: str = "V=1", health: str = "/health", **update: Any
     }
 
 
-def cube(manager: ManagerProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cube", *args, "-m", manager.url],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-
-
 def run_job(manager: ManagerProcess, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    return cube(manager, "job", "run", "-f", "-", stdin=json.dumps(body))
+    """`cube job run` follows the deployment to its end: a rolling update takes a while."""
+    return cube("job", "run", "-f", "-", manager=manager, stdin=json.dumps(body), timeout=180)
 
 
 def tasks(manager: ManagerProcess, name: str = "web") -> list[dict[str, Any]]:
@@ -123,7 +117,7 @@ def test_a_failing_version_reverts_and_scaling(
 
     wait_for(healthy_v3, 60, what="6 of version 3")
     for count in (10, 3):
-        done = cube(manager, "job", "scale", "web", str(count))
+        done = cube("job", "scale", "web", str(count), manager=manager)
         assert done.returncode == 0, done.stderr
         wait_for(lambda: len(serving(manager)) == count, 60, what=f"{count} running")  # noqa: B023
         wait_for(
@@ -131,9 +125,9 @@ def test_a_failing_version_reverts_and_scaling(
             30,
             what=f"{count} containers",
         )
-    listed = cube(manager, "job", "list")
+    listed = cube("job", "list", manager=manager)
     assert "web" in listed.stdout and listed.returncode == 0
-    history = cube(manager, "job", "history", "web", "-o", "json")
+    history = cube("job", "history", "web", "-o", "json", manager=manager)
     assert [v["Version"] for v in json.loads(history.stdout)] == [3, 2, 1]
 
 
@@ -178,7 +172,9 @@ def test_manager_killed_mid_rollout_finishes_it(
     nodes = [workers("-d", "persistent") for _ in range(3)]
     manager = managers(nodes, "-d", "persistent", *FAST)
     assert run_job(manager, job()).returncode == 0
-    started = cube(manager, "job", "run", "-f", "-", "--detach", stdin=json.dumps(job(env="V=2")))
+    started = cube(
+        "job", "run", "-f", "-", "--detach", manager=manager, stdin=json.dumps(job(env="V=2"))
+    )
     assert started.returncode == 0, started.stderr
     wait_for(lambda: any(t["JobVersion"] == 2 for t in serving(manager)), 60, what="rollout")
     manager.kill()
@@ -203,8 +199,6 @@ def test_bad_job_files_get_one_line(
     manager = managers([workers()])
     bad = tmp_path / "job.yaml"
     bad.write_text("Name: Web!\nTask: {Image: x}\n")
-    done = cube(manager, "job", "run", "-f", str(bad))
-    assert done.returncode == 1
-    assert done.stderr.startswith("cube: invalid job:") and len(done.stderr.splitlines()) == 1
-    missing = cube(manager, "job", "status", "nope")
-    assert missing.returncode == 1 and "job nope not found" in missing.stderr
+    line = one_line_error(cube("job", "run", "-f", str(bad), manager=manager))
+    assert line.startswith("cube: invalid job:"), line
+    assert "job nope not found" in one_line_error(cube("job", "status", "nope", manager=manager))

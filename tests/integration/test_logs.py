@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -21,6 +20,10 @@ from tests.support import (
     ManagerProcess,
     WorkerProcess,
     containers_of,
+    cube,
+    cube_env,
+    ok,
+    one_line_error,
     task_event,
     wait_for,
 )
@@ -32,40 +35,9 @@ StartManager = Callable[..., ManagerProcess]
 RUNNING, COMPLETED = 2, 3
 
 
-def env_for(manager: ManagerProcess) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CUBE_")}
-    return {**clean, "CUBE_MANAGER": manager.url, "NO_COLOR": "1"}
-
-
-def cube(manager: ManagerProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CUBE, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env_for(manager),
-        timeout=120,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cube: "), result.stderr
-    return lines[0]
-
-
 def submit(manager: ManagerProcess, cmd: str, **task: Any) -> str:
     body = {"Image": "cube/busybox:latest", "Cmd": ["sh", "-c", cmd], **task}
-    out = ok(cube(manager, "run", "-q", "-f", "-", stdin=json.dumps(body)))
+    out = ok(cube("run", "-q", "-f", "-", stdin=json.dumps(body), manager=manager))
     return out.strip()
 
 
@@ -79,7 +51,7 @@ class Follower:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env=env_for(manager),
+            env=cube_env(manager),
         )
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.seen: list[str] = []
@@ -136,12 +108,12 @@ def test_cube_logs_shows_what_a_finished_task_printed(
     task_id = submit(manager, "echo hello from cube; echo to stderr >&2; echo line three")
     manager.wait_task(task_id, lambda t: t["State"] == COMPLETED, what="Completed")
 
-    result = cube(manager, "logs", task_id[:8])
+    result = cube("logs", task_id[:8], manager=manager)
     assert ok(result).splitlines() == ["hello from cube", "line three"]
     assert result.stderr.splitlines() == ["to stderr"]
 
-    assert ok(cube(manager, "logs", task_id, "--stderr")) == ""
-    stamped = ok(cube(manager, "logs", task_id, "-t", "--stdout")).splitlines()
+    assert ok(cube("logs", task_id, "--stderr", manager=manager)) == ""
+    stamped = ok(cube("logs", task_id, "-t", "--stdout", manager=manager)).splitlines()
     assert [line.split(" ", 1)[1] for line in stamped] == ["hello from cube", "line three"]
     assert all(line[:4].isdigit() and line.split(" ")[0].endswith("Z") for line in stamped)
 
@@ -160,7 +132,7 @@ def test_cube_logs_shows_what_a_finished_task_printed(
     # the two streams is when it read each, not when the task wrote).
     last = lines[-1]
     wanted = f"{last['Line']}\n" if last["Stream"] == "stdout" else ""
-    assert ok(cube(manager, "logs", task_id, "--stdout", "--tail", "1")) == wanted
+    assert ok(cube("logs", task_id, "--stdout", "--tail", "1", manager=manager)) == wanted
 
 
 def test_follow_shows_a_line_printed_after_it_started(
@@ -183,7 +155,7 @@ def test_follow_shows_a_line_printed_after_it_started(
     follower.wait_line("the line after")
 
     # The follow ends by itself once the task's container is gone.
-    ok(cube(manager, "stop", task_id))
+    ok(cube("stop", task_id, manager=manager))
     wait_for(lambda: follower.proc.poll() is not None, 30, what="cube logs -f to end")
     assert follower.proc.returncode == 0, follower.proc.stderr
 
@@ -201,7 +173,7 @@ def test_a_jobs_log_merges_every_replica(
             "Cmd": ["sh", "-c", "echo replica $HOSTNAME says hi; echo bye; exec sleep 3600"],
         },
     }
-    ok(cube(manager, "job", "run", "--detach", "-f", "-", stdin=json.dumps(job)))
+    ok(cube("job", "run", "--detach", "-f", "-", stdin=json.dumps(job), manager=manager))
 
     def replicas() -> list[dict[str, Any]]:
         tasks = httpx.get(f"{manager.url}/tasks", params={"job": name}, timeout=5).json()
@@ -209,7 +181,7 @@ def test_a_jobs_log_merges_every_replica(
         return running if len(running) == 3 else []
 
     ids = [t["ID"] for t in wait_for(replicas, 60, what="3 replicas running")]
-    merged = ok(cube(manager, "logs", name)).splitlines()
+    merged = ok(cube("logs", name, manager=manager)).splitlines()
     assert sorted(line.split(" | ")[0] for line in merged) == sorted(2 * [i[:8] for i in ids])
     for task_id in ids:
         assert f"{task_id[:8]} | replica " in "\n".join(merged)
@@ -219,14 +191,14 @@ def test_a_jobs_log_merges_every_replica(
     for task_id in ids:
         follower.wait_line(f"{task_id[:8]} | bye")
     assert not follower.has(" | replica ")  # --tail 1: the last line of each
-    ok(cube(manager, "job", "scale", name, "4"))  # a replica that starts later shows up too
+    ok(cube("job", "scale", name, "4", manager=manager))  # a replica that starts later shows up too
     fourth = wait_for(
         lambda: [t["ID"] for t in replicas_of(manager, name) if t["ID"] not in ids],
         60,
         what="a 4th replica",
     )[0]
     follower.wait_line(f"{fourth[:8]} | replica ")  # from its first line: it started later
-    ok(cube(manager, "job", "stop", name))
+    ok(cube("job", "stop", name, manager=manager))
 
 
 def replicas_of(manager: ManagerProcess, name: str) -> list[dict[str, Any]]:
@@ -240,26 +212,26 @@ def test_logs_of_a_task_whose_container_is_gone_say_so(
     manager = managers([workers("--stop-timeout", "1")])
     task_id = submit(manager, "echo bye; exec sleep 3600")
     manager.wait_task(task_id, lambda t: t["State"] == RUNNING, what="Running")
-    wait_for(lambda: "bye" in ok(cube(manager, "logs", task_id)), what="its line")
-    ok(cube(manager, "stop", task_id))
+    wait_for(lambda: "bye" in ok(cube("logs", task_id, manager=manager)), what="its line")
+    ok(cube("stop", task_id, manager=manager))
     manager.wait_task(task_id, lambda t: t["State"] == COMPLETED, what="stopped")
 
-    line = one_line_error(cube(manager, "logs", task_id))
+    line = one_line_error(cube("logs", task_id, manager=manager))
     assert f"the logs of task {task_id} are gone" in line
     assert "removed when the task was stopped" in line
     answer = httpx.get(f"{manager.url}/tasks/{task_id}/logs", timeout=10)
     assert answer.status_code == 410 and "are gone" in answer.json()["Message"]
 
-    unknown = one_line_error(cube(manager, "logs", "ffffffff"))
+    unknown = one_line_error(cube("logs", "ffffffff", manager=manager))
     assert "no task with an ID starting with 'ffffffff'" in unknown
-    bad = one_line_error(cube(manager, "logs", task_id, "--since", "last tuesday"))
+    bad = one_line_error(cube("logs", task_id, "--since", "last tuesday", manager=manager))
     assert "since: expected a time" in bad
 
 
 def test_a_pending_task_has_no_logs_yet(workers: StartWorker, managers: StartManager) -> None:
     manager = managers([workers()])
     task_id = submit(manager, "echo never", Memory=2**50)
-    line = one_line_error(cube(manager, "logs", task_id))
+    line = one_line_error(cube("logs", task_id, manager=manager))
     assert f"task {task_id} has no logs yet: it is Pending" in line
 
 

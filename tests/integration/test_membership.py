@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,11 @@ import httpx
 import pytest
 
 from tests.support import (
-    CUBE,
-    ROOT,
     ManagerProcess,
     WorkerProcess,
     containers_of,
+    cube,
+    one_line_error,
     task_event,
     wait_for,
     worker_process,
@@ -53,12 +52,6 @@ def running_on(manager: ManagerProcess) -> dict[str, str]:
         for t in manager.tasks()
         if t["State"] == RUNNING and t["DesiredState"] == RUNNING
     }
-
-
-def cube(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CUBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def test_a_worker_joins_a_wrong_token_is_refused_and_a_new_port_is_the_same_node(
@@ -194,9 +187,7 @@ def test_node_commands_say_what_is_wrong_in_one_line(managers: StartManager) -> 
         (["rm", "ghost"], "node ghost not found"),
         (["drain", "ghost", "--deadline", "soon"], "invalid duration 'soon'"),
     ]:
-        result = cube("node", *args, "-m", m)
-        assert result.returncode == 1, result
-        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+        assert message in one_line_error(cube("node", *args, "-m", m))
 
 
 def test_constraints_place_only_on_matching_nodes_and_explain_what_fits_nowhere(

@@ -5,9 +5,7 @@ checks the manager against --tls-ca; plain HTTP to a TLS listener is one clear l
 
 from __future__ import annotations
 
-import os
 import ssl
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +15,11 @@ import httpx
 import pytest
 
 from tests.support import (
-    CUBE,
-    ROOT,
     Process,
     containers_of,
+    cube,
     free_port,
+    one_line_error,
     remove_containers,
     task_event,
     wait_for,
@@ -31,26 +29,6 @@ pytestmark = pytest.mark.docker
 
 JOIN = "tls-join-4e1d"
 RUNNING = 2
-
-
-def cube(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CUBE_TLS", "CUBE_TOKEN"))}
-    return subprocess.run(
-        [*CUBE, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**clean, **(env or {})},
-    )
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 @dataclass(frozen=True)
@@ -217,26 +195,30 @@ def test_the_cli_checks_the_manager_against_its_ca(cluster: Cluster) -> None:
     assert listed.returncode == 0, listed.stderr
     assert cluster.joined[0] in listed.stdout and cluster.given[0] in listed.stdout
     # From the environment, a bare address, a client certificate presented: https too.
-    env = {
-        "CUBE_TLS_CA": str(cluster.certs.ca),
-        "CUBE_TLS_CERT": str(cluster.certs.dir / "worker.pem"),
-        "CUBE_TLS_KEY": str(cluster.certs.dir / "worker-key.pem"),
-    }
-    status = cube("status", "-m", f"127.0.0.1:{cluster.port}", env=env)
+    status = cube(
+        "status",
+        "-m",
+        f"127.0.0.1:{cluster.port}",
+        CUBE_TLS_CA=str(cluster.certs.ca),
+        CUBE_TLS_CERT=str(cluster.certs.dir / "worker.pem"),
+        CUBE_TLS_KEY=str(cluster.certs.dir / "worker-key.pem"),
+    )
     assert status.returncode == 0, status.stderr
     # Without the cluster's CA the manager is not trusted: said in one line.
-    line = one_line(cube("--tls-ca", str(cluster.foreign.ca), "status", *https))
+    line = one_line_error(cube("--tls-ca", str(cluster.foreign.ca), "status", *https))
     assert f"cannot reach manager at {cluster.url}: its certificate is not from the CA" in line
     # A certificate without its key.
-    line = one_line(cube("--tls-ca", str(cluster.certs.ca), "--tls-cert", "x.pem", "node", *https))
+    line = one_line_error(
+        cube("--tls-ca", str(cluster.certs.ca), "--tls-cert", "x.pem", "node", *https)
+    )
     assert line == "cube: --tls-cert and --tls-key go together (CUBE_TLS_CERT, CUBE_TLS_KEY)"
 
 
 def test_plain_http_to_a_tls_listener_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
     plain = f"http://127.0.0.1:{cluster.port}"
     expected = f"cube: the manager at {plain} answered with TLS: use https:// and --tls-ca"
-    assert one_line(cube("status", "-m", plain)) == expected
-    assert one_line(cube("node", "-m", f"127.0.0.1:{cluster.port}")) == expected
+    assert one_line_error(cube("status", "-m", plain)) == expected
+    assert one_line_error(cube("node", "-m", f"127.0.0.1:{cluster.port}")) == expected
 
     # A worker joining it over plain HTTP stops at once, saying so.
     port = free_port()
@@ -262,11 +244,11 @@ def test_a_server_given_half_its_tls_material_says_what_is_missing(
     port = str(free_port())
     base = [command, "-H", "127.0.0.1", "-p", port, "--data-dir", str(tmp_path)]
     cert = ["--tls-cert", str(certs.dir / f"{command}.pem")]
-    assert one_line(cube(*base, *cert)) == "cube: --tls-cert needs --tls-key"
-    ca_only = one_line(cube(*base, "--tls-ca", str(certs.ca)))
+    assert one_line_error(cube(*base, *cert)) == "cube: --tls-cert needs --tls-key"
+    ca_only = one_line_error(cube(*base, "--tls-ca", str(certs.ca)))
     assert ca_only == "cube: --tls-ca needs --tls-cert and --tls-key"
     wrong_key = [*cert, "--tls-key", str(certs.dir / "ca-key.pem")]
-    assert "are not a PEM certificate and its key" in one_line(cube(*base, *wrong_key))
+    assert "are not a PEM certificate and its key" in one_line_error(cube(*base, *wrong_key))
 
 
 def test_a_worker_with_a_credential_and_tls_may_listen_beyond_loopback(tmp_path: Path) -> None:
@@ -274,7 +256,7 @@ def test_a_worker_with_a_credential_and_tls_may_listen_beyond_loopback(tmp_path:
     certs = _init(tmp_path / "tls")
     port = free_port()
     args = ["worker", "-H", "0.0.0.0", "-p", str(port), "--data-dir", str(tmp_path)]
-    line = one_line(cube(*args, "--token", "t-1"))
+    line = one_line_error(cube(*args, "--token", "t-1"))
     assert "refusing to listen on 0.0.0.0 without TLS" in line
     worker = _start([*args, "--token", "t-1", *certs.served("worker")], tmp_path / "w.log")
     try:

@@ -3,8 +3,6 @@ one line and exit 1; --token and CUBE_TOKEN work; a read token cannot write."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,12 +10,12 @@ import httpx
 import pytest
 
 from tests.support import (
-    CUBE,
-    ROOT,
     ManagerProcess,
     WorkerProcess,
     containers_of,
+    cube,
     free_port,
+    one_line_error,
     task_event,
     wait_for,
 )
@@ -27,36 +25,16 @@ StartWorker = Callable[..., WorkerProcess]
 SECRET = "mgmt-7c1f0a"
 
 
-def cube(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k != "CUBE_TOKEN"}
-    return subprocess.run(
-        [*CUBE, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**clean, **(env or {})},
-    )
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
-
-
 @pytest.mark.docker
 def test_the_cli_sends_its_token_and_a_read_token_cannot_write(
     tmp_path: Path, workers: StartWorker, managers: StartManager
 ) -> None:
     manager = managers([workers()], "--token", SECRET)
     m = ["-m", f"127.0.0.1:{manager.port}"]
-    assert "a token is needed" in one_line(cube("status", *m))
-    assert "unknown token" in one_line(cube("--token", "nope", "status", *m))
+    assert "a token is needed" in one_line_error(cube("status", *m))
+    assert "unknown token" in one_line_error(cube("--token", "nope", "status", *m))
     assert cube("--token", SECRET, "status", *m).returncode == 0
-    assert cube("status", *m, env={"CUBE_TOKEN": SECRET}).returncode == 0
+    assert cube("status", *m, CUBE_TOKEN=SECRET).returncode == 0
 
     made = cube("--token", SECRET, "token", "create", "--role", "read", "--name", "ci", *m)
     assert made.returncode == 0, made.stderr
@@ -69,15 +47,15 @@ def test_the_cli_sends_its_token_and_a_read_token_cannot_write(
     assert httpx.get(scrape, headers={"Authorization": f"Bearer {reader}"}).status_code == 200
     task = tmp_path / "t.json"
     task.write_text('{"Image": "cube/busybox:latest", "Cmd": ["sleep", "5"]}')
-    line = one_line(cube("--token", reader, "run", "-f", str(task), *m))
+    line = one_line_error(cube("--token", reader, "run", "-f", str(task), *m))
     assert "a read token cannot change anything" in line
-    assert "only a management token" in one_line(cube("--token", reader, "token", "list", *m))
+    assert "only a management token" in one_line_error(cube("--token", reader, "token", "list", *m))
 
     listed = cube("--token", SECRET, "token", "list", *m)
     assert "ci" in listed.stdout and "read" in listed.stdout and reader not in listed.stdout
     token_id = next(line.split()[0] for line in listed.stdout.splitlines() if " ci " in line)
     assert cube("--token", SECRET, "token", "revoke", token_id, *m).returncode == 0
-    assert "unknown token" in one_line(cube("--token", reader, "status", *m))
+    assert "unknown token" in one_line_error(cube("--token", reader, "status", *m))
 
 
 def refused_by(worker: WorkerProcess, token: str | None) -> int:
@@ -131,11 +109,11 @@ def test_a_server_beyond_loopback_needs_a_token_or_insecure(tmp_path: Path) -> N
     refusal that says why; loopback, a token, or --insecure start."""
     port = str(free_port())
     data = ["--data-dir", str(tmp_path)]
-    line = one_line(cube("manager", "-H", "0.0.0.0", "-p", port, *data))
+    line = one_line_error(cube("manager", "-H", "0.0.0.0", "-p", port, *data))
     assert "refusing to listen on 0.0.0.0 without --token" in line and "--insecure" in line
-    line = one_line(cube("worker", "-H", "0.0.0.0", "-p", port, *data))
+    line = one_line_error(cube("worker", "-H", "0.0.0.0", "-p", port, *data))
     assert "without a credential (--join or --token) and TLS" in line
-    line = one_line(cube("worker", "-H", "0.0.0.0", "-p", port, "--token", "t", *data))
+    line = one_line_error(cube("worker", "-H", "0.0.0.0", "-p", port, "--token", "t", *data))
     assert "refusing to listen on 0.0.0.0 without TLS" in line
     for args in (
         ["manager", "-H", "0.0.0.0", "--token", SECRET, "-w", "127.0.0.1:1"],
