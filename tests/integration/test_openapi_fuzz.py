@@ -135,9 +135,14 @@ include-name = "GET /events"
 parameters = {{ "query.follow" = false }}
 
 # So does a followed log of a running task (tests/unit/test_logs_inprocess.py follows).
+# A log comes from the task's worker: when that worker is down the manager answers the
+# documented 503 (tests/unit/test_logs_inprocess.py), and the fuzz's own thousands of
+# tasks can keep this one worker too busy to answer the manager in time. The check of
+# the documented codes (status_code_conformance) still applies.
 [[operations]]
 include-name = "GET /tasks/{{task_id}}/logs"
 parameters = {{ "query.follow" = false }}
+checks.not_a_server_error.enabled = false
 """,
     )
     assert httpx.get(f"{manager.url}/health").status_code == 200  # still up

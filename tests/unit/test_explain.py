@@ -142,7 +142,7 @@ async def test_a_task_plan_places_in_turn_and_stores_nothing(
 ) -> None:
     c, http = planned
     events = [sleeper(Name=f"t{i}", Memory=5 * GIB).model_dump(mode="json") for i in range(4)]
-    answer = await http.post("/tasks/plan", json=events)
+    answer = await http.post("/plan", json=events)
     assert answer.status_code == 200, answer.text
     plan = answer.json()
     # 8 GiB nodes: one 5 GiB task each, then nothing fits (each decision held its room).
@@ -152,7 +152,7 @@ async def test_a_task_plan_places_in_turn_and_stores_nothing(
     assert plan["Waiting"] == 1 and plan["Job"] == ""
     assert not c.m.state.tasks and not c.copies()
     assert all(n.MemoryAllocated == 0 for n in c.m.state.nodes.values())
-    one = await http.post("/tasks/plan", json=events[0])
+    one = await http.post("/plan", json=events[0])
     assert [p["Name"] for p in one.json()["Place"]] == ["t0"]
 
 
@@ -210,9 +210,9 @@ async def test_a_plan_refuses_what_its_submission_would(
     other = await http.post("/jobs/api/plan", json=_job())
     assert other.status_code == 400
     assert other.json()["Message"] == "the job is named 'web', not 'api' as in the path"
-    bad = await http.post("/tasks/plan", json={"Task": {"Image": ""}})
+    bad = await http.post("/plan", json={"Task": {"Image": ""}})
     assert bad.status_code == 400 and "Image" in bad.json()["Message"]
-    empty = await http.post("/tasks/plan", content=b"")
+    empty = await http.post("/plan", content=b"")
     assert empty.status_code == 400
 
 

@@ -265,7 +265,7 @@ class ManagerClient:
 
     def plan(self, body: Mapping[str, Any], job: str | None = None) -> Plan:
         """A dry run of ``POST /tasks`` (a TaskEvent) or, given ``job``, of ``POST /jobs``."""
-        path = "/tasks/plan" if job is None else f"/jobs/{quote(job, safe='')}/plan"
+        path = "/plan" if job is None else f"/jobs/{quote(job, safe='')}/plan"
         try:
             data = self._call("POST", path, dict(body))
         except ManagerRejected as exc:

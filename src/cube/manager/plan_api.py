@@ -1,4 +1,4 @@
-"""The dry-run routes: ``POST /tasks/plan`` and ``POST /jobs/{name}/plan`` (cube plan).
+"""The dry-run routes: ``POST /plan`` and ``POST /jobs/{name}/plan`` (cube plan).
 
 Each takes the body its submission route takes and answers what that submission would
 do now (:mod:`cube.manager.plan`), storing nothing. Like Nomad's ``job plan``, a plan
@@ -24,7 +24,7 @@ def router(manager: Manager) -> APIRouter:
     api = APIRouter()
 
     @api.post(
-        "/tasks/plan",
+        "/plan",
         response_model=Plan,
         openapi_extra=body(TaskEvent | list[TaskEvent], "What POST /tasks would take"),
         responses=errors(e400="Malformed request; Message says why"),
