@@ -17,7 +17,8 @@ import docker
 import pytest
 
 from cube.runtime.base import ContainerSpec, LogOptions, NoSuchContainer
-from cube.runtime.docker import LOG_BUFFER, DockerRuntime
+from cube.runtime.docker import DockerRuntime
+from cube.runtime.docker_streams import LOG_BUFFER
 from tests.support import eventually
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]

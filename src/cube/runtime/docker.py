@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,20 +24,27 @@ import docker.utils
 import requests
 import urllib3
 from docker.errors import APIError, DockerException, NotFound
-from docker.types.daemon import CancellableStream
 
 from cube.runtime.base import (
     ContainerError,
-    ContainerEvent,
     ContainerInfo,
     ContainerSpec,
     EventStream,
-    LogLine,
     LogOptions,
     LogStream,
-    NoSuchContainer,
     RuntimeUnavailable,
     parse_docker_time,
+)
+from cube.runtime.docker_streams import (
+    EventReader,
+    LogReader,
+    ThreadStream,
+)
+from cube.runtime.docker_streams import (
+    explain as _explain,
+)
+from cube.runtime.docker_streams import (
+    one_line as _one_line,
 )
 from cube.runtime.threads import DaemonThreadPool
 
@@ -57,14 +63,6 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     DockerException,
 )
-
-# Event attributes that Docker adds next to a container's labels.
-_EVENT_ATTRIBUTES = frozenset({"image", "name", "exitCode", "signal", "execDuration"})
-
-# Lines a log reader holds for its reader: beyond that its thread waits, and so does
-# the engine's stream behind it, rather than memory growing for a slow reader.
-LOG_BUFFER = 256
-_STREAMS = {1: "stdout", 2: "stderr"}
 
 # Statuses in which Docker's ExitCode is a placeholder, not a result.
 _NOT_FINISHED = frozenset({"created", "running", "paused", "restarting"})
@@ -100,7 +98,7 @@ class DockerRuntime:
         self._executor = DaemonThreadPool(self._concurrency, "cube-docker")
         self._client: docker.APIClient | None = None
         self._client_lock = threading.Lock()
-        self._streams: set[_EventStream | _LogStream] = set()
+        self._streams: set[ThreadStream[Any]] = set()
         self._closed = False
 
     # -- the Runtime interface ---------------------------------------------------------
@@ -145,7 +143,7 @@ class DockerRuntime:
         iterator (``aclose``) to end the stream and its thread. When the engine goes
         away the iterator raises :class:`RuntimeUnavailable`; subscribe again to resume.
         """
-        stream = _EventStream(self, dict(labels))
+        stream = EventReader(self._engine, self._streams.discard, dict(labels))
         self._streams.add(stream)
         return stream
 
@@ -158,7 +156,7 @@ class DockerRuntime:
         """
         if self._closed:
             raise RuntimeUnavailable("the Docker runtime is closed")
-        stream = _LogStream(self, container_id, options)
+        stream = LogReader(self._engine, self._streams.discard, container_id, options)
         self._streams.add(stream)
         try:
             await stream.open()
@@ -400,259 +398,6 @@ class DockerRuntime:
             return [str(row["Id"]) for row in rows]
 
 
-class _EventStream:
-    """Docker's blocking event stream, read by a dedicated thread and handed to the loop.
-
-    A dedicated thread rather than the pool: the read lasts as long as the subscription
-    and must not take a slot that container starts need.
-    """
-
-    def __init__(self, runtime: DockerRuntime, labels: dict[str, str]) -> None:
-        self._runtime = runtime
-        self._filters = {
-            "type": "container",
-            "label": [f"{key}={value}" for key, value in labels.items()],
-        }
-        ns = time.time_ns()
-        self._since = f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-        self._queue: asyncio.Queue[ContainerEvent | BaseException | None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._docker_stream: Any = None
-        self._cancelled = False
-        self._done = False
-
-    def __aiter__(self) -> _EventStream:
-        return self
-
-    async def __anext__(self) -> ContainerEvent:
-        if self._done:
-            raise StopAsyncIteration
-        if self._queue is None:
-            self._loop = asyncio.get_running_loop()
-            self._queue = asyncio.Queue()
-            threading.Thread(target=self._pump, name="cube-docker-events", daemon=True).start()
-        item = await self._queue.get()
-        if isinstance(item, ContainerEvent):
-            return item
-        self._done = True
-        self._runtime._streams.discard(self)
-        if item is None:
-            raise StopAsyncIteration
-        raise item
-
-    async def aclose(self) -> None:
-        """End the subscription: close the HTTP stream so that the reading thread ends."""
-        self._runtime._streams.discard(self)
-        with self._lock:
-            self._cancelled = True
-            stream, self._docker_stream = self._docker_stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-        if self._queue is not None and not self._done:
-            self._queue.put_nowait(None)  # wake a reader waiting in __anext__
-        self._done = True
-
-    def _pump(self) -> None:
-        try:
-            with self._runtime._engine() as api:
-                # The stub types ``since`` as a whole second; the engine takes nanoseconds.
-                open_events: Any = api.events
-                stream = open_events(since=self._since, filters=self._filters, decode=True)
-                with self._lock:
-                    if self._cancelled:
-                        stream.close()
-                        return
-                    self._docker_stream = stream
-                for raw in stream:
-                    event = _container_event(raw)
-                    if event is not None and not self._deliver(event):
-                        stream.close()
-                        return
-        except RuntimeUnavailable as exc:
-            self._deliver(exc)
-            return
-        except Exception as exc:
-            self._deliver(RuntimeUnavailable(f"Docker event stream failed: {_one_line(exc)}"))
-            return
-        # The SDK ends the iteration quietly when the connection drops.
-        if self._cancelled:
-            self._deliver(None)
-        else:
-            self._deliver(RuntimeUnavailable("the Docker engine closed the event stream"))
-
-    def _deliver(self, item: ContainerEvent | BaseException | None) -> bool:
-        loop, queue = self._loop, self._queue
-        assert loop is not None and queue is not None
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            with self._lock:
-                self._cancelled = True
-            return False
-        return True
-
-
-class _LogStream:
-    """``GET /containers/{id}/logs``, read by a dedicated thread and handed to the loop.
-
-    The SDK's own log reader drops which stream a line came from, so the multiplexed
-    frames (an 8-byte header: stream, size) are read here. The thread may run ahead of
-    the reader by :data:`LOG_BUFFER` lines (credits it takes per line and the reader
-    gives back), then waits; closing shuts the engine's connection and gives a credit,
-    which ends the thread wherever it is.
-    """
-
-    def __init__(self, runtime: DockerRuntime, container_id: str, options: LogOptions) -> None:
-        self._runtime = runtime
-        self._container_id = container_id
-        self._options = options
-        self._credits = threading.Semaphore(LOG_BUFFER)
-        self._queue: asyncio.Queue[LogLine | BaseException | None] = asyncio.Queue()
-        self._opened: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._docker_stream: CancellableStream[tuple[int, bytes]] | None = None
-        self._cancelled = False
-        self._done = False
-
-    async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._opened = self._loop.create_future()
-        threading.Thread(target=self._pump, name="cube-docker-logs", daemon=True).start()
-        await self._opened
-
-    def __aiter__(self) -> _LogStream:
-        return self
-
-    async def __anext__(self) -> LogLine:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, LogLine):
-            self._credits.release()
-            return item
-        self._done = True
-        self._runtime._streams.discard(self)
-        if item is None:
-            raise StopAsyncIteration
-        raise item
-
-    async def aclose(self) -> None:
-        self._runtime._streams.discard(self)
-        with self._lock:
-            self._cancelled = True
-            stream, self._docker_stream = self._docker_stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-        self._credits.release()  # a thread waiting for room wakes, and sees it is over
-        if not self._done:
-            self._done = True
-            self._queue.put_nowait(None)  # wake a reader waiting in __anext__
-
-    def _pump(self) -> None:
-        try:
-            with self._runtime._engine() as api:
-                stream = self._request(api)
-                with self._lock:
-                    if self._cancelled:
-                        stream.close()
-                        return
-                    self._docker_stream = stream
-                self._hand(self._opened_ok)
-                for kind, payload in stream:
-                    for line in _log_lines(kind, payload):
-                        self._credits.acquire()
-                        if self._cancelled or not self._hand(self._queue.put_nowait, line):
-                            stream.close()
-                            return
-        except NotFound:
-            self._fail(NoSuchContainer(self._container_id))
-            return
-        except APIError as exc:
-            self._fail(RuntimeUnavailable(f"Docker engine error: {_explain(exc)}"))
-            return
-        except Exception as exc:
-            if self._cancelled:
-                return  # the reader closed the stream under this thread: nobody to tell
-            if not isinstance(exc, RuntimeUnavailable):
-                exc = RuntimeUnavailable(f"Docker log stream failed: {_one_line(exc)}")
-            self._fail(exc)
-            return
-        # The end of the log (a follow: the container stopped), or closed by the reader.
-        self._hand(self._queue.put_nowait, None)
-
-    def _request(self, api: docker.APIClient) -> CancellableStream[tuple[int, bytes]]:
-        options = self._options
-        params: dict[str, Any] = {
-            "stdout": int(options.stdout),
-            "stderr": int(options.stderr),
-            "timestamps": 1,
-            "follow": int(options.follow),
-            "tail": "all" if options.tail is None else max(0, options.tail),
-        }
-        if options.since is not None:
-            ns = round(options.since.timestamp() * 1e9)
-            params["since"] = f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-        client: Any = api  # the SDK's request helpers, which its stubs do not list
-        response = client._get(
-            client._url("/containers/{0}/logs", self._container_id), params=params, stream=True
-        )
-        client._raise_for_status(response)
-        # As the SDK does for its own streams: a quiet container is not a timeout.
-        client._disable_socket_timeout(client._get_raw_response_socket(response))
-        return CancellableStream(_frames(response), response)
-
-    def _opened_ok(self) -> None:
-        if self._opened is not None and not self._opened.done():
-            self._opened.set_result(None)
-
-    def _fail(self, exc: BaseException) -> None:
-        def fail() -> None:
-            if self._opened is not None and not self._opened.done():
-                self._opened.set_exception(exc)
-            else:
-                self._queue.put_nowait(exc)
-
-        self._hand(fail)
-
-    def _hand(self, fn: Callable[..., None], *args: Any) -> bool:
-        loop = self._loop
-        assert loop is not None
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            with self._lock:
-                self._cancelled = True
-            return False
-        return True
-
-
-def _frames(response: Any) -> Iterator[tuple[int, bytes]]:
-    """Docker's multiplexed stream: (1 stdout or 2 stderr, payload) per frame."""
-    while True:
-        header = response.raw.read(8)
-        if len(header) < 8:
-            return
-        kind, size = struct.unpack(">BxxxL", header)
-        payload = response.raw.read(size) if size else b""
-        if size and not payload:
-            return
-        yield kind, payload
-
-
-def _log_lines(kind: int, payload: bytes) -> Iterator[LogLine]:
-    """A frame holds a line (or a part of a long one) behind its RFC 3339 timestamp."""
-    stream = _STREAMS.get(kind, "stdout")
-    for raw in payload.removesuffix(b"\n").split(b"\n"):
-        stamp, _, rest = raw.partition(b" ")
-        when = parse_docker_time(stamp.decode(errors="replace"))
-        text = rest if when is not None else raw
-        yield LogLine(stream, when, text.decode(errors="replace").removesuffix("\r"))
-
-
 # -- parsing Docker's JSON -------------------------------------------------------------
 
 
@@ -706,24 +451,6 @@ def _host_ports(ports: Any) -> dict[str, list[dict[str, str]]]:
     return result
 
 
-def _container_event(raw: Any) -> ContainerEvent | None:
-    if not isinstance(raw, Mapping) or raw.get("Type", "container") != "container":
-        return None
-    actor: Mapping[str, Any] = raw.get("Actor") or {}
-    container_id = str(actor.get("ID") or raw.get("id") or "")
-    action = str(raw.get("Action") or raw.get("status") or "")
-    if not container_id or not action:
-        return None
-    attributes = {str(k): str(v) for k, v in (actor.get("Attributes") or {}).items()}
-    exit_code: int | None = None
-    with contextlib.suppress(KeyError, ValueError):
-        exit_code = int(attributes["exitCode"])
-    labels = {k: v for k, v in attributes.items() if k not in _EVENT_ATTRIBUTES}
-    return ContainerEvent(
-        container_id=container_id, action=action, labels=labels, exit_code=exit_code
-    )
-
-
 # -- small helpers ---------------------------------------------------------------------
 
 
@@ -747,12 +474,3 @@ def _image_ref(image: str) -> str:
         return image
     repository, tag = docker.utils.parse_repository_tag(image)
     return f"{repository}:{tag or 'latest'}"
-
-
-def _explain(exc: APIError) -> str:
-    return _one_line(exc.explanation or exc)
-
-
-def _one_line(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text or type(value).__name__
