@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Any
+
+import typer
 
 
 def loopback(host: str) -> bool:
@@ -39,3 +42,10 @@ def refusal(what: str, host: str, missing: list[str]) -> str | None:
         f"reaches this {what} could run any container as root on the cluster's machines. "
         "Add them, listen on 127.0.0.1 (-H), or pass --insecure to accept that"
     )
+
+
+def insecure_option(consequence: str) -> Any:
+    """``--insecure`` (or ``CUBE_INSECURE``), for the manager and the worker alike:
+    listen beyond loopback without what :func:`refusal` asks for; ``consequence`` says
+    what that exposes."""
+    return typer.Option("--insecure", envvar="CUBE_INSECURE", help=consequence)

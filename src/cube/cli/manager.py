@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cube.cli.exposure import insecure_option, refusal
 from cube.cli.tls import TlsCa, TlsCert, TlsKey
 from cube.cli.worker import DbType
 
@@ -226,11 +227,9 @@ def manager(
     ] = 24 * 3600.0,
     insecure: Annotated[
         bool,
-        typer.Option(
-            "--insecure",
-            envvar="CUBE_INSECURE",
-            help="Listen beyond loopback without a token: anyone who reaches the manager "
-            "may then run any container on every worker.",
+        insecure_option(
+            "Listen beyond loopback without a token: anyone who reaches the manager "
+            "may then run any container on every worker."
         ),
     ] = False,
     tls_cert: TlsCert = None,
@@ -260,7 +259,6 @@ def manager(
         chosen = make_scheduler(scheduler)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scheduler") from None
-    from cube.cli.exposure import refusal
 
     token = join_token or _token_file(data_dir / "join-token")
     management = api_token or _token_file(data_dir / "token")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from cube.cli.exposure import insecure_option, refusal
 from cube.cli.tls import TlsCa, TlsCert, TlsKey
 
 if TYPE_CHECKING:
@@ -170,11 +171,9 @@ def worker(
     ] = None,
     insecure: Annotated[
         bool,
-        typer.Option(
-            "--insecure",
-            envvar="CUBE_INSECURE",
-            help="Listen beyond loopback without a credential or TLS: anyone who reaches "
-            "the worker may then run any container on it.",
+        insecure_option(
+            "Listen beyond loopback without a credential or TLS: anyone who reaches "
+            "the worker may then run any container on it."
         ),
     ] = False,
     tls_cert: TlsCert = None,
@@ -210,7 +209,6 @@ def worker(
     setup_logging(log_level)
     # Only its manager calls a worker: with a CA, a client certificate from it is required.
     served = tls.server_context(tls_cert, tls_key, tls_ca, require_client_cert=True)
-    from cube.cli.exposure import refusal
 
     # A joined worker always has a credential (the secret it makes to join).
     missing = [] if token or join else ["a credential (--join or --token)"]
