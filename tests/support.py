@@ -17,11 +17,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import docker
+import docker.utils
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,9 +164,22 @@ def containers_of(worker_name: str, all: bool = True) -> list[Any]:
 
 
 def remove_containers(worker_name: str) -> None:
-    for container in containers_of(worker_name):
+    """Remove a worker's containers, several at a time: one by one, the 200 of a chaos
+    test took half a minute of its teardown."""
+    ids = [c.id for c in containers_of(worker_name)]
+    if not ids:
+        return
+    api = docker.APIClient(max_pool_size=8, **docker.utils.kwargs_from_env())
+
+    def remove(container_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+            api.remove_container(container_id, force=True)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(remove, ids))
+    finally:
+        api.close()
 
 
 def task_event(image: str = "cube/http:latest", **task: Any) -> dict[str, Any]:

@@ -179,6 +179,7 @@ class Tracker:
             except Exception:
                 log.exception("tracking %s failed", worker.name)
                 streams = False
+            _still_wanted()
             if not streams:
                 await self.clock.sleep(self.settings.poll_interval)
 
@@ -222,6 +223,7 @@ class Tracker:
                     if worker.last_seen - worker.last_full >= self.settings.resync_interval:
                         break
         except (WorkerUnreachable, WorkerRejected) as exc:
+            _still_wanted()
             log.debug("tracking %s failed: %s", worker.name, exc)
             return False
         return streams
@@ -315,3 +317,17 @@ class Tracker:
 
     async def close(self) -> None:
         await self.jobs.close()
+
+
+def _still_wanted() -> None:
+    """Raise CancelledError if this task is being cancelled.
+
+    A cancel of a task that awaits another is handed to that one; if it ends some
+    other way (here: the stream's close failed under the cancel, and that failure
+    became WorkerUnreachable), the cancel is lost and the waiting task runs on. The
+    simulator found a manager that could never stop so (seed 613: its follower
+    started a new watch, again and again, for ever).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
