@@ -119,9 +119,12 @@ def test_run_wait_reports_completion_and_failure(
     manager = managers([workers("--memory", "512MiB")])
     ok(cube("run", "-f", "examples/batch.json", "--wait", manager=manager))
 
-    broken = write(tmp_path, "broken.yaml", "Image: cube/busybox:latest\nCmd: [/no/such/cmd]\n")
+    # An image that exists nowhere fails at its start on every engine. (A missing
+    # command does not: some engines start the container and it exits 127 a moment
+    # later, and --wait has rightly seen it Running by then.)
+    broken = write(tmp_path, "broken.yaml", "Image: cube/no-such-image:latest\n")
     failed = one_line_error(cube("run", "-f", broken, "--wait", manager=manager))
-    assert "failed:" in failed
+    assert "failed:" in failed and "cube/no-such-image:latest" in failed
 
     big = write(tmp_path, "big.json", '{"Image": "cube/busybox:latest", "Memory": "64GiB"}')
     waited = one_line_error(cube("run", "-f", big, "--wait", "--timeout", "3", manager=manager))
