@@ -199,3 +199,13 @@ def ok(annotation: Any, status: int = 200, description: str = "Success") -> Resp
     """A success answer for a route's ``responses``, when the route serialises its body
     itself (``response_model=None``)."""
     return {status: {"model": annotation, "description": description}}
+
+
+def merged(*parts: Responses) -> Responses:
+    """Several ``responses`` entries as one: the same status's fields joined (a body
+    from :func:`ok`, headers from another)."""
+    found: Responses = {}
+    for part in parts:
+        for status, answer in part.items():
+            found[status] = {**found.get(status, {}), **answer}
+    return found

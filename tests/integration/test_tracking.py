@@ -72,7 +72,13 @@ def test_manager_takes_a_batch_and_learns_of_it_running(
         assert task["Node"] in {n.address for n in nodes}
 
     health = httpx.get(f"{manager.url}/health", timeout=10).json()
-    assert health == {"Role": "manager", "Workers": 2, "WorkersReady": 2, "Tasks": 6}
+    assert health == {
+        "Role": "manager",
+        "Workers": 2,
+        "WorkersReady": 2,
+        "Tasks": 6,
+        "Tokens": False,
+    }
 
     mixed = [task_event(), task_event(Image="")]
     refused = httpx.post(f"{manager.url}/tasks", json=mixed, timeout=10)
@@ -110,6 +116,12 @@ def test_manager_health_answers_with_no_worker_ready(tmp_path: Path) -> None:
         manager.wait_ready(0)
         answer = httpx.get(f"{manager.url}/health", timeout=10)
         assert answer.status_code == 200
-        assert answer.json() == {"Role": "manager", "Workers": 1, "WorkersReady": 0, "Tasks": 0}
+        assert answer.json() == {
+            "Role": "manager",
+            "Workers": 1,
+            "WorkersReady": 0,
+            "Tasks": 0,
+            "Tokens": False,
+        }
     finally:
         manager.stop()

@@ -53,7 +53,13 @@ async def test_the_books_routes(api: httpx.AsyncClient) -> None:
     nodes = (await api.get("/nodes")).json()
     assert [(n["Name"], n["Status"]) for n in nodes] == [("w1:5556", "down")]
     health = (await api.get("/health")).json()
-    assert health == {"Role": "manager", "Workers": 1, "WorkersReady": 0, "Tasks": 1}
+    assert health == {
+        "Role": "manager",
+        "Workers": 1,
+        "WorkersReady": 0,
+        "Tasks": 1,
+        "Tokens": False,
+    }
 
 
 async def test_an_array_is_accepted_together(api: httpx.AsyncClient) -> None:

@@ -69,7 +69,8 @@ async def test_every_route_needs_a_token_and_a_read_token_only_reads(
         as_reader = await api.request(method, url, json=body, headers=bearer(reader))
         as_admin = await api.request(method, url, json=body, headers=bearer(MANAGEMENT))
         assert as_admin.status_code not in (401, 403), (method, path, as_admin.text)
-        if method == "get" and not path.startswith("/tokens"):
+        # /tokens is for management tokens, but for any token's look at itself.
+        if method == "get" and (not path.startswith("/tokens") or path == "/tokens/self"):
             assert as_reader.status_code not in (401, 403), (method, path, as_reader.text)
         else:
             assert as_reader.status_code == 403, (method, path, as_reader.text)
@@ -100,6 +101,22 @@ async def test_tokens_are_made_listed_revoked_and_stored_hashed(api: httpx.Async
     assert bad.status_code == 400 and "Role" in bad.json()["Message"]
 
 
+async def test_a_token_sees_itself(api: httpx.AsyncClient) -> None:
+    """GET /tokens/self: what the web UI's login checks a token with (Nomad's
+    /v1/acl/token/self); any role may, the manager's own token has no record."""
+    made = await api.post(
+        "/tokens", json={"Role": "read", "Name": "ui"}, headers=bearer(MANAGEMENT)
+    )
+    reader = made.json()
+    seen = (await api.get("/tokens/self", headers=bearer(reader["Secret"]))).json()
+    assert seen == {**reader, "Secret": None}
+    own = (await api.get("/tokens/self", headers=bearer(MANAGEMENT))).json()
+    assert (own["ID"], own["Role"], own["Secret"]) == ("management", "management", None)
+    for headers in ({}, bearer("wrong")):
+        refused = await api.get("/tokens/self", headers=headers)
+        assert refused.status_code == 401 and refused.json()["Message"]
+
+
 async def test_without_a_management_token_the_api_is_open() -> None:
     manager = Manager([], Epvm(), MemoryBackend(), clock=ManualClock())
     app = create_app(manager)
@@ -108,3 +125,5 @@ async def test_without_a_management_token_the_api_is_open() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://m") as api:
             assert (await api.get("/tasks")).status_code == 200
             assert (await api.get("/tokens")).status_code == 200
+            anyone = (await api.get("/tokens/self")).json()
+            assert (anyone["ID"], anyone["Role"]) == ("", "management")

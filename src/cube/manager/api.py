@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from cube import ui
 from cube.errors import (
     ApiError,
     TaskId,
@@ -21,6 +22,7 @@ from cube.errors import (
     parse_uuid,
 )
 from cube.logs import MANAGER_OPENAPI, LogResponse, log_options, log_query
+from cube.manager.events_api import INDEX_HEADER, INDEXED, index_stamp
 from cube.manager.events_api import router as events_router
 from cube.manager.jobs_api import router as jobs_router
 from cube.manager.logs import open_logs
@@ -32,7 +34,7 @@ from cube.manager.tokens_api import router as tokens_router
 from cube.manager.tokens_api import token_guard
 from cube.metrics import metrics_router
 from cube.node import Node
-from cube.openapi import body, errors, install, ok
+from cube.openapi import body, errors, install, merged, ok
 from cube.runtime.base import LogOptions
 from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
@@ -48,6 +50,9 @@ class ManagerHealth(BaseModel):
     Workers: int
     WorkersReady: int
     Tasks: int
+    Tokens: bool = Field(
+        description="Whether the API wants a token (the web UI asks for one at once)."
+    )
 
 
 def create_app(manager: Manager) -> FastAPI:
@@ -80,11 +85,13 @@ def create_app(manager: Manager) -> FastAPI:
 
     api = APIRouter()  # the task routes, below
 
-    @api.get("/tasks", response_model=list[Task])
+    @api.get("/tasks", response_model=list[Task], responses=INDEXED)
     async def list_tasks(job: str | None = None) -> Response:
         """Every task; ``?job=NAME``: the tasks of that job."""
+        index = manager.events.last  # before the list: see index_stamp
         tasks = manager.list_tasks() if job is None else manager.jobs.tasks_of(job)
-        return Response(tasks_json(tasks), media_type="application/json")
+        headers = {INDEX_HEADER: str(index)}
+        return Response(tasks_json(tasks), media_type="application/json", headers=headers)
 
     @api.post(
         "/tasks",
@@ -164,9 +171,15 @@ def create_app(manager: Manager) -> FastAPI:
             Workers=len(nodes),
             WorkersReady=sum(node.is_ready for node in nodes),
             Tasks=len(manager.state.tasks),
+            Tokens=manager.tokens.enabled,
         )
 
-    @api.get("/nodes", response_model=None, responses=ok(list[Node]))
+    @api.get(
+        "/nodes",
+        response_model=None,
+        responses=merged(ok(list[Node]), INDEXED),
+        dependencies=[Depends(index_stamp(manager.events))],
+    )
     async def nodes() -> list[dict[str, Any]]:
         return [node.to_wire() for node in manager.nodes()]
 
@@ -175,13 +188,14 @@ def create_app(manager: Manager) -> FastAPI:
     guard = [Depends(token_guard(manager.tokens))]
     joining, nodes_api = nodes_router(manager.members)
     app.include_router(api, dependencies=guard)
-    app.include_router(jobs_router(manager.jobs), dependencies=guard)
+    app.include_router(jobs_router(manager.jobs, index_stamp(manager.events)), dependencies=guard)
     app.include_router(plan_router(manager), dependencies=guard)
     app.include_router(events_router(manager.events, stopping), dependencies=guard)
     app.include_router(nodes_api, dependencies=guard)
     # Guarded like the rest: Prometheus presents a token (a read token will do).
     app.include_router(metrics_router(manager.metrics.registry), dependencies=guard)
     app.include_router(joining)  # workers: the join token instead
-    app.include_router(tokens_router(manager.tokens))  # management tokens only
+    app.include_router(tokens_router(manager.tokens))  # guarded each its own way
+    ui.install(app)  # static pages, open: they hold no secret (cube.ui)
 
     return app

@@ -76,14 +76,30 @@ class Tokens:
 
     def role_of(self, secret: str | None) -> Role:
         """The presented token's role; Unauthorized when there is none or it is unknown."""
+        return self._identify(secret)[0]
+
+    def whoami(self, secret: str | None) -> TokenView:
+        """The presented token as the API shows it (Nomad's ``/v1/acl/token/self``); the
+        manager's own management token has no record, so its ID is ``"management"``.
+        With tokens off anyone may do anything: an anonymous management token, ID ``""``.
+        Unauthorized as :meth:`role_of`."""
+        if not self.enabled:
+            return TokenView(ID="", Name="anonymous", Role="management")
+        role, record = self._identify(secret)
+        if record is None:
+            return TokenView(ID="management", Name="the manager's own", Role=role)
+        return TokenView(**record.model_dump(exclude={"Hash"}))
+
+    def _identify(self, secret: str | None) -> tuple[Role, TokenRecord | None]:
+        """The token's role, and its record (None for the manager's own)."""
         if not secret:
             raise Unauthorized("a token is needed: Authorization: Bearer TOKEN (cube --token)")
         presented = digest(secret)
         if self._management is not None and hmac.compare_digest(presented, self._management):
-            return "management"
+            return "management", None
         for record in self.records.values():
             if hmac.compare_digest(presented, record.Hash):
-                return record.Role
+                return record.Role, record
         raise Unauthorized("unknown token")
 
     def check(self, secret: str | None, write: bool, management: bool = False) -> None:

@@ -9,10 +9,10 @@ so a client (or a proxy) can tell a quiet cluster from a dead connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from cube.errors import ApiError
@@ -30,6 +30,35 @@ _RESPONSES: Responses = {
     },
     400: {"model": ErrorBody, "description": "Malformed query; Message says why"},
 }
+
+
+INDEX_HEADER = "X-Cube-Index"
+# On the list routes' 200 (Nomad's X-Nomad-Index): follow GET /events from it and miss
+# nothing that the list does not already show.
+INDEXED: Responses = {
+    200: {
+        "headers": {
+            INDEX_HEADER: {
+                "description": "The event log's last Index when this list was read: "
+                "GET /events?index= it sends every change since",
+                "schema": {"type": "integer"},
+            }
+        }
+    }
+}
+
+
+def index_stamp(events: EventLog) -> Callable[[Response], Awaitable[int]]:
+    """A dependency for a list route: reads the event log's last index before the route
+    reads its list (so no later change can hide between the two), puts it in the
+    ``X-Cube-Index`` header, and returns it for a route that answers by hand."""
+
+    async def stamp(response: Response) -> int:
+        index = events.last
+        response.headers[INDEX_HEADER] = str(index)
+        return index
+
+    return stamp
 
 
 def router(events: EventLog, stopping: asyncio.Event) -> APIRouter:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cube.errors import ApiError
 from cube.job import MAX_COUNT, Deployment, Job, JobRecord
+from cube.manager.events_api import INDEXED
 from cube.manager.jobs import JobError, Jobs, UnknownJob
 from cube.openapi import errors
 
@@ -46,7 +48,8 @@ def view(record: JobRecord) -> dict[str, Any]:
     return {**record.Job.model_dump(mode="json"), "Deployment": deployment}
 
 
-def router(jobs: Jobs) -> APIRouter:
+def router(jobs: Jobs, stamp: Callable[[Response], Awaitable[int]]) -> APIRouter:
+    """``stamp``: the list's X-Cube-Index (cube.manager.events_api.index_stamp)."""
     api = APIRouter()
 
     def get(name: str) -> JobRecord:
@@ -61,7 +64,9 @@ def router(jobs: Jobs) -> APIRouter:
         starts a deployment; the same job posted again changes nothing."""
         return view(await jobs.submit(job))
 
-    @api.get("/jobs", response_model=list[JobAnswer])
+    @api.get(
+        "/jobs", response_model=list[JobAnswer], responses=INDEXED, dependencies=[Depends(stamp)]
+    )
     async def list_jobs() -> list[dict[str, Any]]:
         return [view(record) for record in jobs.all()]
 

@@ -56,9 +56,16 @@ def token_guard(tokens: Tokens, management: bool = False) -> Callable[..., Await
 
 
 def router(tokens: Tokens) -> APIRouter:
-    """Include it without the general guard: these routes carry their own, stricter."""
+    """Include it without the general guard: these routes carry their own."""
     api = APIRouter()
     admin = [Depends(token_guard(tokens, management=True))]
+
+    @api.get("/tokens/self", response_model=TokenView, dependencies=[Depends(token_guard(tokens))])
+    async def whoami(credentials: Credentials = None) -> TokenView:
+        """The token this request presents, any role (Nomad's ``/v1/acl/token/self``): the
+        web UI asks it at its login, to check the token and to know whether to offer
+        writes. With tokens off: ID ``""``, Role management (anyone may do anything)."""
+        return tokens.whoami(credentials.credentials if credentials is not None else None)
 
     @api.post(
         "/tokens", status_code=201, response_model=TokenView, responses=_ADMIN, dependencies=admin
