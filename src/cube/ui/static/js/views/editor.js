@@ -22,10 +22,21 @@ Update:
 
 const OUTPUTS = ["Version", "Stopped", "Deployment"];
 
+// A job as the editor shows it: its fields without the outputs and the unset ones.
 function specOf(job) {
-  const spec = { ...job };
+  const spec = pruned(job);
   for (const field of OUTPUTS) delete spec[field];
   return yaml.dump(spec, { lineWidth: 100, noRefs: true });
+}
+
+function pruned(value) {
+  if (Array.isArray(value)) return value.map(pruned);
+  if (!value || typeof value !== "object") return value;
+  return Object.fromEntries(
+    Object.entries(value)
+      .filter(([, v]) => v !== null && v !== undefined)
+      .map(([k, v]) => [k, pruned(v)]),
+  );
 }
 
 // The editor's text as a job; a thrown Error says what is wrong with it.
