@@ -94,6 +94,16 @@ if ! command -v prometheus >/dev/null 2>&1; then
     [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
 fi
 
+# --- A browser for the web UI's tests ---------------------------------------------
+# tests/ui drives Debian's chromium, headless, through Playwright (a PyPI package that is
+# only the driver: `playwright install` would download a browser build, which must never
+# happen). Headless needs none of its recommendations (a desktop's upower, udev,
+# notification daemon, printer setup); its dependencies bring a font for screenshots.
+if [ ! -x /usr/bin/chromium ]; then
+    log "installing Debian's chromium (for the web UI's tests, headless)"
+    apt_install --no-install-recommends chromium
+fi
+
 # --- Offline images ---------------------------------------------------------------
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
     log "installing Debian's busybox-static"

@@ -3,10 +3,10 @@
 # scripts/setup.sh). With no arguments: the tests that need no Docker (tests/unit) run
 # first under coverage.py, which prints the manager's line coverage and fails below
 # 85%; then the deterministic simulator over CUBE_SIM_SEEDS seeds (default 500, see
-# docs/testing.md); then the rest (integration with real Docker, bench smoke, chaos). Tests that
-# restart the machine's Docker engine run only with CUBE_TEST_RESTART_DOCKER=1
-# (.ci/run sets it). Extra arguments go to one pytest run instead, e.g.
-# scripts/test.sh -k worker
+# docs/testing.md); then the rest (integration with real Docker, the web UI in Debian's
+# chromium, bench smoke, chaos). Tests that restart the machine's Docker engine run only
+# with CUBE_TEST_RESTART_DOCKER=1 (.ci/run sets it). Extra arguments go to one pytest
+# run instead, e.g. scripts/test.sh -k worker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -22,4 +22,4 @@ echo "Coverage of cube.manager by the tests that need no Docker:"
 .venv/bin/coverage report --include='*/cube/manager/*' --fail-under=85
 scripts/sim.sh --seeds "${CUBE_SIM_SEEDS:-500}"
 # The rest of pyproject's testpaths (--ignore does not apply to testpaths).
-exec .venv/bin/pytest --durations=40 tests/integration tests/bench tests/chaos
+exec .venv/bin/pytest --durations=40 tests/integration tests/ui tests/bench tests/chaos
