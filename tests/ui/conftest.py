@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from tests.support import (
     remove_containers,
     worker_process,
 )
-from tests.ui.support import SAVED, Cluster, screenshots_dir, shot
+from tests.ui.support import ALLOWED_ERRORS, SAVED, Cluster, screenshots_dir, shot
 
 CHROMIUM = "/usr/bin/chromium"
 WORKERS = 3
@@ -129,6 +130,8 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
         yield opened
     finally:
         context.close()
+    allowed = request.node.stash.get(ALLOWED_ERRORS, [])
+    errors[:] = [e for e in errors if not any(re.search(p, e) for p in allowed)]
     # A test that failed already lists these in its failure (pytest_runtest_call).
     if errors and not request.node.stash.get(CALL_FAILED, False):
         pytest.fail("errors in the browser:\n" + "\n".join(errors), pytrace=False)

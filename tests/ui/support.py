@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Locator, Page
 
 from tests.support import ROOT, ManagerProcess, WorkerProcess
@@ -22,6 +23,8 @@ SCREENSHOTS_ENV = "CUBE_UI_SCREENSHOTS"
 DEFAULT_SCREENSHOTS = ROOT / "tests" / "ui" / "screenshots"
 # Every screenshot this session saved, for the summary at its end.
 SAVED: list[Path] = []
+# Console errors a test expects (patterns), which then do not fail it.
+ALLOWED_ERRORS = pytest.StashKey[list[str]]()
 
 
 @dataclass
@@ -86,3 +89,10 @@ def node_rows(page: Page) -> Locator:
 
 def node_row(page: Page, name: str) -> Locator:
     return page.locator(f'[data-testid="node-row"][data-node="{name}"]')
+
+
+def allow_console_errors(request: pytest.FixtureRequest, pattern: str) -> None:
+    """Console errors matching ``pattern`` are expected in this test: Chromium logs every
+    4xx answer to a fetch as one, and a test that is refused on purpose (a wrong token)
+    gets one. Every other error still fails it."""
+    request.node.stash.setdefault(ALLOWED_ERRORS, []).append(pattern)
