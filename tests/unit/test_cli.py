@@ -365,6 +365,10 @@ def test_next_commands_name_the_manager_only_when_it_is_not_the_default(tmp_path
     moved = ready_message(Cluster(data_dir=tmp_path, workers=1, port=6000), detach=True)
     assert "cube status -m 127.0.0.1:6000" in moved
     assert f"cube down --data-dir {tmp_path}" in moved
+    assert (
+        f"The web UI: https://127.0.0.1:6000/ui/ (log in with the token in {tmp_path}/token)"
+        in moved
+    )
 
 
 class _Replay:

@@ -225,8 +225,11 @@ def ready_message(cluster: Cluster, detach: bool) -> str:
         (f"cube stop{m} TASK_ID", "stop a task"),
     ]
     width = max(len(command) for command, _ in hints)
+    token, ca = cluster.data_dir / "token", cluster.data_dir / TLS_DIR / "ca.pem"
     lines += ["", "Try:", *(f"  {c:<{width}}   # {what}" for c, what in hints), ""]
     config = cluster.data_dir / FILE
+    lines.append(f"The web UI: {cluster.manager_url}/ui/ (log in with the token in {token})")
+    lines.append(f"  the browser meets the cluster's own CA: trust {ca} or accept its warning once")
     lines.append(f"The API wants a token: the CLI finds it, and the address, in {config}")
     if cluster.data_dir != DEFAULT_DATA_DIR:
         lines.append(f"(from another directory: export CUBE_CONFIG={config.resolve()})")

@@ -120,7 +120,7 @@ function nodeRow(node, canWrite) {
       {},
       meter("disk", node.DiskAllocated, node.Disk, `${bytes(node.DiskAllocated)} of ${bytes(node.Disk)}`),
     ),
-    h("td", {}, link(`#/tasks?node=${encodeURIComponent(node.Name)}`, String(node.TaskCount))),
+    h("td", { dataset: { testid: "node-tasks" } }, link(`#/tasks?node=${encodeURIComponent(node.Name)}`, String(node.TaskCount))),
     h("td", {}, labels.length ? labels : h("span", { class: "muted" }, "-")),
     canWrite && h("td", { class: "actions" }, nodeActions(node)),
   );
