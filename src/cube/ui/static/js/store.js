@@ -44,20 +44,7 @@ export async function start(onUnauthorized) {
   stop();
   const controller = new AbortController();
   following = controller;
-  const [tasks, nodes, jobs] = await Promise.all([
-    call("GET", "/tasks"),
-    call("GET", "/nodes"),
-    call("GET", "/jobs"),
-  ]);
-  store.tasks = new Map(tasks.data.map((t) => [t.ID, t]));
-  store.nodes = new Map(nodes.data.map((n) => [n.Name, n]));
-  store.jobs = new Map(jobs.data.map((j) => [j.Name, j]));
-  // Events after the oldest of the three reads: whatever changed since any of them.
-  store.index = Math.min(tasks.index, nodes.index, jobs.index);
-  const since = Math.max(0, store.index - 30);
-  store.events = [];
-  await stream(`/events?follow=false&index=${since}`, (e) => remember(e), controller);
-  changed();
+  await load(controller);
   follow(controller, onUnauthorized);
 }
 
@@ -67,6 +54,28 @@ export function stop() {
   store.live = false;
 }
 
+// Read the lists, and the last few events for the overview.
+async function load(controller) {
+  const [tasks, nodes, jobs] = await Promise.all([
+    call("GET", "/tasks", undefined, controller),
+    call("GET", "/nodes", undefined, controller),
+    call("GET", "/jobs", undefined, controller),
+  ]);
+  store.tasks = new Map(tasks.data.map((t) => [t.ID, t]));
+  store.nodes = new Map(nodes.data.map((n) => [n.Name, n]));
+  store.jobs = new Map(jobs.data.map((j) => [j.Name, j]));
+  // Events after the oldest of the three reads: whatever changed since any of them.
+  store.index = Math.min(tasks.index, nodes.index, jobs.index);
+  const recent = [];
+  const since = Math.max(0, store.index - 30);
+  await stream(`/events?follow=false&index=${since}`, (e) => recent.unshift(e), controller);
+  store.events = recent.filter((e) => e.Index <= store.index);
+  changed();
+}
+
+// Follow the stream; when it breaks (the manager restarted, the network went), read
+// everything again and follow from there, as a Kubernetes informer lists again: a
+// manager without a store starts its events at 1 again, and this is right either way.
 async function follow(controller, onUnauthorized) {
   let wait = 500;
   while (!controller.signal.aborted) {
@@ -75,20 +84,26 @@ async function follow(controller, onUnauthorized) {
       store.error = "";
       changed();
       await stream(`/events?index=${store.index}&heartbeat=5`, apply, controller);
-      wait = 500; // it ended cleanly (the manager stopped): try again soon
     } catch (error) {
       store.error = error.message;
-      if (error.status === 401) {
-        onUnauthorized();
-        return;
+      if (error.status === 401) return onUnauthorized();
+    }
+    while (!controller.signal.aborted) {
+      store.live = false;
+      changed();
+      // Back off while the manager is away; a timer between tries, not a wait for state.
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(wait * 2, 10000);
+      try {
+        await load(controller);
+        wait = 500;
+        break;
+      } catch (error) {
+        if (controller.signal.aborted) return;
+        store.error = error.message;
+        if (error.status === 401) return onUnauthorized();
       }
     }
-    if (controller.signal.aborted) return;
-    store.live = false;
-    changed();
-    // Back off while the manager is away; a reconnect resumes at store.index.
-    await new Promise((resolve) => setTimeout(resolve, wait));
-    wait = Math.min(wait * 2, 10000);
   }
 }
 
