@@ -93,7 +93,6 @@ export function meter(label, used, total, text) {
   return h(
     "div",
     { class: "meter", title: `${label}: ${text}` },
-    h("span", { class: "meter-label" }, label),
     h(
       "span",
       { class: "meter-bar" },

@@ -222,16 +222,29 @@ function comparable(version) {
   return JSON.stringify(spec, null, 2).split("\n");
 }
 
+const CONTEXT = 3; // unchanged lines shown around a change
+
 function diffView(a, b) {
   const lines = diffLines(comparable(a), comparable(b));
-  const changed = lines.some(([kind]) => kind !== " ");
+  const near = lines.map(() => false);
+  lines.forEach(([kind], i) => {
+    if (kind === " ") return;
+    for (let j = Math.max(0, i - CONTEXT); j <= Math.min(lines.length - 1, i + CONTEXT); j += 1) {
+      near[j] = true;
+    }
+  });
+  const shown = [];
+  lines.forEach(([kind, text], i) => {
+    if (near[i]) {
+      const style = kind === "+" ? "add" : kind === "-" ? "del" : "same";
+      shown.push(h("div", { class: style }, `${kind} ${text}`));
+    } else if (i === 0 || near[i - 1]) {
+      shown.push(h("div", { class: "gap" }, "  …"));
+    }
+  });
   return h(
     "pre",
     { class: "diff", dataset: { testid: "job-diff" } },
-    changed
-      ? lines.map(([kind, text]) =>
-          h("div", { class: kind === "+" ? "add" : kind === "-" ? "del" : "same" }, `${kind} ${text}`),
-        )
-      : h("span", { class: "muted" }, "No difference."),
+    near.some(Boolean) ? shown : h("span", { class: "muted" }, "No difference."),
   );
 }

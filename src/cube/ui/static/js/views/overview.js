@@ -94,7 +94,7 @@ function eligibility(node) {
 
 function nodeRow(node, canWrite) {
   const cores = node.Cores || 0;
-  const cpuText = `${(node.CpuAllocated || 0).toFixed(1)} of ${cores} cores, ${Math.round(
+  const cpuText = `${(node.CpuAllocated || 0).toFixed(1)}/${cores} cores, ${Math.round(
     node.CpuPercent || 0,
   )}% busy`;
   const labels = Object.entries(node.Labels || {}).map(([k, v]) => badge(`${k}=${v}`, "label"));
@@ -111,14 +111,14 @@ function nodeRow(node, canWrite) {
         "mem",
         node.MemoryAllocated,
         node.Memory,
-        `${bytes(node.MemoryAllocated * 1024)} of ${bytes(node.Memory * 1024)}`,
+        `${bytes(node.MemoryAllocated * 1024)} / ${bytes(node.Memory * 1024)}`,
       ),
     ),
     h("td", {}, meter("cpu", node.CpuAllocated || 0, cores, cpuText)),
     h(
       "td",
       {},
-      meter("disk", node.DiskAllocated, node.Disk, `${bytes(node.DiskAllocated)} of ${bytes(node.Disk)}`),
+      meter("disk", node.DiskAllocated, node.Disk, `${bytes(node.DiskAllocated)} / ${bytes(node.Disk)}`),
     ),
     h("td", { dataset: { testid: "node-tasks" } }, link(`#/tasks?node=${encodeURIComponent(node.Name)}`, String(node.TaskCount))),
     h("td", {}, labels.length ? labels : h("span", { class: "muted" }, "-")),
