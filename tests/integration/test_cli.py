@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.docker
 StartWorker = Callable[..., WorkerProcess]
 StartManager = Callable[..., ManagerProcess]
 
-RUNNING, COMPLETED = 2, 3
+PENDING, RUNNING, COMPLETED = 0, 2, 3
 STATUS_HEADERS = ["ID", "NAME", "CREATED", "STATE", "CONTAINERNAME", "IMAGE", "RESTARTS", "NODE"]
 NODE_HEADERS = [
     "NAME",
@@ -166,6 +167,55 @@ def test_plan_shows_where_tasks_would_go_and_why_and_changes_nothing(
     detail = ok(cube("status", task_id, manager=manager))
     placement = next(line for line in detail.splitlines() if line.startswith("Placement"))
     assert "2 evaluated; epvm: " in placement and manager.task(task_id)["Node"] in placement
+
+
+def test_the_manager_places_as_cube_plan_said_and_says_what_ran_out(
+    tmp_path: Path, workers: StartWorker, managers: StartManager
+) -> None:
+    """Issue 15's must-show, with real processes: `cube plan` shows the placement the
+    manager then makes for the same cluster state, and a task too large for every node
+    says which resource ran out on how many nodes, in its plan and as its Reason.
+
+    Round robin makes the check sharp: one task placed first leaves its turn part-way,
+    so a plan that decided afresh, or on other state, would name other nodes."""
+    nodes = [workers("--runtime", "simulated", "--memory", "1GiB") for _ in range(3)]
+    manager = managers(nodes, "-s", "roundrobin")
+    manager.wait_ready(workers=3)
+    small = write(tmp_path, "small.yaml", "Image: cube/busybox:latest\nMemory: 100MiB\n")
+    first = ok(cube("run", "-f", small, "--wait", manager=manager)).split()[1]
+    assert manager.task(first)["State"] == RUNNING
+
+    job = write(
+        tmp_path,
+        "job.yaml",
+        "Name: foretold\nCount: 5\nTask: {Image: cube/busybox:latest, Memory: 100MiB}\n",
+    )
+    plan = json.loads(ok(cube("plan", "-f", job, "-o", "json", manager=manager)))
+    said = Counter(p["Node"] for p in plan["Place"])
+    assert plan["Waiting"] == 0 and sum(said.values()) == 5 and len(said) == 3
+    assert manager.tasks() == [manager.task(first)]  # the plan stored nothing
+
+    ok(cube("job", "run", "-f", job, "--detach", manager=manager))
+
+    def placed() -> Counter[str] | None:
+        tasks = httpx.get(f"{manager.url}/tasks", params={"job": "foretold"}, timeout=5).json()
+        done = len(tasks) == 5 and all(t["State"] == RUNNING for t in tasks)
+        return Counter(t["Node"] for t in tasks) if done else None
+
+    assert wait_for(placed, 60, what="the job's 5 tasks Running") == said
+
+    # Too large for every node: the plan and then the task say what ran out, where.
+    big = write(tmp_path, "big.yaml", "Image: cube/busybox:latest\nMemory: 64GiB\n")
+    want = "no feasible node: 3 nodes lack memory (need 64 GiB)"
+    planned = cube("plan", "-f", big, manager=manager)
+    assert planned.returncode == 3 and want in planned.stdout, planned.stdout + planned.stderr
+    task_id = ok(cube("run", "-q", "-f", big, manager=manager)).strip()
+    waiting = manager.wait_task(task_id, lambda t: t["Reason"] == want, what=want)
+    assert (waiting["State"], waiting["Reason"]) == (PENDING, want)
+    assert waiting["Placement"]["NodesFiltered"] == {"memory": 3}
+    detail = ok(cube("status", task_id, manager=manager))
+    assert f"Reason          {want}" in detail
+    assert "Placement       3 evaluated; filtered: memory 3" in detail
 
 
 def test_node_table_and_json_match_the_api(workers: StartWorker, managers: StartManager) -> None:

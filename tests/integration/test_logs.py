@@ -7,8 +7,10 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -55,12 +57,18 @@ class Follower:
         )
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.seen: list[str] = []
+        self.arrived: list[tuple[float, str]] = []  # (time.time() when read, line)
         assert self.proc.stdout is not None
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
 
     def _read(self, stream: Any) -> None:
         for line in stream:
+            self.arrived.append((time.time(), line.rstrip("\n")))
             self.lines.put(line.rstrip("\n"))
+
+    def arrival(self, text: str) -> tuple[float, str]:
+        """When (wall clock) the first line holding ``text`` was read, and the line."""
+        return next((at, line) for at, line in self.arrived if text in line)
 
     def has(self, text: str) -> bool:
         while True:
@@ -146,13 +154,18 @@ def test_follow_shows_a_line_printed_after_it_started(
         "exec sleep 3600",
     )
     task = manager.wait_task(task_id, lambda t: t["State"] == RUNNING, what="Running")
-    follower = followers(manager, task_id[:8])
+    follower = followers(manager, task_id[:8], "-t")  # each line after the time it was written
     follower.wait_line("started")
     assert not follower.has("the line after")
     subprocess.run(
         ["docker", "exec", task["ContainerID"], "touch", "/tmp/go"], check=True, timeout=30
     )
     follower.wait_line("the line after")
+    # Streamed within a second: from the engine's time of the line (the task wrote it)
+    # to `cube logs -f` printing it, through the worker and the manager.
+    shown, line = follower.arrival("the line after")
+    written = datetime.fromisoformat(line.split(" ", 1)[0]).timestamp()
+    assert shown - written < 1.0, (line, shown - written)
 
     # The follow ends by itself once the task's container is gone.
     ok(cube("stop", task_id, manager=manager))

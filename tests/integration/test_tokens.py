@@ -15,6 +15,7 @@ from tests.support import (
     containers_of,
     cube,
     free_port,
+    manager_process,
     one_line_error,
     task_event,
     wait_for,
@@ -131,3 +132,40 @@ def test_a_server_beyond_loopback_needs_a_token_or_insecure(tmp_path: Path) -> N
             )
         finally:
             server.stop()
+
+
+def test_a_manager_finds_its_tokens_in_its_data_directory(
+    tmp_path: Path, workers: StartWorker
+) -> None:
+    """No --token and no CUBE_TOKEN: the data directory's token file is the management
+    token, its join-token file the join token (as `cube up` leaves them)."""
+    (tmp_path / "token").write_text("from-the-file-9c4e\n")
+    (tmp_path / "join-token").write_text("join-from-the-file-27d1\n")
+    manager = manager_process(tmp_path, [])
+    manager.env = {"CUBE_TOKEN": "", "CUBE_JOIN_TOKEN": ""}  # none from the test's shell
+    manager.start()
+    try:
+        url = manager.url
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, what="up")
+        assert httpx.get(f"{url}/tasks", timeout=5).status_code == 401
+        file_token = {"Authorization": "Bearer from-the-file-9c4e"}
+        assert httpx.get(f"{url}/tasks", headers=file_token, timeout=5).status_code == 200
+        m = ["-m", f"127.0.0.1:{manager.port}"]
+        assert "a token is needed" in one_line_error(cube("status", *m))
+        assert cube("status", *m, CUBE_TOKEN="from-the-file-9c4e").returncode == 0
+        # A worker joins with the join-token file's token.
+        join = ("--join", f"127.0.0.1:{manager.port}", "--join-token", "join-from-the-file-27d1")
+        joined = workers("--runtime", "simulated", *join)
+
+        def ready() -> bool:
+            nodes = httpx.get(f"{url}/nodes", headers=file_token, timeout=5).json()
+            return [(n["Name"], n["Status"]) for n in nodes] == [(joined.name, "ready")]
+
+        wait_for(ready, 30, what="the worker joined with the file's join token")
+    finally:
+        manager.stop()
+
+    # An empty token file is a mistake, said in one line (not an open API).
+    (tmp_path / "token").write_text("\n")
+    line = one_line_error(cube("manager", "-p", str(free_port()), "--data-dir", str(tmp_path)))
+    assert line == f"cube: {tmp_path / 'token'} is empty: put the token in it, or remove it"

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from cube.clock import ManualClock
+from cube.job import Job, TaskTemplate, UpdatePolicy
 from cube.manager.api import create_app as manager_app
 from cube.manager.backend import MemoryBackend
 from cube.manager.health import HealthChecker, HealthSettings
@@ -108,6 +109,32 @@ async def test_the_manager_counts_placements_waits_restarts_and_requests() -> No
         assert value(seen, "cube_http_requests_total", method="GET", route="other", status="404")
         metrics = {"method": "GET", "route": "/metrics", "status": "200"}
         assert value(seen, "cube_http_requests_total", **metrics) == 4  # the scrapes before
+
+
+async def test_the_manager_counts_deployments_by_status_and_ineligible_nodes() -> None:
+    update = UpdatePolicy(MaxParallel=1, MinHealthyTime=1, HealthyDeadline=60)
+    job = Job(Name="web", Count=2, Task=TaskTemplate(Image="cube/busybox"), Update=update)
+    async with cluster(2) as c:
+        m = await c.start_manager(MemoryBackend())
+        app = manager_app(m)  # its lifespan unused: the manager runs already
+        seen = await scrape(app)
+        assert value(seen, "cube_deployments", status="running") == 0
+        assert value(seen, "cube_nodes_ineligible") == 0
+        await m.jobs.submit(job)
+        seen = await scrape(app)
+        assert value(seen, "cube_deployments", status="running") == 1
+        assert value(seen, "cube_deployments", status="successful") == 0
+
+        def successful() -> bool:
+            record = m.jobs.get("web")
+            return record.Deployment is not None and record.Deployment.Status == "successful"
+
+        await c.until(successful, what="the deployment successful")
+        seen = await scrape(app)
+        assert value(seen, "cube_deployments", status="running") == 0
+        assert value(seen, "cube_deployments", status="successful") == 1
+        await m.members.set_eligible(c.nodes[0].name, False)
+        assert value(await scrape(app), "cube_nodes_ineligible") == 1
 
 
 async def test_the_manager_serves_metrics_to_a_token_holder_only() -> None:

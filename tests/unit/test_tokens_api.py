@@ -3,14 +3,18 @@ token, a wrong one, a read token and a management token; making and revoking tok
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from cube.clock import ManualClock
 from cube.manager.api import create_app
-from cube.manager.backend import MemoryBackend
+from cube.manager.auth import Tokens
+from cube.manager.backend import MemoryBackend, SqliteBackend
 from cube.manager.manager import Manager, Settings
 from cube.scheduler import Epvm
 from cube.transport import InProcessTransport, lifespan
@@ -127,3 +131,35 @@ async def test_without_a_management_token_the_api_is_open() -> None:
             assert (await api.get("/tokens")).status_code == 200
             anyone = (await api.get("/tokens/self")).json()
             assert (anyone["ID"], anyone["Role"]) == ("", "management")
+
+
+async def test_only_a_hash_is_stored_and_tokens_are_compared_in_constant_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stolen database gives nobody a token: what is written is the SHA-256 of the
+    secret; every presented token is checked with hmac.compare_digest."""
+    backend = SqliteBackend(tmp_path / "manager.db")
+    tokens = Tokens(backend, MANAGEMENT)
+    made = await tokens.create("read", "ci")
+    assert made.Secret is not None
+    (stored,) = backend.load_tokens()
+    assert stored.Hash == hashlib.sha256(made.Secret.encode()).hexdigest()
+    assert made.Secret not in stored.model_dump_json()
+    backend.close()
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert made.Secret.encode() not in on_disk and MANAGEMENT.encode() not in on_disk
+
+    compared: list[tuple[str, str]] = []
+    real = hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    again = SqliteBackend(tmp_path / "manager.db")  # a restarted manager knows it
+    try:
+        assert Tokens(again, MANAGEMENT).role_of(made.Secret) == "read"
+        assert compared and all(len(a) == len(b) == 64 for a, b in compared)
+    finally:
+        again.close()

@@ -319,5 +319,5 @@ def _token_file(path: Path) -> str | None:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     token = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not token:
-        raise CliError(f"{path} is empty: put the join token in it, or remove it")
+        raise CliError(f"{path} is empty: put the token in it, or remove it")
     return token
