@@ -95,12 +95,12 @@ async def test_retention_keeps_the_newest_and_the_young(tmp_path: Path) -> None:
         for i in range(8):
             log.emit(node(f"old-{i}"))
         await log.flush()
-        log._trim()
+        await log._trim()
         assert [e.Index for e in backend.stream.after(0, 100)] == [4, 5, 6, 7, 8]
         clock._wall += timedelta(seconds=61)
         log.emit(node("young"))
         await log.flush()
-        log._trim()
+        await log._trim()
         assert [e.Key for e in backend.stream.after(0, 100)] == ["young"]
         assert [e.Index for e in log.after(0)] == [9]  # an old index starts at the oldest
         backend.close()

@@ -99,11 +99,11 @@ async def test_a_stop_is_stored_on_the_task_with_its_event_in_one_commit(
     with pytest.raises(OSError):
         await manager.stop(task.ID)
     assert manager.get(task.ID).DesiredState is State.RUNNING  # nothing half-written
-    assert [e.State for e in manager.history(task.ID)] == [State.RUNNING, State.SCHEDULED]
+    assert [e.State for e in await manager.history(task.ID)] == [State.RUNNING, State.SCHEDULED]
     stopped = await manager.stop(task.ID)
     assert stopped.DesiredState is State.COMPLETED
     assert backend.load()[0].DesiredState is State.COMPLETED
-    assert [e.State for e in manager.history(task.ID)][-1] is State.COMPLETED
+    assert [e.State for e in await manager.history(task.ID)][-1] is State.COMPLETED
 
 
 async def test_a_task_too_big_waits_with_its_reason_then_fits(manager: Manager) -> None:

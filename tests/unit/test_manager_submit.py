@@ -46,7 +46,7 @@ def test_a_batch_is_stored_pending_in_one_commit(manager: Manager) -> None:
     assert isinstance(manager.backend, CountingBackend)
     assert manager.backend.commits == 1
     assert len(manager.list_tasks()) == 100
-    assert [e.Task.State for e in manager.history(tasks[0].ID)] == [State.PENDING]
+    assert [e.Task.State for e in asyncio.run(manager.history(tasks[0].ID))] == [State.PENDING]
 
 
 def test_a_repeated_task_is_acknowledged_not_stored_again(manager: Manager) -> None:
@@ -56,7 +56,7 @@ def test_a_repeated_task_is_acknowledged_not_stored_again(manager: Manager) -> N
     twice = asyncio.run(manager.submit_many([retry, retry]))
     assert twice == [accepted, accepted]
     assert len(manager.list_tasks()) == 1
-    assert len(manager.history(accepted.ID)) == 1
+    assert len(asyncio.run(manager.history(accepted.ID))) == 1
     same_batch = event(Name="dup")
     answers = asyncio.run(manager.submit_many([same_batch, same_batch]))
     assert answers[0] == answers[1] and len(manager.list_tasks()) == 2
@@ -77,4 +77,7 @@ def test_a_single_completed_event_stops_the_task(manager: Manager) -> None:
     assert stopped.State is State.COMPLETED
     assert stopped.DesiredState is State.COMPLETED
     assert stopped.Reason == "cancelled before placement"
-    assert [e.State for e in manager.history(task.ID)] == [State.RUNNING, State.COMPLETED]
+    assert [e.State for e in asyncio.run(manager.history(task.ID))] == [
+        State.RUNNING,
+        State.COMPLETED,
+    ]

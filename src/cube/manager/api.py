@@ -138,7 +138,7 @@ def create_app(manager: Manager) -> FastAPI:
     )
     async def task_events(task_id: TaskId) -> list[dict[str, Any]]:
         """The task's history: every event users and the manager submitted for it."""
-        return [e.model_dump(mode="json") for e in manager.history(parse_uuid(task_id))]
+        return [e.model_dump(mode="json") for e in await manager.history(parse_uuid(task_id))]
 
     @api.get(
         "/tasks/{task_id}/logs",

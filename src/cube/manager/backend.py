@@ -55,8 +55,9 @@ class Backend(Protocol):
         changed them, and the stream's events that describe the changes."""
         ...
 
-    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
-        """A task's events, oldest first."""
+    async def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        """A task's events, oldest first (read when asked: they are not kept in
+        memory, and a store across the network answers with a round trip)."""
         ...
 
     def load_jobs(self) -> list[JobRecord]:
@@ -150,11 +151,11 @@ class MemoryBackend(_Checked):
     ) -> None:
         self._check(changes)
         self._keep(changes)
-        self.stream.append(stream)
+        await self.stream.append(stream)
         for event in events:
             self._events.setdefault(event.Task.ID, []).append(event)
 
-    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+    async def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
         return list(self._events.get(task_id, ()))
 
     def close(self) -> None:
@@ -225,7 +226,7 @@ class SqliteBackend(_Checked):
         )
         self._keep(changes)
 
-    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+    async def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
         return self._events.list(group=str(task_id))
 
     def close(self) -> None:

@@ -72,7 +72,7 @@ class EventLog:
         self._queued = asyncio.Event()
         self._grew = asyncio.Event()  # set, then replaced, whenever events are stored
         # Held from numbering to storing, so indexes reach readers in order even over
-        # a store whose writes yield (nothing here yields between the two today).
+        # a store whose writes yield (etcd's do: a round trip).
         self.writing = asyncio.Lock()
         self.dropped = 0
 
@@ -121,15 +121,15 @@ class EventLog:
     async def flush(self) -> None:
         """Write what is queued, in one write."""
         async with self.writing:
-            self._flush()
+            await self._flush()
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         drafts = list(self._queue)
         self._queue.clear()
         self._queued.clear()
         events = self.number(drafts)
         try:
-            self.store.append(events)
+            await self.store.append(events)
         except BaseException:
             self.abandon(events)
             raise
@@ -145,7 +145,7 @@ class EventLog:
         while True:
             if self.clock.monotonic() >= due:
                 due = self.clock.monotonic() + self.retention.interval
-                self._trim()
+                await self._trim()
             self._queued.clear()
             if self._queue:
                 try:
@@ -156,10 +156,10 @@ class EventLog:
                     continue
             await self._queued.wait()
 
-    def _trim(self) -> None:
+    async def _trim(self) -> None:
         before = self.clock.now() - timedelta(seconds=self.retention.age)
         with contextlib.suppress(Exception):
-            dropped = self.store.trim(before, self.retention.count)
+            dropped = await self.store.trim(before, self.retention.count)
             if dropped:
                 log.debug("event retention dropped %d events", dropped)
         # What readers get from memory goes by the same rule.

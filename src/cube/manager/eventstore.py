@@ -1,6 +1,9 @@
 """Where the cluster's events are kept: a table of their own in the manager's SQLite
 file (written in the same transaction as the task changes they describe), or a list
-in memory. Both keep what the retention allows and no more."""
+in memory (or keys in etcd: cube.manager.etcd_backend). Each keeps what the retention
+allows and no more. Writes are asynchronous, so a store across the network can wait for
+its answer without stopping the manager's loop; reads are not, as readers are served
+from memory or a local file."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from cube.store import Database
 class EventStore(Protocol):
     def last_index(self) -> int: ...
 
-    def append(self, events: Sequence[Event]) -> None: ...
+    async def append(self, events: Sequence[Event]) -> None: ...
 
     def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
         """Up to ``limit`` events after ``index`` (of these topics: all when empty)."""
@@ -25,7 +28,7 @@ class EventStore(Protocol):
 
     def recent(self, count: int) -> list[Event]: ...
 
-    def trim(self, before: datetime, keep: int) -> int: ...
+    async def trim(self, before: datetime, keep: int) -> int: ...
 
 
 def _wanted(event: Event, topics: Collection[str]) -> bool:
@@ -41,7 +44,7 @@ class MemoryEvents:
     def last_index(self) -> int:
         return self._events[-1].Index if self._events else 0
 
-    def append(self, events: Sequence[Event]) -> None:
+    async def append(self, events: Sequence[Event]) -> None:
         self._events.extend(events)
 
     def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
@@ -56,7 +59,7 @@ class MemoryEvents:
     def recent(self, count: int) -> list[Event]:
         return list(self._events)[-count:] if count else []
 
-    def trim(self, before: datetime, keep: int) -> int:
+    async def trim(self, before: datetime, keep: int) -> int:
         dropped = 0
         while self._events and (len(self._events) > keep or self._events[0].Time < before):
             self._events.popleft()
@@ -82,7 +85,7 @@ class SqliteEvents:
             [(e.Index, e.Time.timestamp(), e.Topic, e.model_dump_json()) for _, e in items],
         )
 
-    def append(self, events: Sequence[Event]) -> None:
+    async def append(self, events: Sequence[Event]) -> None:
         self._db.write([(self, [("", e) for e in events])])
 
     def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
@@ -106,7 +109,7 @@ class SqliteEvents:
             ]
         return [Event.model_validate_json(row) for row in reversed(rows)]
 
-    def trim(self, before: datetime, keep: int) -> int:
+    async def trim(self, before: datetime, keep: int) -> int:
         """Drop events older than ``before`` and all but the newest ``keep``."""
         with self._db.lock:
             self._db.conn.execute("BEGIN")

@@ -251,9 +251,9 @@ class Manager:
             raise UnknownTask(str(task_id))
         return task
 
-    def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+    async def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
         self.get(task_id)
-        return self.backend.history(task_id)
+        return await self.backend.history(task_id)
 
     def nodes(self) -> list[Node]:
         return list(self.state.nodes.values())
