@@ -94,6 +94,24 @@ if ! command -v prometheus >/dev/null 2>&1; then
     [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
 fi
 
+# --- etcd ---------------------------------------------------------------------------
+# `cube manager --store etcd://...` keeps the manager's state in etcd; its tests start
+# their own single-member etcd (/usr/bin/etcd) on loopback ports with a temp data dir.
+# Only the binary is wanted: the package's service is not started (policy-rc.d, as for
+# Prometheus above).
+if [ ! -x /usr/bin/etcd ]; then
+    log "installing Debian's etcd-server (the binary only; its service stays stopped)"
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        made_policy=1
+    fi
+    apt_install --no-install-recommends etcd-server || { [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"; exit 1; }
+    [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
+fi
+
 # --- A browser for the web UI's tests ---------------------------------------------
 # tests/ui drives Debian's chromium, headless, through Playwright (a PyPI package that is
 # only the driver: `playwright install` would download a browser build, which must never

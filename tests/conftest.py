@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
+    ETCD,
+    EtcdProcess,
     ManagerProcess,
     WorkerProcess,
     manager_process,
@@ -43,6 +45,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
+    """A real etcd for this module's tests (each keeps its keys under a prefix of its
+    own), stopped afterwards. Skipped, saying why, where Debian's etcd-server is not
+    installed (scripts/setup.sh installs it)."""
+    if not ETCD.exists():
+        pytest.skip(f"{ETCD} is missing: scripts/setup.sh installs Debian's etcd-server")
+    server = EtcdProcess(tmp_path_factory.mktemp("etcd")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

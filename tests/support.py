@@ -398,3 +398,68 @@ class ThreadedEngineProxy:
             self.down()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+ETCD = Path("/usr/bin/etcd")  # Debian's etcd-server (scripts/setup.sh installs it)
+
+
+@dataclass
+class EtcdProcess:
+    """A single-member etcd of a test's own: loopback ports, a temp data dir.
+
+    Its write limits are raised as docs/operations.md asks for Cube: one commit of the
+    manager is one transaction (a task, its history and its events, for every task a
+    placement pass or a job's submission touches), past etcd's default of 128 keys."""
+
+    data: Path
+    port: int = field(default_factory=free_port)
+    peer: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, prefix: str = "") -> str:
+        return f"etcd://{self.endpoint}/{prefix}" if prefix else f"etcd://{self.endpoint}"
+
+    def start(self) -> Self:
+        self.data.mkdir(parents=True, exist_ok=True)
+        client, peer = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer}"
+        args = [
+            str(ETCD),
+            "--name=cube-test",
+            f"--data-dir={self.data / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=cube-test={peer}",
+            "--max-txn-ops=100000",
+            "--max-request-bytes=33554432",
+        ]
+        with (self.data / "etcd.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(self.healthy, timeout=30, what="etcd to answer", detail=self.output)
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"etcd exited ({self.proc.returncode}):\n{self.output()}")
+        answer = httpx.get(f"http://{self.endpoint}/health", timeout=2)
+        return answer.status_code == 200 and answer.json().get("health") == "true"
+
+    def output(self) -> str:
+        log = self.data / "etcd.log"
+        return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

@@ -1,0 +1,356 @@
+"""The manager's state in etcd: ``cube manager --store etcd://HOST:PORT[,HOST:PORT…][/prefix]``.
+
+SQLite keeps a manager's state on its own disk; etcd keeps it on a replicated cluster,
+so that a manager that dies (or whose disk dies) loses nothing, and so that several
+managers can later share it (issue 17). Every key lives under a prefix (``/cube/`` by
+default), and every value is JSON as the API shows it:
+
+- ``tasks/<task id>``: a task, its desired and observed state;
+- ``history/<task id>/<position>-<event id>``: its TaskEvents, ordered by the revision
+  that created them, then by their position in that write;
+- ``events/<index, 20 digits>``: the event log (GET /events), trimmed by its retention;
+- ``jobs/<name>`` (a job, its versions and its deployment), ``nodes/<name>``,
+  ``tokens/<id>`` (hashes, never secrets).
+
+A commit is one etcd transaction: the tasks, their TaskEvents and the log's events are
+stored together or not at all, and each task's put is guarded by the mod revision it
+had when this manager last read or wrote it (absent, for a new task), so a write over
+someone else's raises :class:`~cube.manager.backend.Conflict`. Each event's key must be
+absent too, so two writers never give out the same index.
+
+The Backend seam loads synchronously, at start: :meth:`EtcdBackend.open` reads every
+task, job, node, token and retained event at once, and loads are answered from that.
+Readers of the event log are served from memory as with ``--store memory``; a task's
+history is read from etcd when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aetcd
+
+from cube.events import Event
+from cube.job import JobRecord
+from cube.manager.auth import TokenRecord
+from cube.manager.backend import Change, Conflict, _Checked
+from cube.manager.eventstore import EventStore
+from cube.node import NodeRecord
+from cube.task import Task, TaskEvent
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "/cube/"
+# Seconds one etcd call may take: a gRPC deadline that etcd's answer ends, not a timer.
+TIMEOUT = 5
+# gRPC's 4 MiB default would cut a large load (every task in one range) short; etcd's
+# own --max-request-bytes bounds what a write may carry.
+_CHANNEL = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+_UNREACHABLE = (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)
+
+
+class StoreUnavailable(Exception):
+    """No etcd endpoint answers."""
+
+
+@dataclass(frozen=True)
+class EtcdUrl:
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str = DEFAULT_PREFIX
+
+
+def parse_url(url: str) -> EtcdUrl:
+    """``etcd://HOST:PORT[,HOST:PORT…][/prefix]`` (the port defaults to etcd's 2379)."""
+    if not url.startswith("etcd://"):
+        raise ValueError(f"{url!r} is not etcd://HOST:PORT[,HOST:PORT...][/prefix]")
+    hosts, _, path = url.removeprefix("etcd://").partition("/")
+    endpoints = []
+    for part in filter(None, hosts.split(",")):
+        parsed = urlsplit(f"//{part}")
+        try:
+            port = parsed.port or 2379
+        except ValueError:
+            raise ValueError(f"{part!r}: the port must be a number") from None
+        if not parsed.hostname:
+            raise ValueError(f"{part!r}: no host")
+        endpoints.append((parsed.hostname, port))
+    if not endpoints:
+        raise ValueError(f"{url!r} names no etcd endpoint")
+    prefix = f"/{path.strip('/')}/" if path.strip("/") else DEFAULT_PREFIX
+    return EtcdUrl(tuple(endpoints), prefix)
+
+
+class _Connection:
+    """One client at a time, to the first endpoint that answers; when one stops
+    answering, the next call tries the others. A client belongs to the event loop that
+    made it (gRPC's channels do), so a new loop (the server's, after a load at start)
+    gets a new one."""
+
+    def __init__(self, endpoints: Sequence[tuple[str, int]]) -> None:
+        self.endpoints = list(endpoints)
+        self._at = 0
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is loop:
+            return self._client
+        failures = []
+        for _ in self.endpoints:
+            host, port = self.endpoints[self._at]
+            client = aetcd.Client(host, port, timeout=TIMEOUT, options=_CHANNEL)
+            try:
+                await client.connect()
+                await client.status()  # connect() alone sends nothing
+            except aetcd.ClientError as exc:
+                failures.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                await client.close()
+                self._at = (self._at + 1) % len(self.endpoints)
+                continue
+            self._client, self._loop = client, loop
+            return client
+        raise StoreUnavailable("no etcd endpoint answers (" + "; ".join(failures) + ")")
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn(client)``. A failed endpoint is left for the next call, which tries
+        the others; the call itself is not repeated, as a write whose answer was lost
+        may have been applied (a revision compare then tells)."""
+        client = await self.client()
+        try:
+            return await fn(client)
+        except _UNREACHABLE:
+            self._at = (self._at + 1) % len(self.endpoints)
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.close()
+
+
+def _json(value: Any) -> bytes:
+    return str(value.model_dump_json()).encode()
+
+
+@dataclass
+class EtcdEvents:
+    """The event log's keys, with every retained event also in memory (oldest first):
+    reads are served from there, and only writes reach etcd."""
+
+    conn: _Connection
+    prefix: str
+    events: list[Event] = field(default_factory=list)
+
+    def key(self, index: int) -> bytes:
+        return f"{self.prefix}events/{index:020d}".encode()
+
+    def last_index(self) -> int:
+        return self.events[-1].Index if self.events else 0
+
+    def writes(self, events: Sequence[Event]) -> tuple[list[Any], list[Any]]:
+        """The compares (each index still free) and puts that store ``events``."""
+        tx = aetcd.Transactions()
+        compares = [tx.version(self.key(e.Index)) == 0 for e in events]
+        return compares, [tx.put(self.key(e.Index), _json(e)) for e in events]
+
+    def stored(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    async def append(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        compares, puts = self.writes(events)
+        ok, _ = await self.conn.call(lambda c: c.transaction(compares, puts, []))
+        if not ok:
+            raise Conflict(f"event indexes {events[0].Index}.. were given out by another writer")
+        self.stored(events)
+
+    def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
+        start = bisect.bisect_right(self.events, index, key=lambda e: e.Index)
+        found: list[Event] = []
+        for event in self.events[start:]:
+            if not topics or event.Topic in topics:
+                found.append(event)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def recent(self, count: int) -> list[Event]:
+        return self.events[-count:] if count else []
+
+    async def trim(self, before: datetime, keep: int) -> int:
+        """Drop the oldest events past ``keep`` and those older than ``before``: one
+        range of keys, deleted in one request."""
+        last, cut = self.last_index(), 0
+        while cut < len(self.events) and (
+            self.events[cut].Index <= last - keep or self.events[cut].Time < before
+        ):
+            cut += 1
+        if not cut:
+            return 0
+        start, end = self.key(self.events[0].Index), self.key(self.events[cut - 1].Index + 1)
+        await self.conn.call(lambda c: c.delete_range(start, end))
+        del self.events[:cut]
+        return cut
+
+
+class EtcdBackend(_Checked):
+    """Tasks, history, events, jobs, nodes and tokens in etcd (see the module's doc)."""
+
+    def __init__(self, conn: _Connection, prefix: str) -> None:
+        super().__init__()
+        self.conn = conn
+        self.prefix = prefix
+        self._events = EtcdEvents(conn, prefix)
+        self.stream: EventStore = self._events
+        self._revisions: dict[uuid.UUID, int] = {}  # each task's mod revision, as last seen
+        self._jobs: list[JobRecord] = []
+        self._nodes: list[NodeRecord] = []
+        self._tokens: list[TokenRecord] = []
+
+    # --- opening ----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str) -> EtcdBackend:
+        """Connect and read everything a manager loads at start."""
+        where = parse_url(url)
+        backend = cls(_Connection(where.endpoints), where.prefix)
+        await backend._load()
+        return backend
+
+    @classmethod
+    def connect(cls, url: str) -> EtcdBackend:
+        """:meth:`open`, from outside an event loop (the CLI, before it serves): the
+        loop that loads ends here, and the server's loop connects anew."""
+
+        async def opened() -> EtcdBackend:
+            backend = await cls.open(url)
+            await backend.conn.aclose()
+            return backend
+
+        return asyncio.run(opened())
+
+    async def _range(self, kind: str) -> list[Any]:
+        prefix = f"{self.prefix}{kind}/".encode()
+        found = await self.conn.call(lambda c: c.get_prefix(prefix, sort_order="ascend"))
+        return list(found)
+
+    async def _load(self) -> None:
+        for kv in await self._range("tasks"):
+            task = Task.model_validate_json(kv.value)
+            self._current[task.ID] = task
+            self._revisions[task.ID] = int(kv.mod_revision)
+        self._jobs = [JobRecord.model_validate_json(kv.value) for kv in await self._range("jobs")]
+        self._nodes = [
+            NodeRecord.model_validate_json(kv.value) for kv in await self._range("nodes")
+        ]
+        self._tokens = [
+            TokenRecord.model_validate_json(kv.value) for kv in await self._range("tokens")
+        ]
+        self._events.events = [
+            Event.model_validate_json(kv.value) for kv in await self._range("events")
+        ]
+
+    def _key(self, kind: str, name: str) -> bytes:
+        return f"{self.prefix}{kind}/{name}".encode()
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def load(self) -> list[Task]:
+        return list(self._current.values())
+
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
+        self._check(changes)
+        tx = aetcd.Transactions()
+        compares, puts = self._events.writes(stream)
+        for change in changes:
+            key = self._key("tasks", str(change.after.ID))
+            # Mod revision 0 is etcd's for an absent key: a new task must be new there too.
+            compares.append(tx.mod(key) == self._revisions.get(change.after.ID, 0))
+            puts.append(tx.put(key, _json(change.after)))
+        for position, event in enumerate(events):
+            name = f"{event.Task.ID}/{position:06d}-{event.ID}"
+            puts.append(tx.put(self._key("history", name), _json(event)))
+        if not puts:
+            return
+        try:
+            ok, answers = await self.conn.call(lambda c: c.transaction(compares, puts, []))
+        except aetcd.InvalidArgumentError as exc:
+            raise aetcd.InvalidArgumentError(
+                f"etcd refused a write of {len(puts)} keys ({exc}): its --max-txn-ops and "
+                "--max-request-bytes must allow Cube's largest commit (docs/operations.md)"
+            ) from exc
+        if not ok:
+            raise Conflict("a task changed in etcd meanwhile: another writer got there first")
+        revision = int(answers[0].response_put.header.revision)
+        for change in changes:
+            self._revisions[change.after.ID] = revision
+        self._keep(changes)
+        self._events.stored(stream)
+
+    async def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        found = await self._range(f"history/{task_id}")
+        found.sort(key=lambda kv: (int(kv.create_revision), bytes(kv.key)))
+        return [TaskEvent.model_validate_json(kv.value) for kv in found]
+
+    # --- jobs, nodes, tokens ------------------------------------------------------------
+
+    async def _put(self, kind: str, items: Sequence[tuple[str, Any]]) -> None:
+        """Plain puts, in one transaction: this slice has one writer, so no compare."""
+        tx = aetcd.Transactions()
+        puts = [tx.put(self._key(kind, name), _json(value)) for name, value in items]
+        if puts:
+            await self.conn.call(lambda c: c.transaction([], puts, []))
+
+    async def _delete(self, kind: str, name: str) -> None:
+        key = self._key(kind, name)
+        await self.conn.call(lambda c: c.delete(key))
+
+    def load_jobs(self) -> list[JobRecord]:
+        return list(self._jobs)
+
+    async def save_job(self, record: JobRecord) -> None:
+        await self._put("jobs", [(record.Job.Name, record)])
+
+    def load_nodes(self) -> list[NodeRecord]:
+        return list(self._nodes)
+
+    async def save_nodes(self, records: Sequence[NodeRecord]) -> None:
+        await self._put("nodes", [(r.Name, r) for r in records])
+
+    async def delete_node(self, name: str) -> None:
+        await self._delete("nodes", name)
+
+    def load_tokens(self) -> list[TokenRecord]:
+        return list(self._tokens)
+
+    async def save_token(self, record: TokenRecord) -> None:
+        await self._put("tokens", [(record.ID, record)])
+
+    async def delete_token(self, token_id: str) -> None:
+        await self._delete("tokens", token_id)
+
+    # --- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The seam closes synchronously; the channel closes on its own loop, in the
+        background (the manager is stopping: nothing waits for it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._closing = loop.create_task(self.conn.aclose())
+
+    async def aclose(self) -> None:
+        await self.conn.aclose()
