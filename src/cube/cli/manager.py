@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cube.cli.exposure import insecure_option, refusal
 from cube.cli.tls import TlsCa, TlsCert, TlsKey
 from cube.cli.worker import DbType
+
+if TYPE_CHECKING:
+    from cube.manager.backend import Backend
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +52,16 @@ def manager(
             "-d", "--dbType", "--dbtype", envvar="CUBE_MANAGER_DBTYPE", help="Where tasks are kept."
         ),
     ] = DbType.memory,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="CUBE_MANAGER_STORE",
+            help="Where the manager's state is kept: memory, sqlite (DATA_DIR/manager.db, "
+            "as -d persistent) or etcd://HOST:PORT[,HOST:PORT...][/prefix] (keys under "
+            "/cube/ by default; see docs/operations.md). Given, it is used instead of -d.",
+        ),
+    ] = None,
     data_dir: Annotated[
         Path,
         typer.Option("--data-dir", envvar="CUBE_DATA_DIR", help="Directory for persistent state."),
@@ -244,7 +257,6 @@ def manager(
     from cube.cli.errors import CliError
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.manager.api import create_app
-    from cube.manager.backend import Backend, MemoryBackend, SqliteBackend
     from cube.manager.manager import Manager, Settings
     from cube.node import worker_addresses
     from cube.scheduler import make_scheduler
@@ -275,11 +287,7 @@ def manager(
     if calls is not None:
         addresses = [https(a) for a in addresses]  # an explicit http:// too: mutual TLS
 
-    backend: Backend
-    if dbtype is DbType.persistent:
-        backend = SqliteBackend(data_dir / "manager.db")
-    else:
-        backend = MemoryBackend()
+    backend = _backend(store, dbtype, data_dir)
     settings = Settings(
         poll_interval=poll_interval,
         watch_heartbeat=watch_heartbeat,
@@ -305,6 +313,31 @@ def manager(
     )
     node = Manager(addresses, chosen, backend, settings)
     serve(create_app(node), host, port, log_level, tls=served)
+
+
+def _backend(store: str | None, dbtype: DbType, data_dir: Path) -> Backend:
+    """The store named by --store, else by -d (the book's flag, as it always was)."""
+    from cube.cli.errors import CliError
+    from cube.manager.backend import MemoryBackend, SqliteBackend
+
+    if store is None:
+        store = "sqlite" if dbtype is DbType.persistent else "memory"
+    elif dbtype is DbType.persistent and store != "sqlite":
+        raise CliError(f"-d persistent and --store {store} disagree: give one of them")
+    if store == "memory":
+        return MemoryBackend()
+    if store == "sqlite":
+        return SqliteBackend(data_dir / "manager.db")
+    if not store.startswith("etcd://"):
+        raise CliError(f"--store {store}: memory, sqlite or etcd://HOST:PORT[,...][/prefix]")
+    from cube.manager.etcd_backend import EtcdBackend, StoreUnavailable
+
+    try:
+        return EtcdBackend.connect(store)
+    except ValueError as exc:
+        raise CliError(f"--store: {exc}") from None
+    except StoreUnavailable as exc:
+        raise CliError(f"--store {store}: {exc}") from None
 
 
 def _token_file(path: Path) -> str | None:
