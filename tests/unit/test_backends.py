@@ -203,3 +203,29 @@ async def test_etcd_unreachable_is_said_plainly() -> None:
 
     with pytest.raises(StoreUnavailable, match="no etcd endpoint answers"):
         await EtcdBackend.open(f"etcd://127.0.0.1:{free_port()}")
+
+
+def test_the_manager_command_opens_the_store_it_is_told(tmp_path: Path, etcd: EtcdProcess) -> None:
+    """--store names the store; without it -d does, as it always did; a store that
+    cannot be had stops the manager with one line saying why."""
+    from cube.cli.errors import CliError
+    from cube.cli.manager import _backend
+    from cube.cli.worker import DbType
+    from tests.support import free_port
+
+    assert isinstance(_backend(None, DbType.memory, tmp_path), MemoryBackend)
+    sqlite = _backend(None, DbType.persistent, tmp_path)
+    assert isinstance(sqlite, SqliteBackend) and (tmp_path / "manager.db").exists()
+    sqlite.close()
+    assert isinstance(_backend("memory", DbType.memory, tmp_path), MemoryBackend)
+    # Loaded on a loop of its own, before the server's: its client connects anew there.
+    opened = _backend(etcd.url("cli"), DbType.memory, tmp_path)
+    assert isinstance(opened, EtcdBackend) and opened.prefix == "/cli/"
+    for store, dbtype, says in [
+        ("etcd", DbType.memory, "memory, sqlite or etcd://"),
+        ("etcd://h:port", DbType.memory, "the port must be a number"),
+        (f"etcd://127.0.0.1:{free_port()}", DbType.memory, "no etcd endpoint answers"),
+        ("memory", DbType.persistent, "disagree"),
+    ]:
+        with pytest.raises(CliError, match=says):
+            _backend(store, dbtype, tmp_path)

@@ -4,7 +4,7 @@ The manager's :class:`~cube.manager.state.State` is the one writer; it hands eve
 change to a :class:`Backend` as one :meth:`~Backend.commit` — the tasks that changed and
 the events that changed them — and answers nobody until that commit returns. The seam is
 asynchronous and each change names the version it replaces, so that a store with
-compare-and-swap and watches (etcd, later) can sit behind it: such a backend turns the
+compare-and-swap sits behind it too: :mod:`cube.manager.etcd_backend` turns the
 ``before`` of each change into a revision compare in one transaction and raises
 :class:`Conflict` when another writer got there first. The two backends here are the
 only writers of their data, and check ``before`` against what they last stored.

@@ -216,6 +216,7 @@ class EtcdBackend(_Checked):
         self._jobs: list[JobRecord] = []
         self._nodes: list[NodeRecord] = []
         self._tokens: list[TokenRecord] = []
+        self._closing: asyncio.Task[None] | None = None  # held, so it is not collected
 
     # --- opening ----------------------------------------------------------------------
 
