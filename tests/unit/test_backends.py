@@ -229,3 +229,30 @@ def test_the_manager_command_opens_the_store_it_is_told(tmp_path: Path, etcd: Et
     ]:
         with pytest.raises(CliError, match=says):
             _backend(store, dbtype, tmp_path)
+
+
+async def test_etcd_a_write_whose_answer_was_lost_is_known_to_be_done(etcd: EtcdProcess) -> None:
+    """etcd applied the transaction but its answer never came (a timeout, a link cut
+    after the commit): the backend reads the tasks back, finds them as it wrote them,
+    and goes on from their new revisions rather than conflicting with itself forever."""
+    import aetcd
+
+    backend = await EtcdBackend.open(etcd.url(f"lost-{uuid.uuid4().hex[:8]}"))
+    task = Task(Image="a")
+    await backend.commit([Change(None, task)], [])
+    call = backend.conn.call
+
+    async def answer_lost(fn: Callable[[object], Awaitable[object]]) -> object:
+        backend.conn.call = call  # type: ignore[method-assign]
+        await call(fn)
+        raise aetcd.ConnectionTimeoutError("deadline exceeded")
+
+    backend.conn.call = answer_lost  # type: ignore[method-assign,assignment]
+    moved = placed(task, "w1")
+    await backend.commit([Change(task, moved)], [TaskEvent(Task=moved)])
+    await backend.commit([Change(moved, placed(moved, "w2"))], [])  # no Conflict
+    again = await EtcdBackend.open(etcd.url(backend.prefix.strip("/")))
+    assert [t.Node for t in again.load()] == ["w2"]
+    assert len(await again.history(task.ID)) == 1
+    for opened in (backend, again):
+        await opened.aclose()

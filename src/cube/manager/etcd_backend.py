@@ -292,13 +292,43 @@ class EtcdBackend(_Checked):
                 f"etcd refused a write of {len(puts)} keys ({exc}): its --max-txn-ops and "
                 "--max-request-bytes must allow Cube's largest commit (docs/operations.md)"
             ) from exc
+        except _UNREACHABLE:
+            applied = await self._applied(changes)
+            if applied is None:
+                raise
+            ok, revision = True, applied
+        else:
+            revision = int(answers[0].response_put.header.revision) if ok else 0
         if not ok:
-            raise Conflict("a task changed in etcd meanwhile: another writer got there first")
-        revision = int(answers[0].response_put.header.revision)
+            applied = await self._applied(changes)
+            if applied is None:
+                raise Conflict("a task changed in etcd meanwhile: another writer got there first")
+            revision = applied
         for change in changes:
             self._revisions[change.after.ID] = revision
         self._keep(changes)
         self._events.stored(stream)
+
+    async def _applied(self, changes: Sequence[Change]) -> int | None:
+        """After a write whose answer was lost (or that a retry of it found done): the
+        revision it was stored at, if etcd holds every task as the write left it; then
+        all of it was stored (one transaction), and the next write's compares must know.
+        None otherwise, or if etcd cannot say."""
+        revision = None
+        for change in changes:
+            key = self._key("tasks", str(change.after.ID))
+
+            async def get(client: Any, key: bytes = key) -> Any:
+                return await client.get(key)
+
+            try:
+                held = await self.conn.call(get)
+            except (*_UNREACHABLE, StoreUnavailable):
+                return None
+            if held is None or Task.model_validate_json(held.value) != change.after:
+                return None
+            revision = int(held.mod_revision)
+        return revision
 
     async def history(self, task_id: uuid.UUID) -> list[TaskEvent]:
         found = await self._range(f"history/{task_id}")
