@@ -40,6 +40,20 @@ if ! .venv/bin/python -c 'import cube' 2>/dev/null \
     touch .venv/.cube-installed
 fi
 
+# --- OpenAPI client generator -------------------------------------------------------
+# tests/integration/test_generated_client.py generates a Python client from each
+# server's served OpenAPI document, as a user of the API would, and uses it. The
+# generator lives in a venv of its own: openapi-python-client pins typer below the one
+# in requirements.lock, so it cannot join .venv. Pinned, as the lock pins the rest: a
+# new release must not change what the test checks unseen.
+OPENAPI_CLIENT="openapi-python-client==0.29.1"
+if [ "$(cat .venv-openapi/.cube-installed 2>/dev/null)" != "$OPENAPI_CLIENT" ]; then
+    log "installing $OPENAPI_CLIENT in .venv-openapi"
+    [ -x .venv-openapi/bin/python ] || python3 -m venv .venv-openapi
+    .venv-openapi/bin/python -m pip install -q "$OPENAPI_CLIENT"
+    echo "$OPENAPI_CLIENT" >.venv-openapi/.cube-installed
+fi
+
 # --- Docker engine --------------------------------------------------------------
 docker_ok() { docker info >/dev/null 2>&1; }
 if ! docker_ok; then

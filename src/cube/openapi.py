@@ -13,7 +13,11 @@ each route remembering, :func:`install` post-processes the document once:
 - every route secured by a scheme in ``guards`` answers what that guard answers (401
   without a good token, 403 for a read token writing), unless the route says otherwise;
 - the models of bodies read by hand (:func:`body`, :func:`content`) join the document's
-  components like any other.
+  components like any other;
+- every model's title is unique, as a generated client names its classes by the
+  titles (openapi-python-client does): the two halves of a model seen both as input and
+  as output (``Task-Input``, ``Task``) are titled by their names (``TaskInput``), not both
+  by the model's (``Task``), which would leave a client with one of them.
 
 A unit test walks both served documents and checks these rules for every route.
 """
@@ -121,7 +125,22 @@ def exact(document: dict[str, Any], guards: Mapping[str, Guard]) -> dict[str, An
                         wanted.update(guards[scheme](method.upper()))
             for code, description in sorted(wanted.items()):
                 answers.setdefault(str(code), _error(description))
+    _title(components)
     return document
+
+
+def _title(components: dict[str, Any]) -> None:
+    """Title each half of a split model (``Job-Input``, ``Job-Output``) by its name
+    without the dash, as generators that name classes by the components' names make it
+    (pydantic titles both ``Job``); then every title is a class name of its own."""
+    for name, found in components.items():
+        if name.endswith(("-Input", "-Output")):
+            found["title"] = name.replace("-", "")
+    titles: dict[str, str] = {}
+    for name, found in components.items():
+        title = found.get("title", name)
+        if titles.setdefault(title, name) != name:
+            raise RuntimeError(f"{titles[title]!r} and {name!r} are both titled {title!r}")
 
 
 def _error(description: str) -> dict[str, Any]:
