@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cube.clock import Clock
-from cube.events import Draft, Event
+from cube.events import Draft, Event, ready
 from cube.job import JobRecord
 from cube.manager.eventstore import EventStore
 from cube.node import Node
@@ -178,12 +178,12 @@ class EventLog:
         empty). An index older than what is kept starts at the oldest kept."""
         recent = self._recent
         if not recent or index + 1 < recent[0].Index:
-            return self.store.after(index, limit, topics)
+            return ready(self.store.after(index, limit, topics))
         start = max(index + 1 - recent[0].Index, 0)
         wanted = (
             e for e in itertools.islice(recent, start, None) if not topics or e.Topic in topics
         )
-        return list(itertools.islice(wanted, limit))
+        return ready(itertools.islice(wanted, limit))
 
     async def wait(self, index: int, timeout: float) -> bool:
         """Until there is an event after ``index`` (True) or ``timeout`` passes."""
@@ -209,7 +209,7 @@ def task_draft(before: Task | None, after: Task) -> Draft:
         kind = "TaskStopRequested"
     else:
         kind = "TaskUpdated"
-    return Draft(Topic="Task", Type=kind, Key=str(after.ID), Payload=after.to_wire())
+    return Draft.of("Task", kind, str(after.ID), after)  # its Payload made when read
 
 
 def job_drafts(before: JobRecord | None, after: JobRecord) -> list[Draft]:

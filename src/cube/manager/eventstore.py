@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from cube.events import Event
+from cube.events import Event, ready
 from cube.store import Database
 
 
@@ -54,10 +54,10 @@ class MemoryEvents:
                 found.append(event)
                 if len(found) >= limit:
                     break
-        return found
+        return ready(found)
 
     def recent(self, count: int) -> list[Event]:
-        return list(self._events)[-count:] if count else []
+        return ready(list(self._events)[-count:]) if count else []
 
     async def trim(self, before: datetime, keep: int) -> int:
         dropped = 0
@@ -82,7 +82,7 @@ class SqliteEvents:
         """For :meth:`Database.write`: in the caller's transaction."""
         conn.executemany(
             "INSERT INTO stream (idx, time, topic, value) VALUES (?, ?, ?, ?)",
-            [(e.Index, e.Time.timestamp(), e.Topic, e.model_dump_json()) for _, e in items],
+            [(e.Index, e.Time.timestamp(), e.Topic, e.ready().model_dump_json()) for _, e in items],
         )
 
     async def append(self, events: Sequence[Event]) -> None:
