@@ -102,6 +102,11 @@ export function meter(label, used, total, text) {
   );
 }
 
+// A labelled value in a summary card (a job's, a task's).
+export function field(label, value) {
+  return h("div", { class: "field" }, h("span", { class: "field-label" }, label), h("span", {}, value));
+}
+
 export function link(href, ...children) {
   return h("a", { href }, ...children);
 }

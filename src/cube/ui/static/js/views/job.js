@@ -2,7 +2,7 @@
 // two), and, for a management token, scale, revert, update and stop.
 
 import { del, get, post } from "../api.js";
-import { ago, fill, h, link, notify, short, stateBadge, stateName } from "../dom.js";
+import { ago, fill, h, link, notify, short, stateBadge, stateName, field } from "../dom.js";
 import { store, tasksOf } from "../store.js";
 import { diffLines } from "../diff.js";
 import { deploymentBadge, progress } from "./jobs.js";
@@ -211,10 +211,6 @@ export function mount(root, { args, canWrite }) {
 
   update();
   return { update };
-}
-
-function field(label, value) {
-  return h("div", { class: "field" }, h("span", { class: "field-label" }, label), h("span", {}, value));
 }
 
 function comparable(version) {

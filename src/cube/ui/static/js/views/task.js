@@ -2,7 +2,7 @@
 // following live (GET /tasks/{id}/logs?follow=true).
 
 import { ApiError, del, get, stream } from "../api.js";
-import { ago, fill, h, link, notify, ports, stateBadge, stateName, time } from "../dom.js";
+import { ago, fill, h, link, notify, ports, stateBadge, stateName, time, field } from "../dom.js";
 import { store } from "../store.js";
 import { placementText } from "./editor.js";
 
@@ -162,10 +162,6 @@ export function mount(root, { args, canWrite }) {
       if (reading) reading.abort();
     },
   };
-}
-
-function field(label, value) {
-  return h("div", { class: "field" }, h("span", { class: "field-label" }, label), h("span", {}, value));
 }
 
 function placementView(task) {
