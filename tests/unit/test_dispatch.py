@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
+from typing import Any
 
 import httpx
 import pytest
 
 from cube.clock import ManualClock
 from cube.manager.backend import MemoryBackend
-from cube.manager.dispatch import SLOT_HOLD, Dispatcher
+from cube.manager.dispatch import SLOT_HOLD, Dispatcher, _quietly
 from cube.manager.state import State as ClusterState
 from cube.node import Node
 from cube.task import State, Task
@@ -68,3 +70,22 @@ async def test_a_hanging_worker_keeps_its_slot_only_while_its_send_is_young() ->
     finally:
         answer.set()
         await dispatch.close()
+
+
+async def test_a_quiet_call_is_made_only_once_its_job_starts() -> None:
+    """stop_copy's job, cancelled before it starts (the manager stopping), leaves no
+    worker call made and never awaited (Python warned of one in the simulator)."""
+    made: list[str] = []
+
+    async def call() -> None:
+        made.append("called")
+
+    def factory() -> Coroutine[Any, Any, None]:
+        made.append("made")
+        return call()
+
+    job = _quietly(factory)
+    job.close()  # what Background does with a job cancelled before it started
+    assert made == []
+    await _quietly(factory)
+    assert made == ["made", "called"]

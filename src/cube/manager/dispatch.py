@@ -204,12 +204,15 @@ class Dispatcher:
         client = self.clients.get(node)
         if client is not None:
             log.info("task %s: stopping stray copy on %s", task.ID, node)
-            self.jobs.spawn(_quietly(client.stop(task.ID, task.RestartCount)))
+            self.jobs.spawn(_quietly(lambda: client.stop(task.ID, task.RestartCount)))
 
     async def close(self) -> None:
         await self.jobs.close()
 
 
-async def _quietly(job: Awaitable[None]) -> None:
+async def _quietly(job: Callable[[], Awaitable[None]]) -> None:
+    """Run ``job()``, a worker's refusal or absence being no news. It makes its call
+    only once started: a job cancelled before it starts (the manager stopping) leaves
+    no call made and never awaited behind it."""
     with contextlib.suppress(WorkerUnreachable, WorkerRejected):
-        await job
+        await job()
