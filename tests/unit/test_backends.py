@@ -19,7 +19,7 @@ from cube.job import Job, JobRecord, TaskTemplate
 from cube.manager.auth import TokenRecord
 from cube.manager.backend import Backend, Change, Conflict, MemoryBackend, SqliteBackend
 from cube.manager.etcd_backend import DEFAULT_PREFIX, EtcdBackend, parse_url
-from cube.manager.events import EventLog, Retention
+from cube.manager.events import EventLog, Retention, task_draft
 from cube.node import NodeRecord
 from cube.task import State, Task, TaskEvent
 from tests.support import EtcdProcess
@@ -256,3 +256,15 @@ async def test_etcd_a_write_whose_answer_was_lost_is_known_to_be_done(etcd: Etcd
     assert len(await again.history(task.ID)) == 1
     for opened in (backend, again):
         await opened.aclose()
+
+
+async def test_a_tasks_event_is_stored_with_its_payload(reopen: Opener) -> None:
+    """A task's event makes its Payload only when first read or written
+    (cube.events.Draft.of): every store must write it made, not empty."""
+    backend = await reopen()
+    task = Task(Image="a")
+    event = Event.of(1, datetime(2026, 1, 1, tzinfo=UTC), task_draft(None, task))
+    await backend.commit([Change(None, task)], [TaskEvent(State=State.RUNNING, Task=task)], [event])
+    again = await reopen()
+    (stored,) = again.stream.after(0, 10)
+    assert stored.Type == "TaskSubmitted" and stored.Payload == task.to_wire()

@@ -160,7 +160,8 @@ class EtcdEvents:
         """The compares (each index still free) and puts that store ``events``."""
         tx = aetcd.Transactions()
         compares = [tx.version(self.key(e.Index)) == 0 for e in events]
-        return compares, [tx.put(self.key(e.Index), _json(e)) for e in events]
+        # A task's event makes its Payload when first read or written (cube.events.ready).
+        return compares, [tx.put(self.key(e.Index), _json(e.ready())) for e in events]
 
     def stored(self, events: Sequence[Event]) -> None:
         self.events.extend(events)
