@@ -90,40 +90,30 @@ if ! command -v iptables >/dev/null 2>&1; then
     apt_install iptables
 fi
 
-# --- Prometheus -------------------------------------------------------------------
-# tests/integration/test_prometheus.py runs a real Prometheus server (its own binary,
-# config and storage in a temp dir) to scrape a cluster. Only the binary is wanted:
-# no node exporter (a recommendation), and the package's service is not started
-# (policy-rc.d answers 101, "not allowed", while it installs).
+# --- Servers the tests run themselves ----------------------------------------------
+# Only their binaries are wanted: the packages' services are not started (policy-rc.d
+# answers 101, "not allowed", while they install), and no recommendations.
+apt_install_binary() {
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        made_policy=1
+    fi
+    apt_install --no-install-recommends "$@" || { [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"; exit 1; }
+    [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
+}
+# tests/integration/test_prometheus.py runs a real Prometheus server (its own config
+# and storage in a temp dir) to scrape a cluster.
 if ! command -v prometheus >/dev/null 2>&1; then
     log "installing Debian's prometheus (the binary only; its service stays stopped)"
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-        as_root chmod +x "$policy"
-        made_policy=1
-    fi
-    apt_install --no-install-recommends prometheus || { [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"; exit 1; }
-    [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
+    apt_install_binary prometheus
 fi
-
-# --- etcd ---------------------------------------------------------------------------
 # `cube manager --store etcd://...` keeps the manager's state in etcd; its tests start
 # their own single-member etcd (/usr/bin/etcd) on loopback ports with a temp data dir.
-# Only the binary is wanted: the package's service is not started (policy-rc.d, as for
-# Prometheus above).
 if [ ! -x /usr/bin/etcd ]; then
     log "installing Debian's etcd-server (the binary only; its service stays stopped)"
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-        as_root chmod +x "$policy"
-        made_policy=1
-    fi
-    apt_install --no-install-recommends etcd-server || { [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"; exit 1; }
-    [ "$made_policy" -eq 0 ] || as_root rm -f "$policy"
+    apt_install_binary etcd-server
 fi
 
 # --- A browser for the web UI's tests ---------------------------------------------
