@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -24,7 +23,7 @@ import docker
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, free_port, terminate, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -187,12 +186,7 @@ def installed_worker(installed: Install) -> Iterator[tuple[str, Path]]:
     try:
         yield f"http://127.0.0.1:{port}", path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
         log.close()
 
 

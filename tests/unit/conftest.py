@@ -4,13 +4,14 @@ checkout writes .cube/client.json, which the CLI and ManagerClient would otherwi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+
+# A file that is never there: the CLI then has no client config to read.
+NO_CONFIG = "/nonexistent/cube-client.json"
 
 
 @pytest.fixture(autouse=True)
-def no_client_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CUBE_CONFIG", str(tmp_path / "no-client.json"))
+def no_client_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUBE_CONFIG", NO_CONFIG)
     for name in ("CUBE_TOKEN", "CUBE_MANAGER", "CUBE_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
