@@ -420,6 +420,12 @@ class EtcdProcess:
     port: int = field(default_factory=free_port)
     peer: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    name: str = "cube-test"
+    cluster: str = ""  # --initial-cluster; empty: this member alone
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer}"
 
     @property
     def endpoint(self) -> str:
@@ -428,18 +434,18 @@ class EtcdProcess:
     def url(self, prefix: str = "") -> str:
         return f"etcd://{self.endpoint}/{prefix}" if prefix else f"etcd://{self.endpoint}"
 
-    def start(self) -> Self:
+    def start(self, wait: bool = True) -> Self:
         self.data.mkdir(parents=True, exist_ok=True)
-        client, peer = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer}"
+        client, peer = f"http://{self.endpoint}", self.peer_url
         args = [
             str(ETCD),
-            "--name=cube-test",
+            f"--name={self.name}",
             f"--data-dir={self.data / 'etcd'}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=cube-test={peer}",
+            f"--initial-cluster={self.cluster or f'{self.name}={peer}'}",
             "--max-txn-ops=100000",
             "--max-request-bytes=33554432",
         ]
@@ -447,13 +453,14 @@ class EtcdProcess:
             self.proc = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_for(self.healthy, timeout=30, what="etcd to answer", detail=self.output)
+        if wait:
+            wait_for(self.healthy, timeout=30, what="etcd to answer", detail=self.output)
         return self
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"etcd exited ({self.proc.returncode}):\n{self.output()}")
-        answer = httpx.get(f"http://{self.endpoint}/health", timeout=2)
+        answer = httpx.get(f"http://{self.endpoint}/health", timeout=3)
         return answer.status_code == 200 and answer.json().get("health") == "true"
 
     def output(self) -> str:
@@ -462,3 +469,39 @@ class EtcdProcess:
 
     def stop(self) -> None:
         terminate(self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@dataclass
+class EtcdCluster:
+    """Three etcd members on loopback, as `cube up --ha` and docs/operations.md run
+    them: any one may die and the other two keep a quorum."""
+
+    members: list[EtcdProcess]
+
+    @classmethod
+    def of(cls, data: Path, size: int = 3) -> EtcdCluster:
+        members = [EtcdProcess(data / f"etcd-{i}", name=f"etcd-{i}") for i in range(size)]
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        for member in members:
+            member.cluster = cluster
+        return cls(members)
+
+    def url(self, prefix: str = "") -> str:
+        hosts = ",".join(m.endpoint for m in self.members)
+        return f"etcd://{hosts}/{prefix}" if prefix else f"etcd://{hosts}"
+
+    def start(self) -> Self:
+        for member in self.members:  # together: the first waits for a quorum
+            member.start(wait=False)
+        for member in self.members:
+            wait_for(member.healthy, timeout=30, what=f"{member.name} to answer")
+        return self
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()

@@ -8,9 +8,13 @@ import ssl
 import sys
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    from cube.manager.replica import Replica
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -85,7 +89,7 @@ def tune_gc() -> None:
 
 
 def serve(
-    app: FastAPI,
+    app: FastAPI | Replica,
     host: str,
     port: int,
     log_level: str = "info",

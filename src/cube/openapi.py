@@ -93,19 +93,26 @@ def content(media_type: str, annotation: Any) -> dict[str, Any]:
     return {media_type: {"schema": schema(annotation, "serialization")}}
 
 
-def install(app: FastAPI, guards: Mapping[str, Guard] | None = None) -> None:
-    """Serve the exact document (see the module's docstring) at /openapi.json and /docs."""
+def install(
+    app: FastAPI, guards: Mapping[str, Guard] | None = None, unavailable: str | None = None
+) -> None:
+    """Serve the exact document (see the module's docstring) at /openapi.json and /docs.
+
+    ``unavailable``: every route may answer 503 for this reason (a manager on etcd, when
+    etcd or the leader does not answer)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = exact(build(), guards or {})
+            app.openapi_schema = exact(build(), guards or {}, unavailable)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def exact(document: dict[str, Any], guards: Mapping[str, Guard]) -> dict[str, Any]:
+def exact(
+    document: dict[str, Any], guards: Mapping[str, Guard], unavailable: str | None = None
+) -> dict[str, Any]:
     components = document.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
@@ -123,6 +130,8 @@ def exact(document: dict[str, Any], guards: Mapping[str, Guard]) -> dict[str, An
                 for scheme in requirement:
                     if scheme in guards:
                         wanted.update(guards[scheme](method.upper()))
+            if unavailable:
+                wanted[503] = unavailable
             for code, description in sorted(wanted.items()):
                 answers.setdefault(str(code), _error(description))
     _title(components)

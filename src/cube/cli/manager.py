@@ -12,6 +12,8 @@ from cube.cli.tls import TlsCa, TlsCert, TlsKey
 from cube.cli.worker import DbType
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from cube.manager.backend import Backend
 
 
@@ -62,6 +64,25 @@ def manager(
             "/cube/ by default; see docs/operations.md). Given, it is used instead of -d.",
         ),
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            "--advertise",
+            envvar="CUBE_MANAGER_ADVERTISE",
+            help="With --store etcd://: the address other managers forward requests to "
+            "this one at (default: http(s)://HOST:PORT; needed when HOST is 0.0.0.0).",
+        ),
+    ] = None,
+    lease_ttl: Annotated[
+        int,
+        typer.Option(
+            "--lease-ttl",
+            envvar="CUBE_MANAGER_LEASE_TTL",
+            min=2,
+            help="With --store etcd://: seconds a leader's lease lasts unrefreshed; a dead "
+            "leader is replaced within about this long.",
+        ),
+    ] = 5,
     data_dir: Annotated[
         Path,
         typer.Option("--data-dir", envvar="CUBE_DATA_DIR", help="Directory for persistent state."),
@@ -253,6 +274,8 @@ def manager(
     ] = "info",
 ) -> None:
     """Run a manager: accept tasks, place them on workers, keep them running."""
+    import dataclasses
+
     from cube.cli import tls
     from cube.cli.errors import CliError
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
@@ -287,7 +310,6 @@ def manager(
     if calls is not None:
         addresses = [https(a) for a in addresses]  # an explicit http:// too: mutual TLS
 
-    backend = _backend(store, dbtype, data_dir)
     settings = Settings(
         poll_interval=poll_interval,
         watch_heartbeat=watch_heartbeat,
@@ -311,8 +333,50 @@ def manager(
         event_retention_count=event_retention_count,
         event_retention_age=event_retention_age,
     )
-    node = Manager(addresses, chosen, backend, settings)
+    if store is not None and store.startswith("etcd://"):
+        if dbtype is DbType.persistent:
+            raise CliError(f"-d persistent and --store {store} disagree: give one of them")
+        me = _advertised(advertise, host, port, served is not None)
+        _check_etcd(store)
+        from cube.manager.api import Leadership
+        from cube.manager.replica import Replica
+
+        def build(backend: Backend, term: int) -> FastAPI:
+            elected = dataclasses.replace(settings, term=term)
+            return create_app(Manager(addresses, chosen, backend, elected), Leadership(me, term))
+
+        replica = Replica(store, me, build, ttl=lease_ttl, tls=calls)
+        serve(replica, host, port, log_level, tls=served)
+        return
+    node = Manager(addresses, chosen, _backend(store, dbtype, data_dir), settings)
     serve(create_app(node), host, port, log_level, tls=served)
+
+
+def _advertised(advertise: str | None, host: str, port: int, tls: bool) -> str:
+    """Where other managers reach this one: as given, else as it listens."""
+    from cube.cli.errors import CliError
+
+    scheme = "https" if tls else "http"
+    if advertise:
+        return (advertise if "://" in advertise else f"{scheme}://{advertise}").rstrip("/")
+    if host in ("0.0.0.0", "::", ""):
+        raise CliError(
+            f"--advertise is needed with --host {host or '0.0.0.0'} and --store etcd://: "
+            "the address other managers reach this one at"
+        )
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _check_etcd(store: str) -> None:
+    from cube.cli.errors import CliError
+    from cube.manager.etcd_backend import EtcdBackend, StoreUnavailable
+
+    try:
+        EtcdBackend.check(store)
+    except ValueError as exc:
+        raise CliError(f"--store: {exc}") from None
+    except StoreUnavailable as exc:
+        raise CliError(f"--store {store}: {exc}") from None
 
 
 def _backend(store: str | None, dbtype: DbType, data_dir: Path) -> Backend:
@@ -328,16 +392,7 @@ def _backend(store: str | None, dbtype: DbType, data_dir: Path) -> Backend:
         return MemoryBackend()
     if store == "sqlite":
         return SqliteBackend(data_dir / "manager.db")
-    if not store.startswith("etcd://"):
-        raise CliError(f"--store {store}: memory, sqlite or etcd://HOST:PORT[,...][/prefix]")
-    from cube.manager.etcd_backend import EtcdBackend, StoreUnavailable
-
-    try:
-        return EtcdBackend.connect(store)
-    except ValueError as exc:
-        raise CliError(f"--store: {exc}") from None
-    except StoreUnavailable as exc:
-        raise CliError(f"--store {store}: {exc}") from None
+    raise CliError(f"--store {store}: memory, sqlite or etcd://HOST:PORT[,...][/prefix]")
 
 
 def _token_file(path: Path) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -22,6 +23,7 @@ from cube.errors import (
     parse_uuid,
 )
 from cube.logs import MANAGER_OPENAPI, LogResponse, log_options, log_query
+from cube.manager.backend import StoreUnavailable
 from cube.manager.events_api import INDEX_HEADER, INDEXED, index_stamp
 from cube.manager.events_api import router as events_router
 from cube.manager.jobs_api import router as jobs_router
@@ -40,6 +42,10 @@ from cube.task import Task, TaskEvent
 from cube.worker.api import tasks_json
 
 _EVENTS = TypeAdapter(list[TaskEvent])
+UNAVAILABLE = (
+    "The store did not answer (etcd without quorum, or unreachable), or no manager "
+    "leads: nothing was acknowledged; try again (resubmitting a task is safe)"
+)
 _404 = errors(e404="No such task")
 
 
@@ -53,9 +59,30 @@ class ManagerHealth(BaseModel):
     Tokens: bool = Field(
         description="Whether the API wants a token (the web UI asks for one at once)."
     )
+    Leading: bool = Field(
+        True,
+        description="Whether this manager leads (several on one etcd: only the leader "
+        "acts on workers; the others forward every request to it).",
+    )
+    Leader: str | None = Field(
+        None, description="The leading manager's address (managers on etcd only)."
+    )
+    Term: int | None = Field(
+        None,
+        description="The leadership's term: it grows with every new leader, and workers "
+        "refuse commands of an older one (managers on etcd only).",
+    )
 
 
-def create_app(manager: Manager) -> FastAPI:
+@dataclass(frozen=True)
+class Leadership:
+    """What the API says about leading, for a manager elected on etcd."""
+
+    address: str
+    term: int
+
+
+def create_app(manager: Manager, leadership: Leadership | None = None) -> FastAPI:
     stopping = asyncio.Event()  # the server is stopping: event streams end
 
     @asynccontextmanager
@@ -76,12 +103,16 @@ def create_app(manager: Manager) -> FastAPI:
 
     app = FastAPI(title="Cube manager", lifespan=lifespan)
     install_error_handlers(app)
-    install(app, guards={"Token": token_answers})
+    install(app, guards={"Token": token_answers}, unavailable=UNAVAILABLE)
     manager.metrics.http.install(app)
 
     @app.exception_handler(UnknownTask)
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
         return error_response(404, f"task {exc.args[0]} not found")
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return error_response(503, f"{exc}: nothing is acknowledged; try again shortly")
 
     api = APIRouter()  # the task routes, below
 
@@ -172,6 +203,8 @@ def create_app(manager: Manager) -> FastAPI:
             WorkersReady=sum(node.is_ready for node in nodes),
             Tasks=len(manager.state.tasks),
             Tokens=manager.tokens.enabled,
+            Leader=leadership.address if leadership else None,
+            Term=leadership.term if leadership else None,
         )
 
     @api.get(

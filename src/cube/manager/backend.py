@@ -39,6 +39,16 @@ class Conflict(Exception):
     """A change's ``before`` is not what the store holds: someone else wrote first."""
 
 
+class StoreUnavailable(Exception):
+    """The store did not answer (etcd without quorum, or unreachable): nothing was
+    stored that the caller can count on, and the API answers 503, to be tried again."""
+
+
+class Deposed(StoreUnavailable):
+    """This manager no longer leads: the store refused a write fenced by its term.
+    Another manager takes the request, so the API answers 503 as for an outage."""
+
+
 class Backend(Protocol):
     # The cluster's event stream (cube.manager.events): its own writes, and the task
     # events a commit carries.

@@ -40,7 +40,7 @@ import aetcd
 from cube.events import Event
 from cube.job import JobRecord
 from cube.manager.auth import TokenRecord
-from cube.manager.backend import Change, Conflict, _Checked
+from cube.manager.backend import Change, Conflict, Deposed, StoreUnavailable, _Checked
 from cube.manager.eventstore import EventStore
 from cube.node import NodeRecord
 from cube.task import Task, TaskEvent
@@ -56,8 +56,18 @@ _CHANNEL = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length
 _UNREACHABLE = (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)
 
 
-class StoreUnavailable(Exception):
-    """No etcd endpoint answers."""
+__all__ = ["EtcdBackend", "Fence", "StoreUnavailable", "parse_url"]
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leader's writes hold only while it leads: each transaction also compares the
+    leader key's create revision with the term (cube.manager.leader), so a manager
+    whose lease expired while it was frozen can store nothing."""
+
+    key: bytes
+    term: int
+    on_deposed: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -126,10 +136,10 @@ class _Connection:
         client = await self.client()
         try:
             return await fn(client)
-        except _UNREACHABLE:
+        except _UNREACHABLE as exc:
             self._at = (self._at + 1) % len(self.endpoints)
             await self.aclose()
-            raise
+            raise StoreUnavailable(f"etcd did not answer: {exc or type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -141,6 +151,26 @@ def _json(value: Any) -> bytes:
     return str(value.model_dump_json()).encode()
 
 
+async def transact(
+    conn: _Connection, fence: Fence | None, compares: list[Any], ops: list[Any]
+) -> tuple[bool, list[Any]]:
+    """One etcd transaction of ``ops`` if ``compares`` hold, fenced by ``fence`` when
+    given: a fence that fails raises :class:`Deposed` (and tells ``on_deposed``); other
+    failed compares return ``False``, as etcd answered."""
+    tx = aetcd.Transactions()
+    otherwise: list[Any] = []
+    if fence is not None:
+        compares = [*compares, tx.create(fence.key) == fence.term]
+        otherwise = [tx.get(fence.key)]
+    ok, answers = await conn.call(lambda c: c.transaction(compares, ops, otherwise))
+    if not ok and fence is not None:
+        held = answers[0]  # a range's answer: (value, key-value) pairs
+        if not held or int(held[0][1].create_revision) != fence.term:
+            fence.on_deposed()
+            raise Deposed(f"this manager no longer leads (its term {fence.term} is over)")
+    return bool(ok), list(answers)
+
+
 @dataclass
 class EtcdEvents:
     """The event log's keys, with every retained event also in memory (oldest first):
@@ -149,6 +179,7 @@ class EtcdEvents:
     conn: _Connection
     prefix: str
     events: list[Event] = field(default_factory=list)
+    fence: Fence | None = None
 
     def key(self, index: int) -> bytes:
         return f"{self.prefix}events/{index:020d}".encode()
@@ -170,7 +201,7 @@ class EtcdEvents:
         if not events:
             return
         compares, puts = self.writes(events)
-        ok, _ = await self.conn.call(lambda c: c.transaction(compares, puts, []))
+        ok, _ = await transact(self.conn, self.fence, compares, puts)
         if not ok:
             raise Conflict(f"event indexes {events[0].Index}.. were given out by another writer")
         self.stored(events)
@@ -199,7 +230,7 @@ class EtcdEvents:
         if not cut:
             return 0
         start, end = self.key(self.events[0].Index), self.key(self.events[cut - 1].Index + 1)
-        await self.conn.call(lambda c: c.delete_range(start, end))
+        await transact(self.conn, self.fence, [], [aetcd.Transactions().delete(start, end)])
         del self.events[:cut]
         return cut
 
@@ -207,11 +238,12 @@ class EtcdEvents:
 class EtcdBackend(_Checked):
     """Tasks, history, events, jobs, nodes and tokens in etcd (see the module's doc)."""
 
-    def __init__(self, conn: _Connection, prefix: str) -> None:
+    def __init__(self, conn: _Connection, prefix: str, fence: Fence | None = None) -> None:
         super().__init__()
         self.conn = conn
         self.prefix = prefix
-        self._events = EtcdEvents(conn, prefix)
+        self.fence = fence
+        self._events = EtcdEvents(conn, prefix, fence=fence)
         self.stream: EventStore = self._events
         self._revisions: dict[uuid.UUID, int] = {}  # each task's mod revision, as last seen
         self._jobs: list[JobRecord] = []
@@ -222,12 +254,26 @@ class EtcdBackend(_Checked):
     # --- opening ----------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str) -> EtcdBackend:
-        """Connect and read everything a manager loads at start."""
+    async def open(cls, url: str, fence: Fence | None = None) -> EtcdBackend:
+        """Connect and read everything a manager loads at start (a leader: with its
+        term's fence, so that nothing it writes outlives its term)."""
         where = parse_url(url)
-        backend = cls(_Connection(where.endpoints), where.prefix)
+        backend = cls(_Connection(where.endpoints), where.prefix, fence)
         await backend._load()
         return backend
+
+    @staticmethod
+    def check(url: str) -> None:
+        """That ``url`` is well formed and an endpoint answers, from outside an event
+        loop (the CLI, so that a wrong address fails at once, in one line)."""
+        where = parse_url(url)
+
+        async def answered() -> None:
+            conn = _Connection(where.endpoints)
+            await conn.client()
+            await conn.aclose()
+
+        asyncio.run(answered())
 
     @classmethod
     def connect(cls, url: str) -> EtcdBackend:
@@ -287,13 +333,15 @@ class EtcdBackend(_Checked):
         if not puts:
             return
         try:
-            ok, answers = await self.conn.call(lambda c: c.transaction(compares, puts, []))
+            ok, answers = await transact(self.conn, self.fence, compares, puts)
         except aetcd.InvalidArgumentError as exc:
             raise aetcd.InvalidArgumentError(
                 f"etcd refused a write of {len(puts)} keys ({exc}): its --max-txn-ops and "
                 "--max-request-bytes must allow Cube's largest commit (docs/operations.md)"
             ) from exc
-        except _UNREACHABLE:
+        except StoreUnavailable as exc:
+            if isinstance(exc, Deposed):
+                raise
             applied = await self._applied(changes)
             if applied is None:
                 raise
@@ -324,7 +372,7 @@ class EtcdBackend(_Checked):
 
             try:
                 held = await self.conn.call(get)
-            except (*_UNREACHABLE, StoreUnavailable):
+            except StoreUnavailable:
                 return None
             if held is None or Task.model_validate_json(held.value) != change.after:
                 return None
@@ -339,15 +387,17 @@ class EtcdBackend(_Checked):
     # --- jobs, nodes, tokens ------------------------------------------------------------
 
     async def _put(self, kind: str, items: Sequence[tuple[str, Any]]) -> None:
-        """Plain puts, in one transaction: this slice has one writer, so no compare."""
+        """Plain puts, in one transaction: only the leader writes these, so the fence
+        is their only compare."""
         tx = aetcd.Transactions()
         puts = [tx.put(self._key(kind, name), _json(value)) for name, value in items]
         if puts:
-            await self.conn.call(lambda c: c.transaction([], puts, []))
+            await transact(self.conn, self.fence, [], puts)
 
     async def _delete(self, kind: str, name: str) -> None:
-        key = self._key(kind, name)
-        await self.conn.call(lambda c: c.delete(key))
+        await transact(
+            self.conn, self.fence, [], [aetcd.Transactions().delete(self._key(kind, name))]
+        )
 
     def load_jobs(self) -> list[JobRecord]:
         return list(self._jobs)

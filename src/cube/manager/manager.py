@@ -129,6 +129,9 @@ class Settings:
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
     send_concurrency: int = 16
+    # The leadership's term, for a manager elected on etcd (cube.manager.leader): sent
+    # with every command, so workers refuse a deposed leader's. None: a single manager.
+    term: int | None = None
     # Workers are called over HTTPS with this context (the manager's certificate as
     # the client's, theirs checked against the cluster CA); None: as addressed.
     tls: ssl.SSLContext | None = None
