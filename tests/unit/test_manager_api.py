@@ -59,6 +59,7 @@ async def test_the_books_routes(api: httpx.AsyncClient) -> None:
         "WorkersReady": 0,
         "Tasks": 1,
         "Tokens": False,
+        "Leading": True,  # a single manager leads itself; Leader and Term: on etcd
     }
 
 
@@ -192,12 +193,18 @@ async def test_the_openapi_document_describes_the_jobs_routes(api: httpx.AsyncCl
     post = doc["paths"]["/jobs"]["post"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/Job-Input")  # its sizes may be strings ("1GiB")
-    assert set(post["responses"]) == {"201", "400", "401", "403"}  # what it answers; no 422
+    assert set(post["responses"]) == {
+        "201",
+        "400",
+        "401",
+        "403",
+        "503",
+    }  # no 422; 503: etcd or no leader
     created = post["responses"]["201"]["content"]["application/json"]["schema"]
     assert created["$ref"].endswith("/JobAnswer")
     assert "Deployment" in doc["components"]["schemas"]["JobAnswer"]["properties"]
     scale = doc["paths"]["/jobs/{name}/scale"]["post"]["responses"]
-    assert set(scale) == {"200", "400", "401", "403", "404"}
+    assert set(scale) == {"200", "400", "401", "403", "404", "503"}
     assert "422" not in json.dumps(doc["paths"])
     assert "HTTPValidationError" not in doc["components"]["schemas"]
 

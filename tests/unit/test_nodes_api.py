@@ -117,16 +117,16 @@ async def test_the_openapi_document_describes_the_node_routes(api: httpx.AsyncCl
     doc = (await api.get("/openapi.json")).json()
     paths = doc["paths"]
     register = paths["/nodes/register"]["post"]
-    assert set(register["responses"]) == {"201", "400", "401", "403"}
+    assert set(register["responses"]) == {"201", "400", "401", "403", "503"}
     body = register["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/Registration")
     # A name in the path cannot be malformed: no 400 where there is no body.
     heartbeat = paths["/nodes/{name}/heartbeat"]["post"]["responses"]
-    assert set(heartbeat) == {"200", "401", "403", "404"}
+    assert set(heartbeat) == {"200", "401", "403", "404", "503"}
     assert "JoinToken" in doc["components"]["securitySchemes"]
     assert register["security"] == [{"JoinToken": []}]
     drain = paths["/nodes/{name}/drain"]["post"]["responses"]
-    assert set(drain) == {"200", "400", "401", "403", "404"}
+    assert set(drain) == {"200", "400", "401", "403", "404", "503"}
     remove = paths["/nodes/{name}"]["delete"]["responses"]
-    assert set(remove) == {"204", "401", "403", "404", "409"}
+    assert set(remove) == {"204", "401", "403", "404", "409", "503"}
     assert "422" not in json.dumps(paths)

