@@ -108,15 +108,21 @@ class Managers:
         return [p for p in self.procs if p.proc is not None and p.proc.poll() is None]
 
     def get(self, path: str) -> Any:
-        """From whichever live manager answers (followers forward)."""
-        for proc in self.live():
-            try:
-                answer = httpx.get(f"{proc.url}{path}", timeout=10)
-            except httpx.HTTPError:
-                continue
-            if answer.status_code == 200:
-                return answer.json()
-        raise AssertionError(f"no manager answered GET {path}")
+        """From whichever live manager answers (followers forward); while none leads
+        (a failover), they answer 503 and the read is tried again, as clients do."""
+
+        def attempt() -> list[Any] | None:
+            for proc in self.live():
+                try:
+                    answer = httpx.get(f"{proc.url}{path}", timeout=10)
+                except httpx.HTTPError:
+                    continue
+                if answer.status_code == 200:
+                    return [answer.json()]
+                assert answer.status_code == 503, answer.text
+            return None
+
+        return wait_for(attempt, 30, what=f"GET {path} answered")[0]
 
     def stop(self) -> None:
         for proc in [*self.procs, *self.workers]:
@@ -242,3 +248,116 @@ def test_the_leader_sigkilled_during_200_submissions_loses_nothing_and_runs_noth
     assert set(copies) == wanted  # and nothing else runs
     terms = {(health(p) or {}).get("Term") for p in cluster.live()}
     assert len(terms) == 1 and (terms.pop() or 0) > 0
+
+
+def job(env: str) -> dict[str, Any]:
+    return {
+        "Name": "web",
+        "Count": 6,
+        "Task": {"Image": "sim", "Env": [env]},
+        "Update": {"MaxParallel": 2, "MinHealthyTime": 1, "HealthyDeadline": 30},
+    }
+
+
+def post(cluster: Managers, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to whichever live manager acknowledges it (a job's POST is idempotent)."""
+
+    def acknowledged() -> dict[str, Any] | None:
+        for proc in cluster.live():
+            try:
+                answer = httpx.post(f"{proc.url}{path}", json=body, timeout=10)
+            except httpx.HTTPError:
+                continue
+            if answer.status_code in (200, 201):
+                return answer.json()  # type: ignore[no-any-return]
+            assert answer.status_code == 503, answer.text
+        return None
+
+    return wait_for(acknowledged, 60, what=f"POST {path} acknowledged")
+
+
+def test_the_leader_sigkilled_mid_rollout_the_next_one_finishes_it(
+    managers: Callable[[], Managers],
+) -> None:
+    cluster = managers()
+    cluster.join(3)
+    post(cluster, "/jobs", job("V=1"))
+    wait_for(lambda: cluster.get("/jobs/web")["Deployment"]["Status"] == "successful", 60)
+    post(cluster, "/jobs", job("V=2"))
+
+    def rolling() -> bool:
+        tasks = cluster.get("/tasks?job=web")
+        return any(t["JobVersion"] == 2 and t["State"] == RUNNING for t in tasks)
+
+    wait_for(rolling, 60, what="the rollout under way")
+    old = cluster.leader()
+    deployment = httpx.get(f"{old.url}/jobs/web", timeout=10).json()["Deployment"]
+    old.kill()
+    assert deployment["Status"] == "running", deployment  # killed mid-rollout
+    old.start()
+
+    def finished() -> bool:
+        deployment = cluster.get("/jobs/web")["Deployment"]
+        return bool(deployment["Status"] == "successful" and deployment["Version"] == 2)
+
+    wait_for(finished, 90, what="the rollout finished by the next leader")
+    tasks = {t["ID"]: t for t in cluster.get("/tasks?job=web")}
+
+    def six_of_v2_exactly_once() -> bool:
+        copies = running_copies(cluster)
+        versions = Counter(tasks[i]["JobVersion"] for i in copies if i in tasks)
+        return versions == Counter({2: 6}) and set(copies.values()) == {1}
+
+    wait_for(six_of_v2_exactly_once, 30, what="6 replicas of version 2, each once")
+
+
+def test_an_etcd_member_lost_costs_nothing_and_a_quorum_lost_refuses_writes(
+    managers: Callable[[], Managers], etcd3: EtcdCluster
+) -> None:
+    cluster = managers()
+    cluster.join(2)
+    first, second = etcd3.members[0], etcd3.members[1]
+    try:
+        first.kill()
+        bodies = [event(f"one-member-down-{i}") for i in range(20)]
+        for body in bodies:
+            submit(cluster, body)  # retried on a 503, which the client sees as such
+        wanted = {b["Task"]["ID"] for b in bodies}
+
+        def running() -> bool:
+            states = {t["ID"]: t["State"] for t in cluster.get("/tasks")}
+            return all(states.get(i) == RUNNING for i in wanted)
+
+        wait_for(running, 60, what="every task Running with one etcd member down")
+
+        second.kill()  # one of three left: no quorum
+        refused = event("no-quorum")
+        for proc in cluster.live():
+            answer = httpx.post(f"{proc.url}/tasks", json=refused, timeout=30)
+            assert answer.status_code == 503, answer.text
+            message = answer.json()["Message"]
+            assert "etcd" in message or "no manager leads" in message, message
+    finally:
+        for member in (first, second):
+            if member.proc is None or member.proc.poll() is not None:
+                member.start(wait=False)
+        for member in etcd3.members:
+            wait_for(member.healthy, 30, what=f"{member.name} back")
+
+    # Nothing half-done: the refused task is in the store whole (with its history), or
+    # not at all; and the cluster takes work again.
+    submit(cluster, (after := event("quorum-back")))
+    answer = None
+    for proc in cluster.live():
+        answer = httpx.get(f"{proc.url}/tasks/{refused['Task']['ID']}", timeout=10)
+        if answer.status_code != 503:
+            break
+    assert answer is not None and answer.status_code in (200, 404), answer
+    if answer.status_code == 200:
+        history = cluster.get(f"/tasks/{refused['Task']['ID']}/events")
+        assert [e["Task"]["ID"] for e in history][:1] == [refused["Task"]["ID"]]
+    wait_for(
+        lambda: cluster.get(f"/tasks/{after['Task']['ID']}")["State"] == RUNNING,
+        60,
+        what="a task submitted after the quorum came back Running",
+    )
