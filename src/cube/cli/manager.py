@@ -339,13 +339,13 @@ def manager(
         me = _advertised(advertise, host, port, served is not None)
         _check_etcd(store)
         from cube.manager.api import Leadership
-        from cube.manager.replica import Replica
+        from cube.manager.replica import on_etcd
 
         def build(backend: Backend, term: int) -> FastAPI:
             elected = dataclasses.replace(settings, term=term)
             return create_app(Manager(addresses, chosen, backend, elected), Leadership(me, term))
 
-        replica = Replica(store, me, build, ttl=lease_ttl, tls=calls)
+        replica = on_etcd(store, me, build, ttl=lease_ttl, tls=calls)
         serve(replica, host, port, log_level, tls=served)
         return
     node = Manager(addresses, chosen, _backend(store, dbtype, data_dir), settings)

@@ -13,7 +13,7 @@ only writers of their data, and check ``before`` against what they last stored.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +25,18 @@ from cube.manager.eventstore import EventStore, MemoryEvents, SqliteEvents
 from cube.node import NodeRecord
 from cube.store import Database, SqliteStore
 from cube.task import Task, TaskEvent
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leader's writes hold only while it leads: a store shared by several managers
+    checks, with each write, that the leader key is still the one made in ``term``
+    (cube.manager.leader), so a manager whose lease expired while it was frozen can
+    store nothing; it raises :class:`Deposed`, after telling ``on_deposed``."""
+
+    key: bytes
+    term: int
+    on_deposed: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)

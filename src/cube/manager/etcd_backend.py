@@ -40,7 +40,7 @@ import aetcd
 from cube.events import Event
 from cube.job import JobRecord
 from cube.manager.auth import TokenRecord
-from cube.manager.backend import Change, Conflict, Deposed, StoreUnavailable, _Checked
+from cube.manager.backend import Change, Conflict, Deposed, Fence, StoreUnavailable, _Checked
 from cube.manager.eventstore import EventStore
 from cube.node import NodeRecord
 from cube.task import Task, TaskEvent
@@ -57,17 +57,6 @@ _UNREACHABLE = (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)
 
 
 __all__ = ["EtcdBackend", "Fence", "StoreUnavailable", "parse_url"]
-
-
-@dataclass(frozen=True)
-class Fence:
-    """A leader's writes hold only while it leads: each transaction also compares the
-    leader key's create revision with the term (cube.manager.leader), so a manager
-    whose lease expired while it was frozen can store nothing."""
-
-    key: bytes
-    term: int
-    on_deposed: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)

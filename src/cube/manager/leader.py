@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aetcd
 
@@ -48,18 +49,102 @@ class Leadership:
     since: float  # monotonic time the grant was sent: the lease runs from no earlier
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds the leader key: its value (an address) and the term it was made in."""
+
+    leader: str
+    term: int
+
+
+class Leases(Protocol):
+    """What an election needs of a store — etcd's leases and a create-if-absent — so
+    that the simulator can elect on virtual time with a store of its own."""
+
+    async def grant(self, ttl: int) -> tuple[int, float]:
+        """A new lease: its id and the TTL granted."""
+        ...
+
+    async def claim(self, key: bytes, value: str, lease: int) -> tuple[bool, Holder | None]:
+        """Create ``key`` on ``lease`` if nobody holds it: (won, who holds it now)."""
+        ...
+
+    async def holder(self, key: bytes) -> Holder | None: ...
+
+    async def until_gone(self, key: bytes, seen: Callable[[Holder], None]) -> None:
+        """Return when ``key`` is deleted, telling ``seen`` of every new holder; raise
+        if the store stops saying (the caller reads again)."""
+        ...
+
+    async def refresh(self, lease: int) -> float:
+        """Refresh ``lease``: the TTL left (0 or less: it is gone)."""
+        ...
+
+    async def revoke(self, lease: int) -> None: ...
+
+
+class EtcdLeases:
+    """:class:`Leases` on etcd, through the backend's connection."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    async def grant(self, ttl: int) -> tuple[int, float]:
+        lease = await self.conn.call(lambda c: c.lease(ttl))
+        return int(lease.id), float(lease.ttl)
+
+    async def claim(self, key: bytes, value: str, lease: int) -> tuple[bool, Holder | None]:
+        tx = aetcd.Transactions()
+        ok, answers = await self.conn.call(
+            lambda c: c.transaction(
+                [tx.create(key) == 0], [tx.put(key, value.encode(), lease=lease)], [tx.get(key)]
+            )
+        )
+        if ok:
+            return True, Holder(value, int(answers[0].response_put.header.revision))
+        held = answers[0]  # a range's answer: (value, key-value) pairs
+        return False, _holder(held[0][1]) if held else None
+
+    async def holder(self, key: bytes) -> Holder | None:
+        held = await self.conn.call(lambda c: c.get(key))
+        return None if held is None else _holder(held)
+
+    async def until_gone(self, key: bytes, seen: Callable[[Holder], None]) -> None:
+        watch = await self.conn.call(lambda c: c.watch(key))
+        try:
+            async for event in watch:
+                if event.kind == "DELETE":
+                    return
+                seen(_holder(event.kv))
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.cancel()
+        raise StoreUnavailable("the leader key's watch ended")
+
+    async def refresh(self, lease: int) -> float:
+        reply = await self.conn.call(lambda c: c.refresh_lease(lease))
+        return 0.0 if reply is None else float(reply.TTL)
+
+    async def revoke(self, lease: int) -> None:
+        await self.conn.call(lambda c: c.revoke_lease(lease))
+
+
+def _holder(kv: Any) -> Holder:
+    return Holder(bytes(kv.value).decode(), int(kv.create_revision))
+
+
 class Elector:
     """Campaigns for ``<prefix>leader``, keeps it while it can, and tells who leads."""
 
     def __init__(
         self,
-        conn: _Connection,
+        leases: Leases,
         prefix: str,
         me: str,
         ttl: int = DEFAULT_TTL,
         clock: Clock | None = None,
     ) -> None:
-        self.conn = conn
+        self.leases = leases
         self.key = f"{prefix}leader".encode()
         self.me = me
         self.ttl = ttl
@@ -78,38 +163,28 @@ class Elector:
                     return won
                 await self._until_vacant()
             except (aetcd.ClientError, StoreUnavailable) as exc:
-                log.warning("election: etcd did not answer (%s); trying again", exc or exc)
+                log.warning("election: the store did not answer (%s); trying again", exc)
                 self.leader = None
                 await self.clock.sleep(RETRY_AFTER)
 
     async def _try(self) -> Leadership | None:
         since = self.clock.monotonic()
-        lease = await self.conn.call(lambda c: c.lease(self.ttl))
-        tx = aetcd.Transactions()
-        ok, answers = await self.conn.call(
-            lambda c: c.transaction(
-                [tx.create(self.key) == 0],
-                [tx.put(self.key, self.me.encode(), lease=lease.id)],
-                [tx.get(self.key)],
-            )
-        )
-        if ok:
-            term = int(answers[0].response_put.header.revision)
-            self.leader, self.term = self.me, term
-            log.info("leading, term %d (lease of %d s)", term, lease.ttl)
-            return Leadership(term, int(lease.id), float(lease.ttl), since)
+        lease, ttl = await self.leases.grant(self.ttl)
+        won, holder = await self.leases.claim(self.key, self.me, lease)
+        if won and holder is not None:
+            self.leader, self.term = self.me, holder.term
+            log.info("leading, term %d (lease of %g s)", holder.term, ttl)
+            return Leadership(holder.term, lease, ttl, since)
         with contextlib.suppress(aetcd.ClientError, StoreUnavailable):
-            await self.conn.call(lambda c: c.revoke_lease(lease.id))  # not needed: another leads
-        held = answers[0]  # a range's answer: (value, key-value) pairs
-        if held:
-            self._saw(held[0][1])
+            await self.leases.revoke(lease)  # not needed: another leads
+        if holder is not None:
+            self._saw(holder)
         return None
 
-    def _saw(self, kv: Any) -> None:
-        leader, term = bytes(kv.value).decode(), int(kv.create_revision)
-        if (leader, term) != (self.leader, self.term):
-            log.info("%s leads, term %d", leader, term)
-        self.leader, self.term = leader, max(self.term, term)
+    def _saw(self, holder: Holder) -> None:
+        if (holder.leader, holder.term) != (self.leader, self.term):
+            log.info("%s leads, term %d", holder.leader, holder.term)
+        self.leader, self.term = holder.leader, max(self.term, holder.term)
 
     async def _until_vacant(self) -> None:
         """Until the leader key is gone: its watch says so, or a read made when the
@@ -119,11 +194,7 @@ class Elector:
 
         async def follow() -> None:
             try:
-                watch = await self.conn.call(lambda c: c.watch(self.key))
-                async for event in watch:
-                    if event.kind == "DELETE":
-                        break
-                    self._saw(event.kv)
+                await self.leases.until_gone(self.key, self._saw)
             except Exception as exc:  # the stream broke: a read below decides
                 failed.append(exc)
             gone.set()
@@ -133,10 +204,10 @@ class Elector:
             while True:
                 if await self.clock.wait(gone, self.ttl) and not failed:
                     return
-                held = await self.conn.call(lambda c: c.get(self.key))
-                if held is None:
+                holder = await self.leases.holder(self.key)
+                if holder is None:
                     return
-                self._saw(held)
+                self._saw(holder)
                 if failed:
                     raise StoreUnavailable(f"the leader's watch broke: {failed[0]}")
         finally:
@@ -148,7 +219,7 @@ class Elector:
 
     async def keep(self, lead: Leadership) -> None:
         """Refresh the lease for as long as it lasts; return when this manager no
-        longer leads (etcd says the lease is gone, or a TTL passed since the last
+        longer leads (the store says the lease is gone, or a TTL passed since the last
         refresh it answered was sent)."""
         last = lead.since
         while True:
@@ -156,19 +227,15 @@ class Elector:
             sent = self.clock.monotonic()
             left = last + lead.ttl - sent
             if left <= 0:
-                log.warning(
-                    "term %d: the lease was not refreshed in time; stepping down", lead.term
-                )
+                log.warning("term %d: the lease ran out unrefreshed; stepping down", lead.term)
                 return
             try:
-                reply = await asyncio.wait_for(
-                    self.conn.call(lambda c: c.refresh_lease(lead.lease)), timeout=left
-                )
+                remaining = await asyncio.wait_for(self.leases.refresh(lead.lease), timeout=left)
             except (TimeoutError, aetcd.ClientError, StoreUnavailable) as exc:
                 log.warning("term %d: refreshing the lease failed (%s)", lead.term, exc or exc)
                 await self.clock.sleep(min(RETRY_AFTER, max(left, 0.0)))
                 continue
-            if reply is None or int(reply.TTL) <= 0:
+            if remaining <= 0:
                 log.warning("term %d: the lease expired; stepping down", lead.term)
                 return
             last = sent
@@ -177,6 +244,6 @@ class Elector:
         """Give the key up at once (a clean stop): another manager leads without
         waiting out the TTL."""
         with contextlib.suppress(aetcd.ClientError, StoreUnavailable):
-            await self.conn.call(lambda c: c.revoke_lease(lead.lease))
+            await self.leases.revoke(lead.lease)
         if self.leader == self.me:
             self.leader = None

@@ -29,13 +29,16 @@ import httpx
 from fastapi import FastAPI
 
 from cube.clock import Clock, SystemClock
-from cube.manager.etcd_backend import EtcdBackend, Fence, StoreUnavailable, _Connection, parse_url
-from cube.manager.leader import DEFAULT_TTL, Elector, Leadership
+from cube.manager.backend import Backend, Fence, StoreUnavailable
+from cube.manager.etcd_backend import EtcdBackend, _Connection, parse_url
+from cube.manager.leader import DEFAULT_TTL, Elector, EtcdLeases, Leadership
 
 log = logging.getLogger(__name__)
 
 # The leader's API, built on its backend for its term.
-Build = Callable[[EtcdBackend, int], FastAPI]
+Build = Callable[[Backend, int], FastAPI]
+# A leader's backend, loaded anew from the shared store, its writes fenced by its term.
+Open = Callable[[Fence], Awaitable[Backend]]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -63,21 +66,21 @@ class Replica:
 
     def __init__(
         self,
-        store: str,
-        me: str,
+        elector: Elector,
+        open_backend: Open,
         build: Build,
         *,
-        ttl: int = DEFAULT_TTL,
         clock: Clock | None = None,
         tls: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        where = parse_url(store)
-        self.store = store
-        self.me = me
+        self.elector = elector
+        self.me = elector.me
+        self.open_backend = open_backend
         self.build = build
         self.clock: Clock = clock or SystemClock()
-        self.elector = Elector(_Connection(where.endpoints), where.prefix, me, ttl, self.clock)
+        self._transport = transport  # to the leader (tests and the simulator: in-process)
         self.leading: FastAPI | None = None
         self.term = 0  # this manager's term while it leads
         # cube.config.serve calls these when a stop is asked for (from a signal handler).
@@ -106,7 +109,9 @@ class Replica:
         await receive()  # lifespan.startup
         self._loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient(
-            verify=self._tls or True, timeout=httpx.Timeout(self._timeout, read=None)
+            verify=self._tls or True,
+            timeout=httpx.Timeout(self._timeout, read=None),
+            transport=self._transport,
         )
         self._run = asyncio.ensure_future(self.run())
         await send({"type": "lifespan.startup.complete"})
@@ -115,7 +120,6 @@ class Replica:
         with contextlib.suppress(asyncio.CancelledError):
             await self._run
         await self._client.aclose()
-        await self.elector.conn.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 
     def _on_exit(self) -> None:
@@ -149,7 +153,7 @@ class Replica:
     async def _lead(self, lead: Leadership) -> None:
         self._deposed.clear()
         fence = Fence(self.elector.key, lead.term, self._deposed.set)
-        backend = await EtcdBackend.open(self.store, fence)
+        backend = await self.open_backend(fence)
         app = self.build(backend, lead.term)
         keeper = asyncio.ensure_future(self.elector.keep(lead))
         deposed = asyncio.ensure_future(self._deposed.wait())
@@ -246,6 +250,24 @@ class Replica:
         body = json.loads(await response.aread())
         body["Leading"] = False
         await _answer(send, 200, body)
+
+
+def on_etcd(
+    store: str,
+    me: str,
+    build: Build,
+    *,
+    ttl: int = DEFAULT_TTL,
+    tls: ssl.SSLContext | None = None,
+) -> Replica:
+    """A replica electing and storing on the etcd at ``store`` (etcd://…)."""
+    where = parse_url(store)
+    elector = Elector(EtcdLeases(_Connection(where.endpoints)), where.prefix, me, ttl)
+
+    async def open_backend(fence: Fence) -> Backend:
+        return await EtcdBackend.open(store, fence)
+
+    return Replica(elector, open_backend, build, tls=tls)
 
 
 _NO_LEADER = (
