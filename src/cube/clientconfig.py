@@ -4,7 +4,8 @@ kubeconfig that k3s writes: `cube up` writes ``client.json`` into its data direc
 ``$CUBE_DATA_DIR/client.json`` (``.cube/client.json``, `cube up`'s default).
 
 A flag or a variable always wins over the file; the file's token goes only to the
-manager the file names, never to another one given with ``-m``.
+managers the file names, never to another one given with ``-m``. ``Manager`` may name
+several, ``https://m1:5555,https://m2:5555``: the CLI uses whichever answers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ FILE = "client.json"
 
 @dataclass(frozen=True)
 class ClientConfig:
-    Manager: str  # a URL: http(s)://host:port
+    Manager: str  # a URL, http(s)://host:port, or several separated by commas
     Token: str = ""
     TlsCa: str = ""  # the cluster CA's certificate (PEM) to verify the manager with
 
@@ -51,17 +52,23 @@ def load() -> ClientConfig | None:
 
 
 def same_manager(a: str, b: str) -> bool:
-    """Whether two manager URLs name the same endpoint (localhost is 127.0.0.1)."""
+    """Whether two manager URLs name the same endpoint (localhost is 127.0.0.1; an
+    address without a scheme is either)."""
 
-    def norm(url: str) -> str:
-        url = url.rstrip("/")
-        url = url if "://" in url else f"http://{url}"
-        return url.replace("://localhost:", "://127.0.0.1:")
+    def norm(url: str) -> tuple[str, str]:
+        scheme, _, rest = url.strip().rstrip("/").rpartition("://")
+        if rest.startswith("localhost:"):
+            rest = "127.0.0.1:" + rest.removeprefix("localhost:")
+        return scheme, rest
 
-    return norm(a) == norm(b)
+    (scheme_a, rest_a), (scheme_b, rest_b) = norm(a), norm(b)
+    return rest_a == rest_b and (scheme_a == scheme_b or not scheme_a or not scheme_b)
 
 
 def for_manager(url: str) -> ClientConfig | None:
-    """The config, when it is about the manager at ``url``."""
+    """The config, when it is about the manager at ``url`` (one of its managers)."""
     config = load()
-    return config if config is not None and same_manager(config.Manager, url) else None
+    if config is None:
+        return None
+    named = (entry for entry in config.Manager.split(",") if entry.strip())
+    return config if any(same_manager(entry, url) for entry in named) else None

@@ -23,24 +23,36 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def sent(client: ManagerClient) -> str | None:
-    seen: list[str | None] = []
+def sent(address: str, token: str | None = None) -> dict[str, str | None]:
+    """The Authorization each manager of ``address`` gets (each refuses but the last)."""
+    seen: dict[str, str | None] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("Authorization"))
-        return httpx.Response(200, json=[])
+        seen[f"{request.url.host}:{request.url.port}"] = request.headers.get("Authorization")
+        return httpx.Response(503 if len(seen) < len(address.split(",")) else 200, json=[])
 
-    client._http._transport = httpx.MockTransport(handler)
-    client.nodes()
-    return seen[0]
+    with ManagerClient(address, transport=httpx.MockTransport(handler), token=token) as client:
+        client.nodes()
+    return seen
 
 
 def test_the_token_goes_to_the_manager_it_is_for(config: Path) -> None:
     assert config.stat().st_mode & 0o777 == 0o600
     for same in ("127.0.0.1:7000", "localhost:7000", "http://127.0.0.1:7000/"):
-        assert sent(ManagerClient(same)) == "Bearer cube_abc", same
-    assert sent(ManagerClient("127.0.0.1:7001")) is None  # another manager: nothing
-    assert sent(ManagerClient("127.0.0.1:7000", token="mine")) == "Bearer mine"
+        assert list(sent(same).values()) == ["Bearer cube_abc"], same
+    assert sent("127.0.0.1:7001") == {"127.0.0.1:7001": None}  # another manager: nothing
+    assert sent("127.0.0.1:7000", token="mine") == {"127.0.0.1:7000": "Bearer mine"}
+
+
+def test_a_config_naming_several_managers_gives_its_token_to_each(config: Path) -> None:
+    """`Manager` may be a list; a manager it does not name, given with -m beside them,
+    gets no token."""
+    ClientConfig(Manager="http://127.0.0.1:7000,127.0.0.1:7002", Token="cube_abc").save(config)
+    assert sent("127.0.0.1:7002,127.0.0.1:7001,localhost:7000") == {
+        "127.0.0.1:7002": "Bearer cube_abc",
+        "127.0.0.1:7001": None,
+        "localhost:7000": "Bearer cube_abc",
+    }
 
 
 def test_cube_config_wins_and_a_broken_file_is_none(

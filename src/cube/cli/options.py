@@ -21,7 +21,8 @@ Manager = Annotated[
         "-m",
         "--manager",
         envvar="CUBE_MANAGER",
-        help="Manager address: host:port or a URL.",
+        help="Manager address: host:port or a URL; several, comma-separated, for a "
+        "cluster of managers (whichever answers is used).",
         show_default=True,
     ),
 ]

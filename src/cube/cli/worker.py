@@ -136,7 +136,8 @@ def worker(
         typer.Option(
             "--join",
             envvar="CUBE_JOIN",
-            help="Join the manager at HOST:PORT (register, then heartbeat).",
+            help="Join the manager at HOST:PORT (register, then heartbeat); several, "
+            "comma-separated, for a cluster of managers: whichever answers.",
         ),
     ] = None,
     join_token: Annotated[
@@ -329,7 +330,8 @@ def _advertise(manager: str, host: str, port: int) -> str:
 
     if host not in ("0.0.0.0", "::", ""):
         return f"{host}:{port}"
-    target = urlsplit(manager if "://" in manager else f"http://{manager}").hostname or ""
+    first = manager.split(",")[0].strip()  # of a list: the route to one of them will do
+    target = urlsplit(first if "://" in first else f"http://{first}").hostname or ""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect((target, 9))  # UDP: no packet is sent, a route is chosen

@@ -11,11 +11,11 @@ import json
 import os
 import ssl
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
@@ -23,55 +23,40 @@ from pydantic import ValidationError
 from cube import clientconfig
 from cube.events import Event
 from cube.job import Deployment, Job
+from cube.manager.failover import (
+    DEFAULT_PORT,
+    Endpoint,
+    Endpoints,
+    LogResume,
+    ManagerError,
+    ManagerRejected,
+    ManagerUnreachable,
+    addresses,
+    check,
+    manager_url,
+)
 from cube.manager.plan import Plan
 from cube.node import Node
 from cube.runtime.base import LogLine, parse_docker_time
 from cube.task import Task, TaskEvent
-from cube.tls import TlsError, client_context, speaks_tls
+from cube.tls import TlsError, client_context
 
 DEFAULT_MANAGER = "localhost:5555"
 # Seconds a log stream may stay silent: three of the manager's heartbeats (cube.logs).
 _LOG_SILENCE = 15.0
-DEFAULT_PORT = 5555
+# A heartbeat comes every 10 s on GET /events: a minute of silence is a dead connection.
+_EVENTS_SILENCE = 60.0
 
-
-class ManagerError(Exception):
-    """A call to the manager failed; ``str()`` is the one line to show the user."""
-
-
-class ManagerUnreachable(ManagerError):
-    """No answer at all (refused, timed out, name unknown) or the manager broke (5xx)."""
-
-
-class ManagerRejected(ManagerError):
-    """The manager answered with a 4xx: the request itself was wrong."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def manager_url(address: str, scheme: str = "http") -> str:
-    """Accept what people type: ``host``, ``host:port`` or a URL; give a base URL.
-
-    A bare host gets Cube's port, because "localhost" alone almost certainly means
-    the manager on its default port, not a web server on port 80; an address without
-    a scheme gets ``scheme``.
-    """
-    text = address.strip()
-    if not text:
-        raise ManagerError("the manager address is empty (expected host:port or a URL)")
-    explicit = "://" in text
-    try:
-        parts = urlsplit(text if explicit else f"{scheme}://{text}")
-        port = parts.port
-    except ValueError as exc:
-        raise ManagerError(f"invalid manager address {text!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ManagerError(f"invalid manager address {text!r} (expected host:port or a URL)")
-    netloc = parts.netloc if port is not None or explicit else f"{parts.netloc}:{DEFAULT_PORT}"
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+__all__ = [
+    "DEFAULT_MANAGER",
+    "DEFAULT_PORT",
+    "JobView",
+    "ManagerClient",
+    "ManagerError",
+    "ManagerRejected",
+    "ManagerUnreachable",
+    "manager_url",
+]
 
 
 def _tls(ca: str | None) -> ssl.SSLContext:
@@ -84,22 +69,6 @@ def _tls(ca: str | None) -> ssl.SSLContext:
         return client_context(*(Path(p) if p else None for p in (ca, cert, key)))
     except TlsError as exc:
         raise ManagerError(str(exc)) from None
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    """Say why a connection failed in words, not as an exception class and errno."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "its certificate is not from the CA given (--tls-ca, CUBE_TLS_CA): " + (
-            text.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip()
-        )
-    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
-        return "it does not answer with TLS: use http://"
-    if "]" in text and text.startswith("[Errno"):
-        text = text.split("]", 1)[1].strip()  # "[Errno 111] Connection refused"
-    return text[:1].lower() + text[1:]
 
 
 @dataclass(frozen=True)
@@ -122,7 +91,13 @@ class JobView:
 
 
 class ManagerClient:
-    """A small synchronous client: the CLI does one thing at a time."""
+    """A small synchronous client: the CLI does one thing at a time.
+
+    ``address`` may name several managers, ``host:port,host:port,…``: each call goes to
+    the one that answered last, and on to the next when that one is down or answers
+    503, as far as it is safe to send the request again (cube.manager.failover says
+    when). Streams (events, logs) resume at the next manager where they were.
+    """
 
     def __init__(
         self,
@@ -137,25 +112,55 @@ class ManagerClient:
         manager is checked against ``ca`` (default: ``CUBE_TLS_CA``, or the client
         config's for this manager; the system's CAs without one) and
         ``CUBE_TLS_CERT``/``CUBE_TLS_KEY`` are presented when set; an address without a
-        scheme is https:// when there is a CA."""
+        scheme is https:// when there is a CA. Each manager of a list on its own: the
+        config's token and CA go only to the managers the config names."""
         ca = ca or os.environ.get("CUBE_TLS_CA") or None
-        if ca is None:
-            config = clientconfig.for_manager(manager_url(address, "https"))
-            ca = config.TlsCa if config and config.TlsCa else None
-        self.url = manager_url(address, "https" if ca else "http")
-        verify = _tls(ca) if self.url.startswith("https://") else True
-        if not token and not os.environ.get("CUBE_TOKEN"):
-            config = clientconfig.for_manager(self.url)
-            token = config.Token if config else None
         token = token or os.environ.get("CUBE_TOKEN") or None
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._http = httpx.Client(
-            base_url=self.url,
-            timeout=httpx.Timeout(timeout, connect=5.0),
-            transport=transport,
-            headers=headers,
-            verify=verify,
-        )
+        self._timeout = httpx.Timeout(timeout, connect=5.0)
+        self._transport = transport
+        contexts: dict[str | None, ssl.SSLContext] = {}  # one per CA
+        endpoints: dict[str, Endpoint] = {}
+        for entry in addresses(address):
+            own_ca = ca
+            if own_ca is None:
+                config = clientconfig.for_manager(manager_url(entry, "https"))
+                own_ca = config.TlsCa if config and config.TlsCa else None
+            url = manager_url(entry, "https" if own_ca else "http")
+            verify: ssl.SSLContext | bool = True
+            if url.startswith("https://"):
+                if own_ca not in contexts:
+                    contexts[own_ca] = _tls(own_ca)
+                verify = contexts[own_ca]
+            own_token = token
+            if not own_token:
+                config = clientconfig.for_manager(url)
+                own_token = config.Token if config and config.Token else None
+            headers = {"Authorization": f"Bearer {own_token}"} if own_token else None
+            endpoints.setdefault(url, Endpoint(url, self._maker(verify, headers)))
+        self._endpoints = Endpoints(list(endpoints.values()))
+
+    def _maker(
+        self, verify: ssl.SSLContext | bool, headers: dict[str, str] | None
+    ) -> Callable[[str], httpx.Client]:
+        def make(url: str) -> httpx.Client:
+            return httpx.Client(
+                base_url=url,
+                timeout=self._timeout,
+                transport=self._transport,
+                headers=headers,
+                verify=verify,
+            )
+
+        return make
+
+    @property
+    def url(self) -> str:
+        """The manager that answered last (the first given, before any call)."""
+        return self._endpoints.current.url
+
+    @property
+    def urls(self) -> list[str]:
+        return [endpoint.url for endpoint in self._endpoints.all]
 
     def __enter__(self) -> ManagerClient:
         return self
@@ -164,19 +169,12 @@ class ManagerClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._endpoints.close()
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            if self._speaks_tls(exc):
-                raise ManagerUnreachable(
-                    f"the manager at {self.url} answered with TLS: use https:// and --tls-ca"
-                ) from None
-            raise ManagerUnreachable(
-                f"cannot reach manager at {self.url}: {_reason(exc)}"
-            ) from None
+        return self._answer(self._endpoints.request(method, path, body))
+
+    def _answer(self, response: httpx.Response) -> Any:
         self._check(response)
         if response.status_code == 204 or not response.content:
             return None
@@ -190,42 +188,29 @@ class ManagerClient:
     def stream(
         self, index: int = 0, topics: Sequence[str] = (), follow: bool = True
     ) -> Iterator[Event | None]:
-        """``GET /events``: each event as it comes (None for a heartbeat)."""
-        params: dict[str, Any] = {"index": index, "follow": follow, "topic": list(topics)}
-        # A heartbeat comes every 10 s: a minute of silence is a dead connection.
-        timeout = httpx.Timeout(60.0, connect=5.0)
-        try:
-            with self._http.stream("GET", "/events", params=params, timeout=timeout) as answer:
-                if answer.status_code >= 400:
-                    answer.read()
-                    raise ManagerRejected(answer.status_code, _message(answer))
-                for line in answer.iter_lines():
-                    if line.strip():
-                        data = json.loads(line)
-                        yield self._parse(Event.model_validate, data) if data else None
-        except httpx.HTTPError as exc:
-            raise ManagerUnreachable(f"events from {self.url}: {_reason(exc)}") from None
-        except ValueError:
-            raise ManagerError(f"{self.url} sent a line that is not JSON") from None
+        """``GET /events``: each event as it comes (None for a heartbeat); after a lost
+        manager, from the next one, after the last event seen."""
+        last = index
+
+        def query() -> dict[str, Any]:
+            return {"index": last, "follow": follow, "topic": list(topics)}
+
+        timeout = httpx.Timeout(_EVENTS_SILENCE, connect=5.0)
+        lines = self._endpoints.lines("/events", query, timeout, "events from {url}: {why}", follow)
+        for line in lines:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                raise ManagerError(f"{self.url} sent a line that is not JSON") from None
+            if not data:
+                yield None
+                continue
+            event: Event = self._parse(Event.model_validate, data)
+            last = event.Index
+            yield event
 
     def _check(self, response: httpx.Response) -> None:
-        message = _message(response)
-        if response.status_code >= 500:
-            raise ManagerUnreachable(
-                f"manager at {self.url} failed: HTTP {response.status_code}: {message}"
-            )
-        if response.status_code >= 400:
-            raise ManagerRejected(response.status_code, message)
-
-    def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
-        """Whether a plain HTTP request failed for the manager speaking TLS: such a
-        server hangs up at once (a refused connection or a timeout is something else)."""
-        if isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
-            return False
-        parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
-            return False
-        return speaks_tls(parts.hostname, parts.port or 80)
+        check(response, self.url)
 
     def _parse(self, parse: Any, data: Any) -> Any:
         try:
@@ -278,23 +263,18 @@ class ManagerClient:
         """The task's log lines as the manager streams them (``GET /tasks/{id}/logs``).
 
         A generator: the request goes out on the first ``next``, and closing it closes
-        the stream. A follow waits as long as heartbeats keep coming.
+        the stream. A follow waits as long as heartbeats keep coming. A lost manager's
+        stream goes on at the next one from the last line's time (LogResume).
         """
         timeout = httpx.Timeout(_LOG_SILENCE, connect=5.0)
-        try:
-            with self._http.stream(
-                "GET", f"/tasks/{task_id}/logs", params=dict(query), timeout=timeout
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._check(response)
-                for raw in response.iter_lines():
-                    if raw.strip():
-                        yield self._log_line(raw)
-        except httpx.HTTPError as exc:
-            raise ManagerUnreachable(
-                f"lost the log stream from the manager at {self.url}: {_reason(exc)}"
-            ) from None
+        resume = LogResume(dict(query))
+        alone = "lost the log stream from the manager at {url}: {why}"
+        for raw in self._endpoints.lines(
+            f"/tasks/{task_id}/logs", resume.query, timeout, alone, False
+        ):
+            line = self._log_line(raw)
+            if resume.fresh(line):
+                yield line
 
     def _log_line(self, raw: str) -> LogLine:
         try:
@@ -388,19 +368,6 @@ class ManagerClient:
 
 def _path(segment: str) -> str:
     return quote(segment, safe=":")
-
-
-def _message(response: httpx.Response) -> str:
-    """The API's ``Message`` when there is one, else the body, on one line."""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if isinstance(data, Mapping) and isinstance(data.get("Message"), str):
-        text = data["Message"]
-    else:
-        text = response.text or response.reason_phrase
-    return " ".join(text.split())
 
 
 def _list(data: Any, url: str) -> list[Any]:

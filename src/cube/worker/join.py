@@ -6,6 +6,12 @@ a heartbeat every interval the manager named in its answer (as a Nomad client ta
 its heartbeat TTL from the servers). A manager that forgot the node (``cube node rm``,
 or a fresh manager without a store) answers a heartbeat with 404: the worker joins
 again. A refused token is final: nothing a retry can mend.
+
+``--join`` may name several managers (``host:port,host:port``; any of them takes every
+request): joins and heartbeats go to the one that answered last, and to the next when
+it does not answer or answers 503 (no leader). Both may be sent twice: joining again is
+the same node, and a heartbeat is one. The heartbeat interval, on the injected clock,
+paces the retries: nothing else waits.
 """
 
 from __future__ import annotations
@@ -41,10 +47,18 @@ class Joiner:
         transport: httpx.AsyncBaseTransport | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``tls``: call the manager over HTTPS with this context (the worker's
-        certificate, the manager's checked against the cluster CA)."""
+        """``manager``: one address or several, comma-separated. ``tls``: call the
+        managers over HTTPS with this context (the worker's certificate, the manager's
+        checked against the cluster CA)."""
         scheme = "https" if tls else "http"
-        self.base = (manager if "://" in manager else f"{scheme}://{manager}").rstrip("/")
+        self.bases = [
+            (entry if "://" in entry else f"{scheme}://{entry}").rstrip("/")
+            for entry in (raw.strip() for raw in manager.split(","))
+            if entry
+        ]
+        if not self.bases:
+            raise ValueError("name at least one manager to join, as host:port")
+        self._at = 0
         self.registration = registration
         self.clock = clock or SystemClock()
         self.timeout = timeout
@@ -54,30 +68,55 @@ class Joiner:
         self.interval = 1.0
         self.joined = False
 
+    @property
+    def base(self) -> str:
+        """The manager that answered last."""
+        return self.bases[self._at]
+
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.base,
             headers=self._headers,
             timeout=self.timeout,
             transport=self._transport,
             verify=self._tls or True,
         )
 
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, body: Any = None, joining: bool = False
+    ) -> httpx.Response | None:
+        """The answer of the manager that answered last or, when it does not answer or
+        answers 503, of the next that does; None when none does (each failure logged)."""
+        first = self.base
+        for _ in self.bases:
+            base = self.base
+            try:
+                answer = await client.post(f"{base}{path}", json=body)
+            except httpx.HTTPError as exc:
+                if joining and await self._speaks_tls(base, exc):
+                    raise JoinRefused(
+                        f"the manager at {base} answered with TLS: join it at https:// "
+                        "with --tls-cert, --tls-key and --tls-ca"
+                    ) from None
+                why = str(exc) or type(exc).__name__
+            else:
+                if answer.status_code != 503:
+                    if base != first:
+                        log.info("the manager at %s did not answer: now using %s", first, base)
+                    return answer
+                why = f"HTTP 503: {_message(answer)}"
+            what = "joining" if joining else "heartbeat to"
+            log.log(logging.WARNING if joining else logging.DEBUG, "%s %s: %s", what, base, why)
+            self._at = (self._at + 1) % len(self.bases)
+        return None
+
     async def register(self, client: httpx.AsyncClient | None = None) -> bool:
-        """Join once: True when joined, False when the manager is unreachable or
-        failing; JoinRefused when it refuses the token."""
+        """Join once: True when joined, False when no manager answers (or it fails);
+        JoinRefused when the one that answers refuses the token."""
         if client is None:
             async with self._client() as own:
                 return await self.register(own)
-        try:
-            answer = await client.post("/nodes/register", json=self.registration)
-        except httpx.HTTPError as exc:
-            if await self._speaks_tls(exc):
-                raise JoinRefused(
-                    f"the manager at {self.base} answered with TLS: join it at https:// "
-                    "with --tls-cert, --tls-key and --tls-ca"
-                ) from None
-            log.warning("joining %s: %s", self.base, exc or type(exc).__name__)
+        answer = await self._post(client, "/nodes/register", self.registration, joining=True)
+        if answer is None:
             return False
         if answer.status_code in (401, 403):
             raise JoinRefused(f"the manager at {self.base} refused to join: {_message(answer)}")
@@ -90,12 +129,12 @@ class Joiner:
         self.joined = True
         return True
 
-    async def _speaks_tls(self, exc: httpx.HTTPError) -> bool:
+    async def _speaks_tls(self, base: str, exc: httpx.HTTPError) -> bool:
         """Whether a plain HTTP request failed for the manager speaking TLS (it hangs
         up at once: asking it for a TLS handshake tells)."""
         if isinstance(exc, httpx.ConnectError | httpx.TimeoutException) or self._transport:
             return False
-        parts = urlsplit(self.base)
+        parts = urlsplit(base)
         if parts.scheme != "http" or not parts.hostname:
             return False
         port = parts.port or 80
@@ -114,15 +153,13 @@ class Joiner:
                 await self.clock.sleep(self.interval)
 
     async def _beat(self, client: httpx.AsyncClient, name: str) -> None:
-        try:
-            answer = await client.post(f"/nodes/{name}/heartbeat")
-        except httpx.HTTPError as exc:
-            log.debug("heartbeat to %s: %s", self.base, exc or type(exc).__name__)
+        answer = await self._post(client, f"/nodes/{name}/heartbeat")
+        if answer is None:
             return
         if answer.status_code == 404:
             log.info("the manager at %s does not know this worker: joining again", self.base)
             self.joined = False
-            await self.register(client)
+            await self.register(client)  # at the manager that answered
         elif answer.status_code == 200:
             self._took(answer)
         else:
