@@ -414,12 +414,14 @@ class EtcdProcess:
 
     Its write limits are raised as docs/operations.md asks for Cube: one commit of the
     manager is one transaction (a task, its history and its events, for every task a
-    placement pass or a job's submission touches), past etcd's default of 128 keys."""
+    placement pass or a job's submission touches), past etcd's default of 128 keys;
+    ``raised=False`` keeps etcd's defaults, for what must fit in them (cube migrate)."""
 
     data: Path
     port: int = field(default_factory=free_port)
     peer: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    raised: bool = True
 
     @property
     def endpoint(self) -> str:
@@ -440,9 +442,9 @@ class EtcdProcess:
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=cube-test={peer}",
-            "--max-txn-ops=100000",
-            "--max-request-bytes=33554432",
         ]
+        if self.raised:
+            args += ["--max-txn-ops=100000", "--max-request-bytes=33554432"]
         with (self.data / "etcd.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
