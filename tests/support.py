@@ -414,7 +414,8 @@ class EtcdProcess:
 
     Its write limits are raised as docs/operations.md asks for Cube: one commit of the
     manager is one transaction (a task, its history and its events, for every task a
-    placement pass or a job's submission touches), past etcd's default of 128 keys."""
+    placement pass or a job's submission touches), past etcd's default of 128 keys;
+    ``raised=False`` keeps etcd's defaults, for what must fit in them (cube migrate)."""
 
     data: Path
     port: int = field(default_factory=free_port)
@@ -422,6 +423,7 @@ class EtcdProcess:
     proc: subprocess.Popen[bytes] | None = None
     name: str = "cube-test"
     cluster: str = ""  # --initial-cluster; empty: this member alone
+    raised: bool = True
 
     @property
     def peer_url(self) -> str:
@@ -446,9 +448,9 @@ class EtcdProcess:
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster={self.cluster or f'{self.name}={peer}'}",
-            "--max-txn-ops=100000",
-            "--max-request-bytes=33554432",
         ]
+        if self.raised:
+            args += ["--max-txn-ops=100000", "--max-request-bytes=33554432"]
         with (self.data / "etcd.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

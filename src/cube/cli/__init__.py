@@ -22,6 +22,7 @@ def build_app() -> typer.Typer:
         jobs,
         logs,
         manager,
+        migrate,
         nodes,
         plan,
         tasks,
@@ -51,6 +52,7 @@ def build_app() -> typer.Typer:
     plan.register(app)
     up.register(app)
     images.register(app)
+    migrate.register(app)
     return app
 
 

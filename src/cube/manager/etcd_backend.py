@@ -160,6 +160,17 @@ async def transact(
     return bool(ok), list(answers)
 
 
+def store_key(prefix: str, kind: str, name: str) -> bytes:
+    """A key of the layout above (public: ``cube migrate`` writes it too)."""
+    return f"{prefix}{kind}/{name}".encode()
+
+
+def history_name(event: TaskEvent, position: int) -> str:
+    """A TaskEvent's name under ``history/``: its task, then its position in the write
+    that stored it (the same create revision), so that sorting keys keeps the order."""
+    return f"{event.Task.ID}/{position:06d}-{event.ID}"
+
+
 @dataclass
 class EtcdEvents:
     """The event log's keys, with every retained event also in memory (oldest first):
@@ -298,7 +309,7 @@ class EtcdBackend(_Checked):
         ]
 
     def _key(self, kind: str, name: str) -> bytes:
-        return f"{self.prefix}{kind}/{name}".encode()
+        return store_key(self.prefix, kind, name)
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -317,8 +328,7 @@ class EtcdBackend(_Checked):
             compares.append(tx.mod(key) == self._revisions.get(change.after.ID, 0))
             puts.append(tx.put(key, _json(change.after)))
         for position, event in enumerate(events):
-            name = f"{event.Task.ID}/{position:06d}-{event.ID}"
-            puts.append(tx.put(self._key("history", name), _json(event)))
+            puts.append(tx.put(self._key("history", history_name(event, position)), _json(event)))
         if not puts:
             return
         try:
