@@ -81,7 +81,7 @@ class Managers:
                     "--runtime",
                     "simulated",
                     "--join",
-                    f"127.0.0.1:{self.procs[1].port}",
+                    self.addresses,
                     "--join-token",
                     JOIN,
                 ),

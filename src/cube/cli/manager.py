@@ -60,8 +60,9 @@ def manager(
             "--store",
             envvar="CUBE_MANAGER_STORE",
             help="Where the manager's state is kept: memory, sqlite (DATA_DIR/manager.db, "
-            "as -d persistent) or etcd://HOST:PORT[,HOST:PORT...][/prefix] (keys under "
-            "/cube/ by default; see docs/operations.md). Given, it is used instead of -d.",
+            "as -d persistent) or etcd://HOST:PORT,HOST:PORT.../PREFIX (the prefix is "
+            "optional: /cube/ by default; see docs/operations.md). Given, it is used "
+            "instead of -d. On etcd, several managers elect one leader.",
         ),
     ] = None,
     advertise: Annotated[
