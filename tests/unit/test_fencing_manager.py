@@ -13,10 +13,13 @@ import httpx
 import pytest
 
 from cube.clock import ManualClock
+from cube.errors import ApiError
 from cube.manager.backend import MemoryBackend
 from cube.manager.dispatch import Dispatcher
+from cube.manager.logs import open_logs
 from cube.manager.manager import Manager, Settings
 from cube.manager.state import State as ClusterState
+from cube.manager.tracking import Tracker, TrackingSettings
 from cube.node import Node
 from cube.scheduler import Epvm
 from cube.task import State, Task
@@ -87,6 +90,30 @@ async def test_the_effectors_drop_what_a_deposed_manager_is_refused(deposed: boo
         assert told == []
 
 
+async def test_tracking_reads_nothing_a_deposed_manager_is_refused() -> None:
+    transport = httpx.MockTransport(worker(deposed=True))
+    client = WorkerClient(f"http://{W}", httpx.AsyncClient(transport=transport), term=4)
+    state = ClusterState(MemoryBackend(), [Node(Name=W)])
+    state.node_ready(W)
+    told: list[tuple[str, int]] = []
+
+    async def observed(node: str, tasks: list[Task], complete: bool) -> None:
+        raise AssertionError("a deposed manager reads nothing from its workers")
+
+    def on_deposed(node: str, exc: Deposed) -> None:
+        told.append((node, exc.newest))
+
+    tracker = Tracker(state, {W: client}, ManualClock(), TrackingSettings(), observed, on_deposed)
+    try:
+        assert await tracker._track(tracker.workers[W]) is False  # the watch
+        assert told == [(W, 5)]
+        await tracker.poll(W)  # the stats poll
+        assert told == [(W, 5)] * 2
+    finally:
+        await tracker.close()
+        await client.aclose()
+
+
 async def test_a_deposed_manager_calls_on_deposed_and_leaves_its_tasks_be(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -113,6 +140,12 @@ async def test_a_deposed_manager_calls_on_deposed_and_leaves_its_tasks_be(
         assert not node.running()
         with pytest.raises(UnknownTask):
             node.worker.get(task)
+        # Its logs neither: this manager no longer leads (503: ask again, of the leader).
+        told.clear()
+        with pytest.raises(ApiError) as relayed:
+            await open_logs(m, c.task(task), {})
+        assert relayed.value.status == 503 and "no longer leads" in relayed.value.message
+        assert told == [(node.name, 4, 5)]
 
 
 async def test_the_managers_term_reaches_its_workers_with_the_default_connect() -> None:
