@@ -203,6 +203,7 @@ class Cluster:
     nodes: list[Node]
     clock: ManualClock = field(default_factory=ManualClock)
     manager: Manager | None = None
+    term: int | None = None  # the leadership term the manager's clients send
     _apps: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @property
@@ -212,7 +213,7 @@ class Cluster:
 
     def connect(self, url: str, token: str = "") -> WorkerClient:
         node = next(n for n in self.nodes if url.endswith(n.name))
-        return WorkerClient(url, httpx.AsyncClient(transport=node.link), token)
+        return WorkerClient(url, httpx.AsyncClient(transport=node.link), token, self.term)
 
     async def start_manager(
         self, backend: Backend, settings: Settings = SETTINGS, *, static: int = -1, **kw: Any

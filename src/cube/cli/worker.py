@@ -205,6 +205,7 @@ def worker(
     from cube.task import Task, parse_size
     from cube.worker.api import create_app
     from cube.worker.credentials import Credentials, new_secret
+    from cube.worker.fencing import Fence
     from cube.worker.worker import Capacity, Worker
 
     setup_logging(log_level)
@@ -224,9 +225,14 @@ def worker(
         raise typer.BadParameter(str(exc)) from None
     name = name or f"{socket.gethostname()}-{port}"
     store: Store[Task]
+    fence = Fence()
     if dbtype is DbType.persistent:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         store = Database(data_dir / f"worker-{safe}.db").store("tasks", Task)
+        try:  # the newest leadership term seen: a restart must not forget it
+            fence = Fence(data_dir / f"worker-{safe}.term")
+        except (ValueError, OSError) as exc:
+            _fail(str(exc))
     else:
         store = MemoryStore()
     engine: Runtime
@@ -260,7 +266,7 @@ def worker(
         joiner = _join(join, join_token, address, name, labels, secret, calls)
     elif label:
         _fail("--label needs --join: labels are sent when the worker joins")
-    app = create_app(node, sampler, capacity, joiner, Credentials(token, secret))
+    app = create_app(node, sampler, capacity, joiner, Credentials(token, secret), fence)
     # The standard event loop: a worker waits on Docker, and uvloop would cost ~1 MB of
     # RSS for no gain (the manager, with its many connections, does use it).
     serve(app, host, port, log_level, loop="asyncio", tls=served)

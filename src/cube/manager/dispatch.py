@@ -6,6 +6,10 @@ refused a task; it never had the task we asked it to stop) by calling
 Everything it sends is checked against the current state first, so a send or a stop
 that was overtaken (the task moved, was restarted or stopped meanwhile) is dropped.
 
+A worker that answers :class:`~cube.worker.client.Deposed` (a newer leadership
+commands it) says nothing about the task: the action is dropped, and ``deposed`` is
+called (the manager steps down), never ``report``.
+
 Sends are batched per worker: whatever is placed there while a request is in flight,
 or waits for one of the send slots, goes out in the next one, so a burst costs a
 request or two per worker, not one per task. A send keeps its slot only while it is
@@ -17,7 +21,7 @@ timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,11 +31,12 @@ from cube.background import Background
 from cube.clock import Clock
 from cube.manager.state import State as ClusterState
 from cube.task import State, Task, TaskEvent
-from cube.worker.client import WorkerClient, WorkerRejected, WorkerUnreachable
+from cube.worker.client import Deposed, WorkerClient, WorkerRejected, WorkerUnreachable
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[Task, State, str], Awaitable[None]]
+OnDeposed = Callable[[str, Deposed], None]  # (the worker, its answer)
 FIRST_RETRY = 0.2
 MAX_RETRY = 5.0
 # How long a send counts against the send slots at most (it goes on after that).
@@ -52,11 +57,13 @@ class Dispatcher:
         clock: Clock,
         report: Report,
         concurrency: int = 64,
+        deposed: OnDeposed | None = None,
     ) -> None:
         self.state = state
         self.clients = clients
         self.clock = clock
         self.report = report
+        self.deposed: OnDeposed = deposed or (lambda node, exc: log.warning("%s: %s", node, exc))
         self._slots = asyncio.Semaphore(concurrency)
         self._outboxes = {name: _Outbox() for name in clients}
         self._sent: dict[uuid.UUID, int] = {}  # task -> incarnation queued or sent
@@ -134,6 +141,9 @@ class Dispatcher:
                 await client.submit(due[0])
             else:
                 await client.submit_many(due)
+        except Deposed as exc:
+            self._dropped(node, due)
+            self.deposed(node, exc)
         except (WorkerRejected, WorkerUnreachable) as exc:
             log.info("sending %d tasks to %s failed: %s", len(due), node, exc)
             for event in due:
@@ -148,6 +158,10 @@ class Dispatcher:
                 async with self._slots:
                     await self.clients[task.Node].submit(event)
                 return
+            except Deposed as exc:
+                self._dropped(task.Node, [event])
+                self.deposed(task.Node, exc)
+                return
             except WorkerRejected as exc:
                 if exc.status != 409:
                     await self.report(task, State.FAILED, f"worker refused: {exc}")
@@ -160,6 +174,14 @@ class Dispatcher:
                     return  # the reconciler moves it elsewhere
             await self.clock.sleep(delay)
             delay = min(delay * 2, MAX_RETRY)
+
+    def _dropped(self, node: str, events: list[TaskEvent]) -> None:
+        """Sends the worker refused as a deposed manager's: not sent, so a send of the
+        same incarnation later (this manager leading again) is not skipped."""
+        log.info("dropped %d sends to %s: this manager is deposed", len(events), node)
+        for event in events:
+            if self._sent.get(event.Task.ID) == event.Task.RestartCount:
+                del self._sent[event.Task.ID]
 
     # --- stops --------------------------------------------------------------------------
 
@@ -187,6 +209,9 @@ class Dispatcher:
             try:
                 await client.stop(task.ID)
                 return
+            except Deposed as exc:
+                self.deposed(current.Node, exc)
+                return
             except WorkerRejected as exc:
                 if exc.status == 404:  # the worker never got it: nothing runs
                     await self.report(current, State.COMPLETED, "stopped on request")
@@ -204,15 +229,24 @@ class Dispatcher:
         client = self.clients.get(node)
         if client is not None:
             log.info("task %s: stopping stray copy on %s", task.ID, node)
-            self.jobs.spawn(_quietly(lambda: client.stop(task.ID, task.RestartCount)))
+            stop = functools.partial(client.stop, task.ID, task.RestartCount)
+            self.jobs.spawn(_quietly(stop, functools.partial(self.deposed, node)))
 
     async def close(self) -> None:
         await self.jobs.close()
 
 
-async def _quietly(job: Callable[[], Awaitable[None]]) -> None:
-    """Run ``job()``, a worker's refusal or absence being no news. It makes its call
-    only once started: a job cancelled before it starts (the manager stopping) leaves
-    no call made and never awaited behind it."""
-    with contextlib.suppress(WorkerUnreachable, WorkerRejected):
+async def _quietly(
+    job: Callable[[], Awaitable[None]], deposed: Callable[[Deposed], None] | None = None
+) -> None:
+    """Run ``job()``, a worker's refusal or absence being no news (but its saying this
+    manager is deposed is). It makes its call only once started: a job cancelled
+    before it starts (the manager stopping) leaves no call made and never awaited
+    behind it."""
+    try:
         await job()
+    except Deposed as exc:
+        if deposed is not None:
+            deposed(exc)
+    except (WorkerUnreachable, WorkerRejected):
+        pass

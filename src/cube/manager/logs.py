@@ -17,14 +17,15 @@ from cube.errors import ApiError
 from cube.logs import error_line, paced
 from cube.manager.manager import Manager
 from cube.task import State, Task
-from cube.worker.client import WorkerRejected, WorkerUnreachable
+from cube.worker.client import Deposed, WorkerRejected, WorkerUnreachable
 
 
 async def open_logs(
     manager: Manager, task: Task, query: Mapping[str, Any], stop: asyncio.Event | None = None
 ) -> tuple[AsyncGenerator[bytes, None], Callable[[], Awaitable[None]]]:
     """The body to send and what closes the worker's stream; an ApiError when there is
-    nothing to relay: not placed yet (409), worker down (503), refused by it (its 4xx).
+    nothing to relay: not placed yet (409), worker down or this manager deposed (503),
+    refused by the worker (its 4xx).
     The body ends when ``stop`` is set (the manager is stopping)."""
     if not task.Node:
         why = task.Reason or "waiting to be placed"
@@ -40,6 +41,12 @@ async def open_logs(
     stack = contextlib.AsyncExitStack()
     try:
         chunks = await stack.enter_async_context(client.logs(task.ID, query))
+    except Deposed as exc:
+        await stack.aclose()
+        manager.on_deposed(task.Node, exc)
+        raise ApiError(
+            503, f"this manager no longer leads (worker {task.Node}: {exc}): ask again"
+        ) from None
     except WorkerRejected as exc:
         await stack.aclose()
         status = exc.status if exc.status in (404, 409, 410) else 502

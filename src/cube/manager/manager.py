@@ -64,7 +64,7 @@ from cube.node import Node
 from cube.scheduler import Scheduler
 from cube.task import InvalidTransition, State, Task, TaskEvent, can_transition, transition
 from cube.tls import https
-from cube.worker.client import WorkerClient
+from cube.worker.client import Deposed, WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,10 @@ class Settings:
     # Workers are called over HTTPS with this context (the manager's certificate as
     # the client's, theirs checked against the cluster CA); None: as addressed.
     tls: ssl.SSLContext | None = None
+    # The leadership term this manager speaks for (several managers: the etcd revision
+    # of its leader key), sent on every call to a worker, which refuses an older one
+    # (cube.worker.fencing). None: a single manager, nothing sent.
+    term: int | None = None
 
 
 Connect = Callable[[str, str], WorkerClient]  # (address, the worker's credential)
@@ -169,12 +173,16 @@ class Manager:
         )
         connect = connect or (
             lambda url, token: WorkerClient.connect(
-                https(url) if s.tls else url, s.request_timeout, token=token, tls=s.tls
+                https(url) if s.tls else url,
+                s.request_timeout,
+                token=token,
+                tls=s.tls,
+                term=s.term,
             )
         )
         self.clients = {name: connect(node.Api, node.Secret) for name, node in nodes.items()}
         self.dispatch = Dispatcher(
-            self.state, self.clients, self.clock, self.report, s.send_concurrency
+            self.state, self.clients, self.clock, self.report, s.send_concurrency, self._deposed
         )
         tracking = TrackingSettings(
             poll_interval=s.poll_interval,
@@ -185,7 +193,9 @@ class Manager:
             worker_timeout=s.worker_timeout,
             heartbeat_timeout=s.heartbeat_interval + s.heartbeat_grace,
         )
-        self.tracker = Tracker(self.state, self.clients, self.clock, tracking, self.observed)
+        self.tracker = Tracker(
+            self.state, self.clients, self.clock, tracking, self.observed, self._deposed
+        )
         health = HealthSettings(
             interval=s.health_interval,
             grace=s.health_grace,
@@ -212,6 +222,7 @@ class Manager:
         )
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         self._loops: list[asyncio.Task[None]] = []
+        self._deposed_by: int | None = None  # the newest term a worker named, if any
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -345,6 +356,26 @@ class Manager:
                 log.info("task %s: %s on %s", task.ID, task.State.label, node)
         await self.state.commit(found.changes)
         self._carry_out(found.actions)
+
+    def on_deposed(self, node: str, exc: Deposed) -> None:
+        """A worker refused this manager's call: a newer leadership (``exc.newest``)
+        commands it. The action was dropped; nothing is concluded about the task.
+        Override (or assign) to step down; this logs, once per newer term."""
+        if self._deposed_by == exc.newest:
+            log.debug("worker %s: deposed by term %d: %s", node, exc.newest, exc)
+            return
+        self._deposed_by = exc.newest
+        log.warning(
+            "deposed: worker %s takes commands from term %d, not ours (%s)",
+            node,
+            exc.newest,
+            self.settings.term,
+        )
+
+    def _deposed(self, node: str, exc: Deposed) -> None:
+        """What the effectors call: looks ``on_deposed`` up at each call, so that one
+        set on the instance after it was made is the one called."""
+        self.on_deposed(node, exc)
 
     # --- reconciling ------------------------------------------------------------------------
 

@@ -29,11 +29,12 @@ from cube.background import Background
 from cube.clock import Clock
 from cube.manager.state import State as ClusterState
 from cube.task import Task
-from cube.worker.client import WorkerClient, WorkerRejected, WorkerUnreachable
+from cube.worker.client import Deposed, WorkerClient, WorkerRejected, WorkerUnreachable
 
 log = logging.getLogger(__name__)
 
 Observed = Callable[[str, list[Task], bool], Awaitable[None]]
+OnDeposed = Callable[[str, Deposed], None]  # (the worker, its answer)
 
 
 @dataclass
@@ -73,11 +74,15 @@ class Tracker:
         clock: Clock,
         settings: TrackingSettings,
         observed: Observed,
+        deposed: OnDeposed | None = None,
     ) -> None:
+        """``deposed``: called when a worker says a newer leadership commands it (what
+        it reports is then not read: this manager no longer acts on it)."""
         self.state = state
         self.clock = clock
         self.settings = settings
         self.observed = observed
+        self.deposed: OnDeposed = deposed or (lambda node, exc: log.warning("%s: %s", node, exc))
         start = clock.monotonic()
         self.workers = {name: _Worker(name, c, last_seen=start) for name, c in clients.items()}
         self.jobs = Background("tracking")
@@ -222,6 +227,10 @@ class Tracker:
                         self._docker_is(worker, answer.docker)
                     if worker.last_seen - worker.last_full >= self.settings.resync_interval:
                         break
+        except Deposed as exc:
+            _still_wanted()
+            self.deposed(worker.name, exc)
+            return False
         except (WorkerUnreachable, WorkerRejected) as exc:
             _still_wanted()
             log.debug("tracking %s failed: %s", worker.name, exc)
@@ -284,6 +293,9 @@ class Tracker:
                 if isinstance(docker, bool):
                     self._docker_is(worker, docker)
             stats = await worker.client.stats()
+        except Deposed as exc:
+            self.deposed(name, exc)
+            return
         except (WorkerUnreachable, WorkerRejected) as exc:
             log.debug("polling %s failed: %s", name, exc)
             return

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, WithJsonSchema
 
 from cube.errors import (
     ApiError,
@@ -30,8 +31,11 @@ from cube.runtime.base import LogOptions, RuntimeUnavailable
 from cube.stats import Stats, StatsSampler
 from cube.task import InvalidTransition, Task, TaskEvent
 from cube.worker.credentials import Credentials, Unauthorized
+from cube.worker.fencing import HEADER, MAX_TERM, BadTerm, Fence, StaleTerm, parse_term
 from cube.worker.join import Joiner, wait_and_run
 from cube.worker.worker import BadEvent, Capacity, LogsGone, NotStarted, UnknownTask, Worker
+
+log = logging.getLogger(__name__)
 
 # The longest a GET /tasks?since=... may wait for a change.
 MAX_WAIT = 60.0
@@ -45,6 +49,31 @@ _bearer = HTTPBearer(
 
 
 _404 = errors(e404="No such task on this worker")
+# Read by hand (parse_term: a clear Message for a bad one), described as what it is.
+_TERM_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_TERM}
+Term = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="The calling manager's leadership term (cube.worker.fencing); "
+        "an older term than the newest seen is refused with 409. A single manager "
+        "sends none.",
+    ),
+    WithJsonSchema(_TERM_SCHEMA),
+]
+_DEPOSED = "sent by a deposed manager: an older X-Cube-Term than the newest this worker has seen"
+
+
+def _stale(also: str = "") -> dict[int | str, dict[str, Any]]:
+    """The 409 every fenced route may answer; ``also``: what else a 409 means there."""
+    answer = errors(e409=f"{also}; or {_DEPOSED}" if also else _DEPOSED.capitalize())
+    answer[409]["headers"] = {
+        HEADER: {
+            "description": "The term that now leads (on a deposed manager's 409)",
+            "schema": _TERM_SCHEMA,
+        },
+    }
+    return answer
 
 
 class WorkerHealth(BaseModel):
@@ -104,11 +133,14 @@ def create_app(
     capacity: Capacity | None = None,
     joiner: Joiner | None = None,
     credentials: Credentials | None = None,
+    fence: Fence | None = None,
 ) -> FastAPI:
     """``joiner``: the worker joined a manager (``--join``) and heartbeats to it;
-    ``credentials``: who may call every route but ``/health`` (none: anyone)."""
+    ``credentials``: who may call every route but ``/health`` (none: anyone);
+    ``fence``: the newest leadership term seen (kept on disk or not: cube.worker.fencing)."""
     capacity = capacity or Capacity()
     credentials = credentials or Credentials()
+    fence = fence or Fence()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,9 +179,45 @@ def create_app(
         except Unauthorized as exc:
             raise ApiError(401, str(exc)) from None
 
+    async def fenced(request: Request, term: Term = None) -> None:
+        """Refuse a deposed manager's request; record a newer term. After the guard, so
+        only a caller with the credential can raise the term (and so fence out the
+        real leader). Not on /health nor /metrics: they are open to anyone for that
+        reason, and command nothing."""
+        if term is None:
+            return
+        try:
+            value = parse_term(term)
+        except BadTerm as exc:
+            raise ApiError(400, str(exc)) from None
+        request.state.term = value
+        if request.method == "POST":
+            # Read before the check, so the route acts on the body with no wait in
+            # between: a newer term that arrives meanwhile cannot let this one through.
+            await request.body()
+        if fence.admit(value):
+            worker.notify()  # older terms' watches see they are deposed, and end
+
+    @app.exception_handler(StaleTerm)
+    async def _deposed(request: Request, exc: StaleTerm) -> JSONResponse:
+        worker.metrics.stale_commands.inc()
+        log.warning(
+            "refused %s %s: stale term %d, older than term %d, which now leads "
+            "(a deposed manager's command)",
+            request.method,
+            request.url.path,
+            exc.term,
+            exc.newest,
+        )
+        answer = error_response(409, str(exc))
+        answer.headers[HEADER] = str(exc.newest)
+        return answer
+
     # Every route but /health: the manager's commands and what it reads to place work.
     # Guarded even when open, so the served document is the same for every worker.
-    api = APIRouter(dependencies=[Depends(guard)])
+    # Reads are fenced as well as commands: a new leader's first watch tells every
+    # worker its term at once, and a deposed manager learns so from its next read.
+    api = APIRouter(dependencies=[Depends(guard), Depends(fenced)], responses=_stale())
 
     @app.exception_handler(UnknownTask)
     async def _unknown(_: Request, exc: UnknownTask) -> JSONResponse:
@@ -161,6 +229,7 @@ def create_app(
 
     @api.get("/tasks", response_model=list[Task], responses=_LIST)
     async def list_tasks(
+        request: Request,
         since: int | None = None,
         epoch: str | None = None,
         wait: float = 0.0,
@@ -187,7 +256,8 @@ def create_app(
         """
         if watch:
             beat = _seconds(wait, 10.0)
-            stream = _watch(since, epoch, beat, _seconds(stats, 0.0))
+            term = getattr(request.state, "term", None)
+            stream = _watch(since, epoch, beat, _seconds(stats, 0.0), term)
             return StreamingResponse(stream, media_type="application/x-ndjson")
         if since is not None:
             limit = min(wait, MAX_WAIT) if math.isfinite(wait) else 0.0
@@ -201,10 +271,12 @@ def create_app(
         return Response(tasks_json(tasks), media_type="application/json", headers=headers)
 
     async def _watch(
-        since: int | None, epoch: str | None, beat: float, every: float
+        since: int | None, epoch: str | None, beat: float, every: float, term: int | None
     ) -> AsyncIterator[bytes]:
+        """The stream ends when the worker stops, or when a newer term than the
+        watcher's leads (the watcher asks again, and learns it is deposed)."""
         stats_due = 0.0
-        while not stopping.is_set():
+        while not stopping.is_set() and fence.leads(term):
             complete, tasks = worker.changes(since, epoch)
             since, epoch = worker.version, worker.epoch
             extra = b""
@@ -239,10 +311,8 @@ def create_app(
         openapi_extra=body(TaskEvent | list[TaskEvent], "One TaskEvent, or an array of them"),
         responses={
             **ok(Task | list[Task], 201, "The task, or the tasks in the order given"),
-            **errors(
-                e404="A TaskEvent with State 3 (stop) names no task here",
-                e409="A finished run asked to run again (a new incarnation may)",
-            ),
+            **errors(e404="A TaskEvent with State 3 (stop) names no task here"),
+            **_stale("A finished run asked to run again (a new incarnation may)"),
         },
     )
     async def post_task(request: Request) -> dict[str, Any] | Response:
@@ -273,7 +343,7 @@ def create_app(
         "/tasks/{task_id}/logs",
         response_class=LogResponse,
         status_code=200,
-        responses=WORKER_OPENAPI,
+        responses={**WORKER_OPENAPI, **_stale(WORKER_OPENAPI[409]["description"])},
     )
     async def task_logs(
         task_id: TaskId, options: Annotated[LogOptions, Depends(log_options)]

@@ -2,7 +2,9 @@
 
 Every call has a timeout, and every failure surfaces as :class:`WorkerUnreachable`
 (the worker did not answer: try again later, maybe mark it down) or
-:class:`WorkerRejected` (it answered no: retrying the same request will not help).
+:class:`WorkerRejected` (it answered no: retrying the same request will not help);
+:class:`Deposed`, a WorkerRejected of its own, when the worker takes commands from a
+newer leadership than the one this client speaks for (cube.worker.fencing).
 
 Two ways to the wire, one API (:mod:`cube.worker.wire`): :meth:`WorkerClient.connect`
 talks to a worker over aiohttp directly (the manager's path); a client built with an
@@ -24,6 +26,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cube.logs import HEARTBEAT as LOG_HEARTBEAT
 from cube.task import Task, TaskEvent
+from cube.worker.fencing import HEADER as TERM_HEADER
+from cube.worker.fencing import BadTerm, parse_term
 from cube.worker.wire import AiohttpWire, Answer, HttpxWire, Wire
 
 _TASKS = TypeAdapter(list[Task])
@@ -40,6 +44,21 @@ class WorkerRejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Deposed(WorkerRejected):
+    """The worker refused a request of ``term``: ``newest``, a newer term, now leads.
+
+    A 409 of its own kind (the worker's answer carries ``X-Cube-Term``), not one about
+    the task: the manager that gets it no longer leads, and should act on nothing.
+    A WorkerRejected all the same, so that a caller that does not look for it drops
+    the request rather than retries it.
+    """
+
+    def __init__(self, term: int | None, newest: int, message: str) -> None:
+        super().__init__(409, message)
+        self.term = term
+        self.newest = newest
 
 
 @dataclass(frozen=True)
@@ -74,12 +93,21 @@ class _Change(BaseModel):
 
 
 class WorkerClient:
-    def __init__(self, base_url: str, client: httpx.AsyncClient | Wire, token: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.AsyncClient | Wire,
+        token: str = "",
+        term: int | None = None,
+    ) -> None:
         """``client``: an ``httpx.AsyncClient`` (tests give one with their transport);
-        ``token``: the worker's credential, sent on every call."""
+        ``token``: the worker's credential, ``term``: the leadership this client speaks
+        for (None: a single manager), both sent on every call (a Wire given as it is
+        sends what it was made with)."""
         self.base_url = base_url.rstrip("/")
+        self.term = term
         if isinstance(client, httpx.AsyncClient):
-            client = HttpxWire(client, token)
+            client = HttpxWire(client, token, term)
         self._wire: Wire = client
 
     @classmethod
@@ -90,6 +118,7 @@ class WorkerClient:
         max_connections: int = 16,
         token: str = "",
         tls: ssl.SSLContext | None = None,
+        term: int | None = None,
     ) -> WorkerClient:
         """A client with connection pools of its own, closed by :meth:`aclose`; ``tls``
         for https:// (default: the system's CAs, no client certificate).
@@ -100,7 +129,7 @@ class WorkerClient:
         cost the manager about half the CPU of httpx's own transport (530 us against
         1,020 us), and less again without httpx's layers over it.
         """
-        return cls(base_url, AiohttpWire(timeout, max_connections, token, tls))
+        return cls(base_url, AiohttpWire(timeout, max_connections, token, tls, term), term=term)
 
     @property
     def is_closed(self) -> bool:
@@ -133,10 +162,10 @@ class WorkerClient:
             )
         except self._wire.errors as exc:
             raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None
-        self._check(answer.status, answer.body)
+        self._check(answer.status, answer.body, answer.headers)
         return answer
 
-    def _check(self, status: int, body: bytes) -> None:
+    def _check(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         if status >= 500:
             text = body.decode(errors="replace")
             raise WorkerUnreachable(f"{self.base_url}: HTTP {status}: {text}")
@@ -146,6 +175,10 @@ class WorkerClient:
                 message = json.loads(body).get("Message", text)
             except (ValueError, AttributeError):
                 message = text
+            newest = headers.get(TERM_HEADER) if status == 409 else None
+            if newest is not None:
+                with contextlib.suppress(BadTerm):
+                    raise Deposed(self.term, parse_term(newest), f"{self.base_url}: {message}")
             raise WorkerRejected(status, message)
 
     def _tasks(self, body: bytes) -> list[Task]:
@@ -194,7 +227,7 @@ class WorkerClient:
         try:
             async with self._wire.stream(f"{self.base_url}/tasks", params, read) as response:
                 if response.status >= 400:
-                    self._check(response.status, await response.read())
+                    self._check(response.status, await response.read(), response.headers)
                 if not response.headers.get("content-type", "").startswith(_NDJSON):
                     yield TaskChanges(self._tasks(await response.read()), True, None, None)
                     return
@@ -233,7 +266,7 @@ class WorkerClient:
         try:
             async with self._wire.stream(url, params, read, pool="logs") as response:
                 if response.status >= 400:
-                    self._check(response.status, await response.read())
+                    self._check(response.status, await response.read(), response.headers)
                 yield self._unbroken(response.chunks())
         except self._wire.errors as exc:
             raise WorkerUnreachable(f"{self.base_url}: {type(exc).__name__}: {exc}") from None

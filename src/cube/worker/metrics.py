@@ -55,6 +55,12 @@ class WorkerMetrics:
         )
         for reason in (CONTAINER, ENGINE):
             self.start_failures.labels(reason)  # shown at 0 before the first
+        self.stale_commands = Counter(
+            "cube_worker_stale_commands",
+            "Requests refused because they came from a deposed manager (an older term "
+            "than the one that now leads: see cube.worker.fencing)",
+            registry=self.registry,
+        )
         self.calls = Histogram(
             "cube_worker_docker_call_duration_seconds",
             "Seconds each call into the container engine took, by call, failed ones too",

@@ -20,15 +20,22 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 
+from cube.worker.fencing import HEADER as TERM_HEADER
+
 # Idle connections are kept this long (workers keep theirs longer: cube.config.serve).
 KEEPALIVE = 60.0
 _JSON = {"Content-Type": "application/json"}
 
 
-def _auth(token: str) -> dict[str, str]:
-    """The worker's credential (given at its join, or the shared ``--token``) as a
-    header; none when the worker takes commands without one."""
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def _auth(token: str, term: int | None = None) -> dict[str, str]:
+    """What every request carries: the worker's credential (given at its join, or the
+    shared ``--token``; none when the worker takes commands without one), and the
+    leadership term of the manager that sends it (none from a single manager:
+    cube.worker.fencing)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if term is not None:
+        headers[TERM_HEADER] = str(term)
+    return headers
 
 
 # Whatever httpx raises. HTTPError covers transport failures, but not a URL it cannot
@@ -108,10 +115,10 @@ class HttpxWire:
 
     errors: tuple[type[BaseException], ...] = _HTTPX_ERRORS
 
-    def __init__(self, client: httpx.AsyncClient, token: str = "") -> None:
+    def __init__(self, client: httpx.AsyncClient, token: str = "", term: int | None = None) -> None:
         self.client = client
         self.timeout = client.timeout.read or 5.0
-        self._auth = _auth(token)
+        self._auth = _auth(token, term)
         self._post = {**_JSON, **self._auth}
 
     async def request(
@@ -176,9 +183,10 @@ class AiohttpWire:
         max_connections: int,
         token: str = "",
         tls: ssl.SSLContext | None = None,
+        term: int | None = None,
     ) -> None:
         self.timeout = timeout
-        self._auth = _auth(token)
+        self._auth = _auth(token, term)  # the session's default headers: on every request
         self.max_connections = max_connections
         self.tls = tls
         self._default = aiohttp.ClientTimeout(
