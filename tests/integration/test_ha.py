@@ -7,6 +7,7 @@ fencing and failover under test are the managers'; Docker adds nothing to them h
 from __future__ import annotations
 
 import random
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -361,3 +362,53 @@ def test_an_etcd_member_lost_costs_nothing_and_a_quorum_lost_refuses_writes(
         60,
         what="a task submitted after the quorum came back Running",
     )
+
+
+def test_a_leader_frozen_past_its_lease_steps_down_and_workers_refuse_it(
+    managers: Callable[[], Managers],
+) -> None:
+    cluster = managers()
+    cluster.join(2)
+    before = [event(f"before-freeze-{i}") for i in range(4)]
+    for body in before:
+        submit(cluster, body)
+    old = cluster.leader()
+    old_term = (health(old) or {})["Term"]
+    assert old.proc is not None
+    old.proc.send_signal(signal.SIGSTOP)
+    try:
+
+        def new_leader() -> dict[str, Any] | None:
+            for proc in cluster.procs:
+                seen = health(proc) if proc is not old else None
+                if seen and seen.get("Leading") and seen["Term"] > old_term:
+                    return seen
+            return None
+
+        new = wait_for(new_leader, 30, what="another manager leading in a newer term")
+        # The new leader commands the workers: they have heard of its term.
+        after = event("after-freeze")
+        submit(cluster, after)
+        wait_for(
+            lambda: cluster.get(f"/tasks/{after['Task']['ID']}")["State"] == RUNNING,
+            30,
+            what="a task placed by the new leader Running",
+        )
+    finally:
+        old.proc.send_signal(signal.SIGCONT)
+    # Awake, the old leader steps down...
+    wait_for(lambda: (health(old) or {}).get("Leading") is False, 30, what="the old one follows")
+    assert (health(old) or {}).get("Term") == new["Term"]
+    # ...and what it sent before it knew was refused by the workers, in their logs.
+    stale = f"stale term {old_term}, older than term {new['Term']}"
+    wait_for(
+        lambda: any(stale in w.output() for w in cluster.workers),
+        30,
+        what="a worker refusing the deposed leader",
+        detail=lambda: "\n".join(w.output()[-2000:] for w in cluster.workers),
+    )
+    assert "stepping down" in old.output() or "deposed" in old.output()
+    # Nothing it did counted: every task runs exactly once.
+    wanted = {b["Task"]["ID"] for b in [*before, after]}
+    wait_for(lambda: set(running_copies(cluster)) == wanted, 30, what="every task Running")
+    assert set(running_copies(cluster).values()) == {1}

@@ -12,6 +12,8 @@ from cube.cli.tls import TlsCa, TlsCert, TlsKey
 from cube.cli.worker import DbType
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fastapi import FastAPI
 
     from cube.manager.backend import Backend
@@ -342,9 +344,10 @@ def manager(
         from cube.manager.api import Leadership
         from cube.manager.replica import on_etcd
 
-        def build(backend: Backend, term: int) -> FastAPI:
+        def build(backend: Backend, term: int, step_down: Callable[[], None]) -> FastAPI:
             elected = dataclasses.replace(settings, term=term)
-            return create_app(Manager(addresses, chosen, backend, elected), Leadership(me, term))
+            leader = Manager(addresses, chosen, backend, elected, step_down=step_down)
+            return create_app(leader, Leadership(me, term))
 
         replica = on_etcd(store, me, build, ttl=lease_ttl, tls=calls)
         serve(replica, host, port, log_level, tls=served)

@@ -129,9 +129,6 @@ class Settings:
     # Sends in flight at once (each for SLOT_HOLD at most, see manager.dispatch): few
     # enough that a burst's placements queue into one or two requests per worker.
     send_concurrency: int = 16
-    # The leadership's term, for a manager elected on etcd (cube.manager.leader): sent
-    # with every command, so workers refuse a deposed leader's. None: a single manager.
-    term: int | None = None
     # Workers are called over HTTPS with this context (the manager's certificate as
     # the client's, theirs checked against the cluster CA); None: as addressed.
     tls: ssl.SSLContext | None = None
@@ -156,7 +153,10 @@ class Manager:
         connect: Connect | None = None,
         health_transport: httpx.AsyncBaseTransport | None = None,
         metrics: ManagerMetrics | None = None,
+        step_down: Callable[[], None] | None = None,
     ) -> None:
+        """``step_down``: called when a worker says a newer term leads (a replica on
+        etcd then stops this manager: cube.manager.replica)."""
         self.settings = s = settings or Settings()
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
@@ -223,6 +223,7 @@ class Manager:
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
         self._loops: list[asyncio.Task[None]] = []
         self._deposed_by: int | None = None  # the newest term a worker named, if any
+        self.step_down: Callable[[], None] = step_down or (lambda: None)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -371,6 +372,7 @@ class Manager:
             exc.newest,
             self.settings.term,
         )
+        self.step_down()
 
     def _deposed(self, node: str, exc: Deposed) -> None:
         """What the effectors call: looks ``on_deposed`` up at each call, so that one

@@ -35,8 +35,8 @@ from cube.manager.leader import DEFAULT_TTL, Elector, EtcdLeases, Leadership
 
 log = logging.getLogger(__name__)
 
-# The leader's API, built on its backend for its term.
-Build = Callable[[Backend, int], FastAPI]
+# The leader's API, built on its backend for its term; the callable steps it down.
+Build = Callable[[Backend, int, Callable[[], None]], FastAPI]
 # A leader's backend, loaded anew from the shared store, its writes fenced by its term.
 Open = Callable[[Fence], Awaitable[Backend]]
 Scope = MutableMapping[str, Any]
@@ -154,7 +154,7 @@ class Replica:
         self._deposed.clear()
         fence = Fence(self.elector.key, lead.term, self._deposed.set)
         backend = await self.open_backend(fence)
-        app = self.build(backend, lead.term)
+        app = self.build(backend, lead.term, self._deposed.set)
         keeper = asyncio.ensure_future(self.elector.keep(lead))
         deposed = asyncio.ensure_future(self._deposed.wait())
         try:
@@ -168,10 +168,6 @@ class Replica:
             self.leading = None
             keeper.cancel()
             deposed.cancel()
-
-    def deposed(self) -> None:
-        """Someone (a worker told of a newer term) says this manager no longer leads."""
-        self._deposed.set()
 
     # --- following -------------------------------------------------------------------------
 
