@@ -22,6 +22,7 @@ import pytest
 
 from tests.support import (
     CUBE,
+    ETCD,
     ROOT,
     ManagerProcess,
     WorkerProcess,
@@ -495,4 +496,66 @@ def test_cube_up_stops_everything_when_a_member_dies(tmp_path: Path, cluster_nam
         if up.poll() is None:
             up.kill()
             up.wait(10)
+        kill_all(pids)
+
+
+def test_cube_up_ha_survives_its_leader_and_down_purges_etcd(
+    tmp_path: Path, cluster_name: str
+) -> None:
+    """`cube up --ha`: three managers on a three-member etcd; the leader SIGKILLed, the
+    CLI (given every manager by client.json) carries on once another leads."""
+    if not ETCD.exists():
+        pytest.skip(f"{ETCD} is missing: scripts/setup.sh installs Debian's etcd-server")
+    data_dir = tmp_path / "ha"
+    managers, workers, etcd = port_block(3), port_block(2), port_block(6)
+    port = managers + 2  # the managers listen on it and the two ports below
+    args = ["up", "--ha", "-d", "-n", "2", "--port", str(port), "--worker-port", str(workers)]
+    args += ["--etcd-port", str(etcd), "--data-dir", str(data_dir), "--name", cluster_name]
+    config = {"CUBE_CONFIG": str(data_dir / "client.json")}
+    pids: list[int] = []
+    try:
+        out = ok(cube(*args, timeout=180))
+        pids = recorded_pids(data_dir)
+        assert len(pids) == 8 and "3 managers on a 3-member etcd and 2 workers" in out
+        for name in ("manager-1", "manager-2", "manager-3", "etcd-1", "etcd-2", "etcd-3"):
+            assert name in out
+        assert "Running" in ok(cube("run", "-f", "examples/hello.json", "--wait", **config))
+
+        token = (data_dir / "token").read_text().strip()
+        ca = ssl_context(data_dir)
+
+        def health(p: int) -> dict[str, Any]:
+            answer = httpx.get(f"https://127.0.0.1:{p}/health", verify=ca, timeout=5)
+            return answer.json()  # type: ignore[no-any-return]
+
+        views = [health(p) for p in (port, port - 1, port - 2)]
+        assert [v["Leading"] for v in views].count(True) == 1
+        leader = next(v["Leader"] for v in views if v["Leading"])
+        record = json.loads((data_dir / "up.pid").read_text())
+        (victim,) = [
+            m["pid"]
+            for m in record["members"]
+            if m["role"] == "manager" and leader.endswith(f":{m['port']}")
+        ]
+        os.kill(victim, signal.SIGKILL)
+        # Within CUBE_FAILOVER_WAIT: the lease (5 s) runs out, another manager leads.
+        listed = json.loads(ok(cube("status", "-o", "json", **config, timeout=60)))
+        assert [t["Name"] for t in listed] == ["hello"]
+        assert "Running" in ok(cube("run", "-f", "examples/hello.json", "--wait", **config))
+        headers = {"Authorization": f"Bearer {token}"}
+        survivors = [p for p in (port, port - 1, port - 2) if not leader.endswith(f":{p}")]
+        now = httpx.get(f"https://127.0.0.1:{survivors[0]}/health", verify=ca, timeout=5).json()
+        assert now["Leader"] != leader and now["Term"] > views[0]["Term"]
+        tasks = httpx.get(
+            f"https://127.0.0.1:{survivors[1]}/tasks", verify=ca, headers=headers, timeout=5
+        )
+        assert sorted(t["State"] for t in tasks.json()) == [RUNNING, RUNNING]
+
+        down = ok(cube("down", "--purge", "--data-dir", str(data_dir)))
+        assert "stopped etcd-3" in down and "removed 2 containers" in down
+        wait_for(lambda: gone(pids), timeout=10, what="cluster processes gone")
+        assert not data_dir.exists()
+    finally:
+        if data_dir.exists():
+            cube("down", "--data-dir", str(data_dir))
         kill_all(pids)

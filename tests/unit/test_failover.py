@@ -134,9 +134,44 @@ def test_a_post_that_may_have_arrived_is_not_sent_again() -> None:
     assert m.ports() == [1]
 
 
+def test_while_no_manager_leads_a_read_goes_round_again_until_one_does() -> None:
+    """A leader died: the others say 503 until its lease runs out and one of them
+    leads. The client goes round the list again, pausing longer each time, within
+    CUBE_FAILOVER_WAIT; then the user sees the error."""
+    rounds = {"left": 2}
+
+    def electing(request: httpx.Request) -> httpx.Response:
+        if rounds["left"]:
+            return no_leader(request)
+        return tasks_ok(request)
+
+    def next_round(_: httpx.Request) -> httpx.Response:
+        rounds["left"] -= 1
+        return no_leader(_)
+
+    m = Managers(p1=refused, p2=electing, p3=next_round)
+    slept: list[float] = []
+    with m.client(f"{BOTH},127.0.0.1:3") as client:
+        client._endpoints._sleep = slept.append
+        assert client.tasks() == []
+    assert slept == [0.2, 0.4]
+    assert m.ports() == [1, 2, 3, 1, 2, 3, 1, 2]
+
+    now = [0.0]
+    m = Managers(p1=no_leader, p2=refused)
+    with m.client() as client:
+        client._endpoints.wait = 1.0
+        client._endpoints._monotonic = lambda: now[0]
+        client._endpoints._sleep = lambda s: now.__setitem__(0, now[0] + s)
+        with pytest.raises(ManagerUnreachable, match="HTTP 503: no leader"):
+            client.tasks()
+    assert now == [0.2 + 0.4]  # 0.8 more would pass the wait: the error, not a third pause
+
+
 def test_with_every_manager_down_the_cli_says_so_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("CUBE_FAILOVER_WAIT", "0")  # no election to wait out here
     m = Managers(p1=refused, p2=no_leader, p3=refused)
     code, out, err = cli(monkeypatch, capsys, m, "status", "-m", f"{BOTH},127.0.0.1:3")
     assert (code, out) == (1, "")

@@ -53,6 +53,7 @@ class Member:
     log: str
     pid: int = 0
     started: float = 0.0
+    program: str = ""  # what runs (etcd's binary); empty: `python -m cube`
 
     def url(self, host: str) -> str:
         return f"https://{host}:{self.port}"  # cube up's members all serve TLS
@@ -77,6 +78,8 @@ class Cluster:
     log_level: str = "info"
     members: list[Member] = field(default_factory=list)
     token: str = ""  # the management token, once start() has made or read it
+    ha: bool = False  # 3 managers on a 3-member etcd (cube.cli.ha)
+    etcd_port: int = 2379  # --ha: the first etcd member's client port
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -93,15 +96,25 @@ class Cluster:
 
     @property
     def manager(self) -> Member:
-        return self.members[0]
+        return self.managers[0]
+
+    @property
+    def managers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "manager"]
 
     @property
     def worker_members(self) -> list[Member]:
-        return self.members[1:]
+        return [m for m in self.members if m.role == "worker"]
+
+    @property
+    def etcd_members(self) -> list[Member]:
+        return [m for m in self.members if m.role == "etcd"]
 
     @property
     def manager_url(self) -> str:
-        return self.manager.url(self.dial_host)
+        """The manager's URL; with --ha, every manager's, separated by commas (the CLI
+        and workers use whichever answers)."""
+        return ",".join(m.url(self.dial_host) for m in self.managers)
 
     def _plan(self) -> list[Member]:
         data = str(self.data_dir)
@@ -113,19 +126,32 @@ class Cluster:
         common += ["--tls-ca", str(tls / "ca.pem")]
         # Workers join the manager (its join token: the data directory's join-token
         # file, given to the workers in their environment, not on their command line).
-        join = ["--join", f"https://{self.dial_host}:{self.port}"]
+        managers = [self.port - i for i in range(3 if self.ha else 1)]
+        join = ["--join", ",".join(f"https://{self.dial_host}:{p}" for p in managers)]
         join += ["--tls-cert", str(tls / "worker.pem"), "--tls-key", str(tls / "worker-key.pem")]
         workers = []
         for i in range(self.workers):
             name, port = f"{self.name}-{i + 1}", self.worker_port + i
             args = ["worker", "-n", name, "-p", str(port), "-d", "persistent", *join, *common]
             workers.append(Member("worker", name, port, args, str(logs / f"{name}.log")))
-        manager_args = ["manager", "-p", str(self.port), "-s", self.scheduler]
-        manager_args += ["-d", "persistent", *common]
+        manager_args = ["-s", self.scheduler, *common]
         manager_args += ["--tls-cert", str(tls / "manager.pem")]
         manager_args += ["--tls-key", str(tls / "manager-key.pem")]
-        manager = Member("manager", "manager", self.port, manager_args, str(logs / "manager.log"))
-        return [manager, *workers]
+        if not self.ha:
+            args = ["manager", "-p", str(self.port), "-d", "persistent", *manager_args]
+            manager = Member("manager", "manager", self.port, args, str(logs / "manager.log"))
+            return [manager, *workers]
+        from cube.cli import ha
+
+        etcd = ha.etcd_members(self.data_dir, self.etcd_port)
+        store = ha.store_url(etcd)
+        members = []
+        for i, port in enumerate(managers):
+            name = f"manager-{i + 1}"
+            args = ["manager", "-p", str(port), "--store", store, *manager_args]
+            args += ["--advertise", f"https://{self.dial_host}:{port}"]
+            members.append(Member("manager", name, port, args, str(logs / f"{name}.log")))
+        return [*members, *workers, *etcd]
 
     # --- files ---------------------------------------------------------------------
 
@@ -179,10 +205,18 @@ class Cluster:
             env.pop(name, None)
         env["CUBE_TOKEN"] = self.token  # over any the caller's shell has, for another cluster
         started: list[subprocess.Popen[bytes]] = []
-        for member in [self.manager, *self.worker_members]:  # the manager first: they join it
+        # etcd first (a manager checks its store as it starts), then the managers
+        # (workers join them), then the workers.
+        order = [*self.etcd_members, *self.managers, *self.worker_members]
+        for member in order:
+            if member.role == "manager" and self.etcd_members and member is self.manager:
+                from cube.cli import ha
+
+                ha.wait_for_etcd(self.etcd_members, started, timeout=30.0)
+            command = [member.program] if member.program else [sys.executable, "-m", "cube"]
             with open(member.log, "ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "cube", *member.args],
+                    [*command, *member.args],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -272,14 +306,14 @@ def stop_members(
     timeout: float,
     say: Callable[[str], None] = lambda _: None,
 ) -> None:
-    """SIGTERM the manager first (so it does not reschedule as workers leave), then workers.
+    """SIGTERM the managers first (so they do not reschedule as workers leave), then
+    the workers, then etcd (which the managers needed to the end, to hand over).
 
     Each group gets ``timeout`` seconds to exit before SIGKILL. Only processes whose
     start time matches the record are signalled.
     """
-    managers = [m for m in members if m.role == "manager"]
-    workers = [m for m in members if m.role != "manager"]
-    for group in (managers, workers):
+    groups = [[m for m in members if m.role == role] for role in ("manager", "worker", "etcd")]
+    for group in groups:
         procs = {m.name: p for m in group if (p := find_process(m.pid, m.started))}
         terminate(list(procs.values()), timeout)
         for name in procs:

@@ -107,9 +107,25 @@ def up(
     log_level: Annotated[
         str, typer.Option("--log-level", help="Log level of the manager and workers.")
     ] = "info",
+    ha: Annotated[
+        bool,
+        typer.Option(
+            "--ha",
+            help="Three managers (on --port and the two ports below it) on a local "
+            "three-member etcd: any one of each may die.",
+        ),
+    ] = False,
+    etcd_port: Annotated[
+        int,
+        typer.Option(
+            "--etcd-port", help="With --ha: the first etcd member's port; the others follow."
+        ),
+    ] = 2379,
 ) -> None:
     """Start a local cluster: a manager and N workers, with persistent state in one directory."""
     cluster = Cluster(
+        ha=ha,
+        etcd_port=etcd_port,
         data_dir=data_dir,
         workers=workers,
         port=port,
@@ -126,7 +142,8 @@ def up(
     procs: list[subprocess.Popen[bytes]] = []
     handed_over = False
     n = len(cluster.worker_members)
-    print(f"Starting a manager and {plural(n, 'worker')} in {data_dir}/ ...", flush=True)
+    what = "3 managers on a 3-member etcd" if ha else "a manager"
+    print(f"Starting {what} and {plural(n, 'worker')} in {data_dir}/ ...", flush=True)
     with stop_signals_raise():
         try:
             procs = cluster.start(detach)
@@ -209,14 +226,19 @@ def plural(n: int, word: str) -> str:
 
 def ready_message(cluster: Cluster, detach: bool) -> str:
     n = len(cluster.worker_members)
-    lines = [
-        f"Cube is up: a manager and {plural(n, 'worker')}, state in {cluster.data_dir}/",
-        f"  manager  {cluster.manager_url:<24}  log: {cluster.manager.log}",
-    ]
-    for w in cluster.worker_members:
-        lines.append(f"  {w.name:<7}  {w.url(cluster.dial_host):<24}  log: {w.log}")
+    what = "3 managers on a 3-member etcd" if cluster.ha else "a manager"
+    lines = [f"Cube is up: {what} and {plural(n, 'worker')}, state in {cluster.data_dir}/"]
+    width = max(len(m.name) for m in cluster.members)
+    for member in [*cluster.managers, *cluster.worker_members]:
+        url = member.url(cluster.dial_host)
+        lines.append(f"  {member.name:<{width}}  {url:<24}  log: {member.log}")
+    for member in cluster.etcd_members:
+        url = f"http://127.0.0.1:{member.port}"
+        lines.append(f"  {member.name:<{width}}  {url:<24}  log: {member.log}")
     m = ""
-    if cluster.manager_url != f"https://127.0.0.1:{DEFAULT_PORT}":
+    if cluster.ha:
+        m = " -m " + ",".join(f"{cluster.dial_host}:{x.port}" for x in cluster.managers)
+    elif cluster.manager_url != f"https://127.0.0.1:{DEFAULT_PORT}":
         m = f" -m {cluster.dial_host}:{cluster.port}"
     hints = [
         (f"cube run{m} -f examples/hello.json --wait", "run a web server task"),
@@ -228,7 +250,8 @@ def ready_message(cluster: Cluster, detach: bool) -> str:
     token, ca = cluster.data_dir / "token", cluster.data_dir / TLS_DIR / "ca.pem"
     lines += ["", "Try:", *(f"  {c:<{width}}   # {what}" for c, what in hints), ""]
     config = cluster.data_dir / FILE
-    lines.append(f"The web UI: {cluster.manager_url}/ui/ (log in with the token in {token})")
+    ui = cluster.manager.url(cluster.dial_host)
+    lines.append(f"The web UI: {ui}/ui/ (log in with the token in {token})")
     lines.append(f"  the browser meets the cluster's own CA: trust {ca} or accept its warning once")
     lines.append(f"The API wants a token: the CLI finds it, and the address, in {config}")
     if cluster.data_dir != DEFAULT_DATA_DIR:
@@ -278,13 +301,18 @@ def purge_cluster(data_dir: Path) -> None:
     members = members_of(record)
     workers = [m.name for m in members if m.role == "worker"]
     removed = remove_containers(workers)
+    if any(m.role == "etcd" for m in members):
+        from cube.cli import ha
+
+        ha.purge(data_dir)
     patterns = ["manager.db*", "join-token", "token", FILE, *(f"worker-{w}.db*" for w in workers)]
+    patterns += [f"worker-{w}.term" for w in workers]  # the newest term each has seen
     patterns += [f"{LOG_DIR}/{m.name}.log" for m in members]
     patterns += [f"{TLS_DIR}/{name}" for name in ("ca*.pem", "manager*.pem", "worker*.pem")]
     for pattern in patterns:
         for path in data_dir.glob(pattern):
             path.unlink(missing_ok=True)
-    for directory in (LOG_DIR, TLS_DIR):
+    for directory in (LOG_DIR, TLS_DIR, "etcd"):
         with contextlib.suppress(OSError):
             (data_dir / directory).rmdir()
     (data_dir / CLUSTER_FILE).unlink(missing_ok=True)

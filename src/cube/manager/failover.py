@@ -18,12 +18,18 @@ may be sent again to the next manager when the one it went to fails:
   ours to decide: the user gets the error (the next call starts at the next manager).
 
 A 503 is a manager without a leader (or without its store): the next one may have one.
+When every manager answered and at least one said 503 (an election is under way: a
+leader died, and its lease has yet to run out), a request that may be resent goes round
+the list again, with a growing pause, for up to ``CUBE_FAILOVER_WAIT`` seconds (default
+15: a lease of 5 s, an election, and room to spare) before the user sees the error.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -154,13 +160,42 @@ class Endpoint:
                 self._http.close()
 
 
+DEFAULT_FAILOVER_WAIT = 15.0
+
+
+def failover_wait() -> float:
+    """Seconds to keep trying while managers say none leads (``CUBE_FAILOVER_WAIT``)."""
+    try:
+        return max(float(os.environ.get("CUBE_FAILOVER_WAIT", DEFAULT_FAILOVER_WAIT)), 0.0)
+    except ValueError:
+        raise ManagerError("CUBE_FAILOVER_WAIT must be a number of seconds") from None
+
+
+class _Round(Exception):
+    """Every manager failed a request; ``electing``: one of them answered 503."""
+
+    def __init__(self, error: ManagerUnreachable, electing: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.electing = electing
+
+
 class Endpoints:
     """The managers in the order given, and the one that answered last; the calls that
     go on to the next manager."""
 
-    def __init__(self, endpoints: list[Endpoint]) -> None:
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        wait: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.all = endpoints
         self._current = 0
+        self.wait = failover_wait() if wait is None else wait
+        self._sleep = sleep
+        self._monotonic = monotonic
 
     @property
     def current(self) -> Endpoint:
@@ -189,7 +224,20 @@ class Endpoints:
 
     def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         """The answer of the first manager that gives one other than 503, trying the
-        next only as far as :func:`may_resend` allows."""
+        next only as far as :func:`may_resend` allows; while an election is under way,
+        round the list again (see the module's docstring)."""
+        deadline = self._monotonic() + self.wait
+        pause = 0.2
+        while True:
+            try:
+                return self._round(method, path, body)
+            except _Round as failed:
+                if not failed.electing or self._monotonic() + pause > deadline:
+                    raise failed.error from None
+            self._sleep(pause)  # a client's retry pacing, not synchronisation
+            pause = min(pause * 2, 2.0)
+
+    def _round(self, method: str, path: str, body: Any) -> httpx.Response:
         failures: list[Failure] = []
         order = self.order()
         for at, endpoint in enumerate(order, 1):
@@ -210,7 +258,8 @@ class Endpoints:
             self.failed(endpoint)
             if not may_resend(method, path, exc):
                 raise unreachable(failures, len(self.all), _NOT_RESENT if at < len(order) else "")
-        raise unreachable(failures, len(self.all))
+        electing = any(f.reason.startswith("HTTP 503") for f in failures)
+        raise _Round(unreachable(failures, len(self.all)), electing)
 
     def lines(
         self,
