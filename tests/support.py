@@ -216,7 +216,10 @@ class ManagerProcess(Process):
         def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"manager exited early:\n{self.output()}")
-            nodes = httpx.get(f"{self.url}/nodes", timeout=2, headers=self.headers).json()
+            answer = httpx.get(f"{self.url}/nodes", timeout=2, headers=self.headers)
+            if answer.status_code == 503:  # on etcd: not leading yet (an election)
+                return False
+            nodes = answer.json()
             return sum(n["Status"] == "ready" for n in nodes) >= workers
 
         wait_for(ready, timeout, what="manager ready")

@@ -222,6 +222,30 @@ def test_one_manager_leads_and_the_others_forward_everything(
     answer = httpx.post(f"{followers[0].url}/tasks", content=b"{", timeout=10)
     assert answer.status_code == 400 and answer.json()["Message"]
 
+    # Followers serve reads of tasks and events from their own view (etcd's watch):
+    # with the leader gone, and its lease not yet run out, they still answer them,
+    # while writes wait for a leader (503).
+    leader.kill()
+    for follower in followers:
+        seen = httpx.get(f"{follower.url}/tasks/{task_id}", timeout=10)
+        assert seen.status_code == 200 and seen.json()["State"] == RUNNING, seen.text
+        history = httpx.get(f"{follower.url}/tasks/{task_id}/events", timeout=10)
+        assert history.status_code == 200 and history.json()[0]["Task"]["ID"] == task_id
+        refused = httpx.post(f"{follower.url}/tasks", json=event("no-leader"), timeout=10)
+        assert refused.status_code == 503 and refused.json()["Message"]
+    # A view follows what the next leader does.
+    later = event("after-the-leader")
+    submit(cluster, later)
+    new = cluster.leader()
+    (follower,) = [p for p in followers if p is not new]
+    wait_for(
+        lambda: httpx.get(f"{follower.url}/tasks/{later['Task']['ID']}").json()["State"] == RUNNING,
+        30,
+        what="a follower's view of a task the new leader ran",
+    )
+    index = httpx.get(f"{follower.url}/events", params={"index": 0, "follow": "false"})
+    assert later["Task"]["ID"] in index.text
+
 
 def test_the_leader_sigkilled_during_200_submissions_loses_nothing_and_runs_nothing_twice(
     managers: Callable[[], Managers],

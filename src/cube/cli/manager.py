@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from cube.manager.backend import Backend
+    from cube.manager.etcd_backend import EtcdBackend
 
 
 def register(app: typer.Typer) -> None:
@@ -349,7 +350,11 @@ def manager(
             leader = Manager(addresses, chosen, backend, elected, step_down=step_down)
             return create_app(leader, Leadership(me, term))
 
-        replica = on_etcd(store, me, build, ttl=lease_ttl, tls=calls)
+        def view(backend: EtcdBackend) -> tuple[Manager, FastAPI]:
+            passive = Manager(addresses, chosen, backend, settings)
+            return passive, create_app(passive, passive=True)
+
+        replica = on_etcd(store, me, build, ttl=lease_ttl, tls=calls, view=view)
         serve(replica, host, port, log_level, tls=served)
         return
     node = Manager(addresses, chosen, _backend(store, dbtype, data_dir), settings)

@@ -82,7 +82,11 @@ class Leadership:
     term: int
 
 
-def create_app(manager: Manager, leadership: Leadership | None = None) -> FastAPI:
+def create_app(
+    manager: Manager, leadership: Leadership | None = None, *, passive: bool = False
+) -> FastAPI:
+    """The manager's API. ``passive``: a follower's view of the state (cube.manager.
+    follower), which serves reads and starts none of the manager's loops."""
     stopping = asyncio.Event()  # the server is stopping: event streams end
 
     @asynccontextmanager
@@ -95,7 +99,8 @@ def create_app(manager: Manager, leadership: Leadership | None = None) -> FastAP
 
         # Called from the signal handler (cube.config.serve) when a stop is asked for.
         app.state.on_exit = [lambda: loop.call_soon_threadsafe(end_streams)]
-        await manager.start()
+        if not passive:
+            await manager.start()
         try:
             yield
         finally:

@@ -246,6 +246,8 @@ class EtcdBackend(_Checked):
         self._events = EtcdEvents(conn, prefix, fence=fence)
         self.stream: EventStore = self._events
         self._revisions: dict[uuid.UUID, int] = {}  # each task's mod revision, as last seen
+        # The revision the load began at: a watch from the next one misses nothing.
+        self.loaded_at = 0
         self._jobs: list[JobRecord] = []
         self._nodes: list[NodeRecord] = []
         self._tokens: list[TokenRecord] = []
@@ -290,6 +292,8 @@ class EtcdBackend(_Checked):
     async def _range(self, kind: str) -> list[Any]:
         prefix = f"{self.prefix}{kind}/".encode()
         found = await self.conn.call(lambda c: c.get_prefix(prefix, sort_order="ascend"))
+        revision = int(found.header.revision)
+        self.loaded_at = min(self.loaded_at, revision) if self.loaded_at else revision
         return list(found)
 
     async def _load(self) -> None:

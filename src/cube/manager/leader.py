@@ -55,6 +55,7 @@ class Holder:
 
     leader: str
     term: int
+    lease: int = 0
 
 
 class Leases(Protocol):
@@ -130,7 +131,7 @@ class EtcdLeases:
 
 
 def _holder(kv: Any) -> Holder:
-    return Holder(bytes(kv.value).decode(), int(kv.create_revision))
+    return Holder(bytes(kv.value).decode(), int(kv.create_revision), int(kv.lease))
 
 
 class Elector:
@@ -167,7 +168,7 @@ class Elector:
                 self.leader = None
                 await self.clock.sleep(RETRY_AFTER)
 
-    async def _try(self) -> Leadership | None:
+    async def _try(self, take_over: bool = True) -> Leadership | None:
         since = self.clock.monotonic()
         lease, ttl = await self.leases.grant(self.ttl)
         won, holder = await self.leases.claim(self.key, self.me, lease)
@@ -177,6 +178,14 @@ class Elector:
             return Leadership(holder.term, lease, ttl, since)
         with contextlib.suppress(aetcd.ClientError, StoreUnavailable):
             await self.leases.revoke(lease)  # not needed: another leads
+        if take_over and holder is not None and holder.leader == self.me and holder.lease:
+            # Held under this manager's own address: its predecessor, killed and
+            # restarted (it cannot still serve the address this one listens on). Its
+            # lease need not be waited out; the new term fences off anything it left.
+            log.info("term %d was this manager's before a restart: taking over", holder.term)
+            with contextlib.suppress(aetcd.ClientError, StoreUnavailable):
+                await self.leases.revoke(holder.lease)
+            return await self._try(take_over=False)
         if holder is not None:
             self._saw(holder)
         return None

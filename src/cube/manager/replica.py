@@ -11,7 +11,9 @@ A follower accepts every request too and forwards it to the leader as it came (t
 token, the body, a stream's chunks as they arrive), marked ``X-Cube-Forwarded-By`` so
 that two managers that disagree about who leads never bounce a request between them:
 a forwarded request that finds no leader here gets a 503, which clients (and the CLI,
-with a list of managers) try again. Followers do not yet serve reads themselves.
+with a list of managers) try again. The reads etcd holds whole (tasks, their histories,
+the event log) a follower serves itself, from a view a watch keeps current
+(cube.manager.follower).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fastapi import FastAPI
 from cube.clock import Clock, SystemClock
 from cube.manager.backend import Backend, Fence, StoreUnavailable
 from cube.manager.etcd_backend import EtcdBackend, _Connection, parse_url
+from cube.manager.follower import BuildView, View, serves
 from cube.manager.leader import DEFAULT_TTL, Elector, EtcdLeases, Leadership
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,12 @@ class Replica:
         tls: ssl.SSLContext | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        view: View | None = None,
     ) -> None:
+        """``view``: while following, serve the reads etcd holds from it
+        (cube.manager.follower); without one, forward everything."""
         self.elector = elector
+        self.view = view
         self.me = elector.me
         self.open_backend = open_backend
         self.build = build
@@ -103,7 +110,11 @@ class Replica:
         if app is not None:
             await app(scope, receive, send)
         elif scope["type"] == "http":
-            await self._forward(scope, receive, send)
+            local = self.view.app if self.view is not None else None
+            if local is not None and serves(scope["method"], scope["path"]):
+                await local(scope, receive, send)
+            else:
+                await self._forward(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
@@ -125,21 +136,27 @@ class Replica:
     def _on_exit(self) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
-        app = self.leading
-        for callback in getattr(app.state, "on_exit", ()) if app is not None else ():
-            callback()
+        for app in (self.leading, self.view.app if self.view is not None else None):
+            for callback in getattr(app.state, "on_exit", ()) if app is not None else ():
+                callback()
 
     # --- leading ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Campaign; lead until the term ends; campaign again."""
         while True:
+            following = asyncio.ensure_future(self.view.run()) if self.view else None
             try:
                 lead = await self.elector.campaign()
             except Exception:  # a defect: said, and not the end of this manager
                 log.exception("campaigning failed")
                 await self.clock.sleep(1.0)
                 continue
+            finally:
+                if following is not None:  # a leader reads its own state
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await following
             try:
                 await self._lead(lead)
             except StoreUnavailable as exc:
@@ -255,15 +272,18 @@ def on_etcd(
     *,
     ttl: int = DEFAULT_TTL,
     tls: ssl.SSLContext | None = None,
+    view: BuildView | None = None,
 ) -> Replica:
-    """A replica electing and storing on the etcd at ``store`` (etcd://…)."""
+    """A replica electing and storing on the etcd at ``store`` (etcd://…); ``view``
+    builds its follower's view (None: a follower forwards every request)."""
     where = parse_url(store)
     elector = Elector(EtcdLeases(_Connection(where.endpoints)), where.prefix, me, ttl)
 
     async def open_backend(fence: Fence) -> Backend:
         return await EtcdBackend.open(store, fence)
 
-    return Replica(elector, open_backend, build, tls=tls)
+    follower = View(store, view) if view is not None else None
+    return Replica(elector, open_backend, build, tls=tls, view=follower)
 
 
 _NO_LEADER = (

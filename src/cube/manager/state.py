@@ -96,6 +96,15 @@ class State:
             self._dirty[task.ID] = None
         self.changed.set()
 
+    def adopt(self, task: Task) -> None:
+        """A version another manager stored (a follower's view, fed by etcd's watch:
+        cube.manager.follower): indexed as a commit would be, neither stored again nor
+        marked for this manager to reconcile."""
+        before = self.tasks.get(task.ID)
+        self._note(before, task)
+        self.tasks[task.ID] = task
+        self._settle(task)
+
     async def ask_to_stop(self, tasks: Sequence[Task], cancelled: str) -> list[Task]:
         """Store a stop on each task not already asked (a Pending one is cancelled at
         once, with reason ``cancelled``); the reconciler stops the placed ones."""
