@@ -402,7 +402,10 @@ class Cluster:
 
         def ready() -> bool:
             manager.check_alive()
-            nodes = httpx.get(f"{self.manager_url}/nodes", timeout=10).json()
+            answer = httpx.get(f"{self.manager_url}/nodes", timeout=10)
+            if answer.status_code == 503:  # on etcd: not leading yet
+                return False
+            nodes = answer.json()
             return bool(sum(n["Status"] == "ready" for n in nodes) >= ready_workers)
 
         wait_for(ready, timeout, "manager and its workers ready", interval=0.1)

@@ -21,8 +21,10 @@ ORDER = [
     "scale.json",
     "scale-persistent/scale.json",
     "scale-100-workers/scale.json",
+    "store.json",
     "scheduler.json",
     "healing.json",
+    "failover.json",
     "jobs.json",
     "footprint.json",
 ]

@@ -241,8 +241,10 @@ def measure_cube(
     bodies: list[dict[str, Any]],
     workers: int,
     env: dict[str, str] | None = None,
+    store: list[str] | None = None,
 ) -> dict[str, float]:
-    """One run through a manager (this tree's, or another's with ``env``)."""
+    """One run through a manager (this tree's, or another's with ``env``), its store
+    as ``--dbtype`` says unless ``store`` gives other flags (bench.store's etcd)."""
     ids = {b["Task"]["ID"] for b in bodies}
     with fleet(tmp, workers, args.start_latency, env) as (fleet_proc, addresses):
         cluster = Cluster(tmp)
@@ -250,8 +252,7 @@ def measure_cube(
             cluster.start_manager(
                 "-s",
                 args.scheduler,
-                "--dbtype",
-                args.dbtype,
+                *(store if store is not None else ["--dbtype", args.dbtype]),
                 "--log-level",
                 os.environ.get("BENCH_MANAGER_LOG", "info"),
                 addresses=addresses,

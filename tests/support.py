@@ -26,6 +26,11 @@ import docker
 import docker.utils
 import httpx
 
+# One etcd starter for the tests and the benchmarks (re-exported: tests import it from here).
+from bench.etcd import ETCD as ETCD
+from bench.etcd import EtcdCluster as EtcdCluster
+from bench.etcd import EtcdProcess as EtcdProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 CUBE = [sys.executable, "-m", "cube"]
 T = TypeVar("T")
@@ -406,107 +411,3 @@ class ThreadedEngineProxy:
             self.down()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-ETCD = Path("/usr/bin/etcd")  # Debian's etcd-server (scripts/setup.sh installs it)
-
-
-@dataclass
-class EtcdProcess:
-    """A single-member etcd of a test's own: loopback ports, a temp data dir.
-
-    Its write limits are raised as docs/operations.md asks for Cube: one commit of the
-    manager is one transaction (a task, its history and its events, for every task a
-    placement pass or a job's submission touches), past etcd's default of 128 keys;
-    ``raised=False`` keeps etcd's defaults, for what must fit in them (cube migrate)."""
-
-    data: Path
-    port: int = field(default_factory=free_port)
-    peer: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    name: str = "cube-test"
-    cluster: str = ""  # --initial-cluster; empty: this member alone
-    raised: bool = True
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer}"
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def url(self, prefix: str = "") -> str:
-        return f"etcd://{self.endpoint}/{prefix}" if prefix else f"etcd://{self.endpoint}"
-
-    def start(self, wait: bool = True) -> Self:
-        self.data.mkdir(parents=True, exist_ok=True)
-        client, peer = f"http://{self.endpoint}", self.peer_url
-        args = [
-            str(ETCD),
-            f"--name={self.name}",
-            f"--data-dir={self.data / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.cluster or f'{self.name}={peer}'}",
-        ]
-        if self.raised:
-            args += ["--max-txn-ops=100000", "--max-request-bytes=33554432"]
-        with (self.data / "etcd.log").open("ab") as out:
-            self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        if wait:
-            wait_for(self.healthy, timeout=30, what="etcd to answer", detail=self.output)
-        return self
-
-    def healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"etcd exited ({self.proc.returncode}):\n{self.output()}")
-        answer = httpx.get(f"http://{self.endpoint}/health", timeout=3)
-        return answer.status_code == 200 and answer.json().get("health") == "true"
-
-    def output(self) -> str:
-        log = self.data / "etcd.log"
-        return log.read_text(errors="replace")[-4000:] if log.exists() else ""
-
-    def stop(self) -> None:
-        terminate(self.proc)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@dataclass
-class EtcdCluster:
-    """Three etcd members on loopback, as `cube up --ha` and docs/operations.md run
-    them: any one may die and the other two keep a quorum."""
-
-    members: list[EtcdProcess]
-
-    @classmethod
-    def of(cls, data: Path, size: int = 3) -> EtcdCluster:
-        members = [EtcdProcess(data / f"etcd-{i}", name=f"etcd-{i}") for i in range(size)]
-        cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
-        for member in members:
-            member.cluster = cluster
-        return cls(members)
-
-    def url(self, prefix: str = "") -> str:
-        hosts = ",".join(m.endpoint for m in self.members)
-        return f"etcd://{hosts}/{prefix}" if prefix else f"etcd://{hosts}"
-
-    def start(self) -> Self:
-        for member in self.members:  # together: the first waits for a quorum
-            member.start(wait=False)
-        for member in self.members:
-            wait_for(member.healthy, timeout=30, what=f"{member.name} to answer")
-        return self
-
-    def stop(self) -> None:
-        for member in self.members:
-            member.stop()

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import ETCD
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -133,3 +135,35 @@ def test_jobs_smoke_beside_swarm(tmp_path: Path) -> None:
         pytest.skip("swarm not usable on this engine")
     for row in result["rows"]:
         assert row["cube / swarm"] == f"{row['cube (s)'] / row['swarm (s)']:.2f}x"
+
+
+def _needs_etcd() -> None:
+    if not ETCD.exists():
+        pytest.skip(f"{ETCD} is missing: scripts/setup.sh installs Debian's etcd-server")
+
+
+def test_failover_smoke(tmp_path: Path) -> None:
+    """Two leaders SIGKILLed on a 3-member etcd; each round's times are from the kill."""
+    _needs_etcd()
+    result = run_smoke("failover", tmp_path)
+    [row] = result["rows"]
+    assert row["lease TTL (s)"] == 2 and row["target (s)"] == 3.0
+    rounds = result["rounds"]["2"]
+    assert len(rounds) == 2
+    for measured in rounds:
+        # A new leader elected, then placing, both after the lease could run out.
+        assert 0 < measured["elected"] <= measured["placed"]
+    assert [t["name"] for t in result["targets"]] == ["failover, TTL 2 s"]
+
+
+def test_store_smoke_etcd_beside_sqlite(tmp_path: Path) -> None:
+    """The same workload on SQLite and on a single-member etcd, with their ratio."""
+    _needs_etcd()
+    result = run_smoke("store", tmp_path)
+    rows = {row["store"]: row for row in result["rows"]}
+    assert set(rows) == {"sqlite", "etcd (1 member)"}
+    assert rows["sqlite"]["vs sqlite"] == "1.00x"
+    etcd = rows["etcd (1 member)"]
+    assert etcd["tasks/s"] > 0 and etcd["etcd CPU (s)"] > 0
+    assert etcd["vs sqlite"] == f"{etcd['tasks/s'] / rows['sqlite']['tasks/s']:.2f}x"
+    assert [t["name"] for t in result["targets"]] == ["etcd (1 member) over sqlite"]
