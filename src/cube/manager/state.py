@@ -18,6 +18,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from cube.clock import SystemClock
 from cube.manager.backend import Backend, Change
@@ -28,6 +29,23 @@ from cube.task import State as TaskState
 from cube.task import Task, TaskEvent, transition
 
 _HOLDING = frozenset({TaskState.SCHEDULED, TaskState.RUNNING})
+
+
+@dataclass
+class _Write:
+    """One caller's commit, waiting for a write to carry it (State.commit)."""
+
+    changes: list[Change]
+    events: list[TaskEvent]
+    done: asyncio.Future[None] | None = None  # made when it has to wait
+
+    def settle(self, error: Exception | None) -> None:
+        if self.done is None or self.done.done():  # its caller gave up waiting
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
 
 
 class State:
@@ -65,6 +83,10 @@ class State:
         self._waiting: dict[uuid.UUID, None] = {}
         # Set whenever there is something to reconcile; the manager's loop waits on it.
         self.changed = asyncio.Event()
+        # Group commit (see commit): a write on its way, the writes waiting for it.
+        self._storing = False
+        self._queued: list[_Write] = []
+        self._draining: asyncio.Future[None] | None = None
         for task in backend.load():
             self._note(None, task)
             self.tasks[task.ID] = task
@@ -76,10 +98,58 @@ class State:
     # --- the write path ---------------------------------------------------------------
 
     async def commit(self, tasks: Sequence[Task], events: Sequence[TaskEvent] = ()) -> None:
-        """Store new versions of tasks (and events), durably; then index and mark them."""
+        """Store new versions of tasks (and events), durably; then index and mark them.
+
+        Group commit: while one write is on its way to the store, the writes that come
+        meanwhile wait and then go together, in one write (a store across the network,
+        etcd, takes a round trip per write, and one at a time they would queue behind
+        each other; SQLite's writes never yield, so there each goes alone, as before).
+        Each change names the version it replaces as of its call, so two writes of one
+        task never share a write, and a stale one conflicts as it always did.
+        """
         if not tasks and not events:
             return
-        changes = [Change(self.tasks.get(task.ID), task) for task in tasks]
+        write = _Write([Change(self.tasks.get(task.ID), task) for task in tasks], list(events))
+        if self._storing:
+            write.done = asyncio.get_running_loop().create_future()
+            self._queued.append(write)
+            await write.done
+            return
+        self._storing = True
+        try:
+            await self._store([write])
+        finally:
+            if self._queued:  # the next batch: stored whatever becomes of this caller
+                self._draining = asyncio.ensure_future(self._drain())
+            else:
+                self._storing = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._queued:
+                batch: list[_Write] = []
+                ids: set[uuid.UUID] = set()
+                for write in self._queued:
+                    touched = {change.after.ID for change in write.changes}
+                    if touched & ids:
+                        break  # the same task twice: the later goes in the next write
+                    batch.append(write)
+                    ids |= touched
+                del self._queued[: len(batch)]
+                try:
+                    await self._store(batch)
+                except Exception as exc:
+                    for write in batch:
+                        write.settle(exc)
+                else:
+                    for write in batch:
+                        write.settle(None)
+        finally:
+            self._storing = False
+
+    async def _store(self, batch: Sequence[_Write]) -> None:
+        changes = [change for write in batch for change in write.changes]
+        events = [event for write in batch for event in write.events]
         async with self.events.writing:
             stream = self.events.number([task_draft(c.before, c.after) for c in changes])
             try:
