@@ -19,6 +19,7 @@ from cube.feasible import Demand
 from cube.job import Job
 from cube.manager.manager import Manager
 from cube.manager.plan import plan_job
+from cube.sim import terms
 from cube.sim.world import World
 from cube.task import State, Task
 
@@ -357,6 +358,11 @@ WHEN_QUIET: list[Check] = [
 def check(
     world: World, user: UserView, restarts: dict[uuid.UUID, int], *, final: bool
 ) -> str | None:
+    if world.leaders is not None:
+        violation = terms.check(world.leaders)
+        if violation:
+            return violation
+    world.follow_leader()  # several managers: the one that leads now, if any
     m = world.manager
     if m is None or world.manager_dead:
         return None  # nothing to ask; checked again once it is back
@@ -370,6 +376,7 @@ def check(
 
 def picture(world: World) -> str:
     """Everything that should stop changing once the cluster is quiet."""
+    world.follow_leader()
     m = world.manager
     parts = []
     if m is not None:
