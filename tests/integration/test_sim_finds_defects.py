@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DEFECTS = sorted((ROOT / "tests" / "sim").glob("*.patch"))
 CI_SEEDS = 500
-LEADER_SEEDS = 100  # the CI budget of seeds with three managers (scripts/test.sh)
+LEADER_SEEDS = 150  # the CI budget of seeds with three managers (scripts/test.sh)
 
 # patch -> the invariant its failure must break
 EXPECTED = {

@@ -70,6 +70,11 @@ def completed_only_if_done(m: Manager, user: UserView, _: World) -> str | None:
 
 
 def reservations_add_up(m: Manager, _: UserView, __: World) -> str | None:
+    writing = m.state.events.writing
+    if writing.locked() or writing._waiters:  # queued: woken, not yet run
+        # A commit is in flight (on etcd it takes a while): the placements it carries
+        # are held ahead of it by design (ClusterState.hold), given back if it fails.
+        return None
     held: dict[str, list[Task]] = {name: [] for name in m.state.nodes}
     for task in m.state.tasks.values():
         holds = task.State in _HOLDING or (
