@@ -6,6 +6,7 @@ was sent; tests that need real workers are in test_manager_inprocess.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 
@@ -260,3 +261,65 @@ async def test_a_failure_reported_for_a_task_being_stopped_is_its_stop(manager: 
     await manager.report(manager.get(task.ID), State.FAILED, "health check failed: HTTP 500")
     ended = manager.get(task.ID)
     assert (ended.State, ended.Reason) == (State.COMPLETED, "stopped on request")
+
+
+class Refusing(MemoryBackend):
+    """Every commit fails at once, as etcd refusing connections does; after
+    ``limit`` attempts it ends the run, so a loop that spins fails the test, not hangs it."""
+
+    class Spun(BaseException):
+        pass
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.attempts = 0
+        self.refusing = False
+
+    async def commit(
+        self, changes: Sequence[Change], events: Sequence[TaskEvent], stream: Sequence[Event] = ()
+    ) -> None:
+        if not self.refusing:
+            return await super().commit(changes, events, stream)
+        self.attempts += 1
+        if self.attempts > self.limit:
+            raise Refusing.Spun(f"{self.attempts} commits at t={self.attempts}")
+        raise OSError("etcd did not answer")
+
+
+def test_a_drain_whose_moves_cannot_be_stored_retries_on_a_timer_not_at_once() -> None:
+    """Found by the simulator with etcd down (seed 68 of --managers 3): each pass of the
+    reconcile loop planned the drain's moves again, failed to store them, and the retry
+    it set woke the loop at once: it spun without ever yielding, a traceback per try."""
+    from cube.sim.loop import LoopClock
+    from cube.sim.loop import run as run_virtual
+
+    async def main() -> int:
+        clock = LoopClock()
+        backend = Refusing(limit=200)
+
+        def connect(url: str, token: str) -> WorkerClient:
+            transport = httpx.MockTransport(Recorder())
+            return WorkerClient(url, httpx.AsyncClient(transport=transport))
+
+        node = Manager([NODE, "w2:1"], Epvm(), backend, clock=clock, connect=connect)
+        for name in (NODE, "w2:1"):
+            worker = node.state.nodes[name]
+            worker.Cores, worker.Memory, worker.Disk = 4, 4 * 2**20, 2**40
+            node.state.node_ready(name)
+        await node.submit(event(Name="a"))
+        await node.submit(event(Name="b"))
+        await node.reconcile_once()
+        await node.members.drain(
+            NODE if any(t.Node == NODE for t in node.state.tasks.values()) else "w2:1"
+        )
+        backend.refusing = True
+        loop = asyncio.ensure_future(node._reconcile_loop())
+        await asyncio.sleep(10.0)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await node.close()
+        return backend.attempts
+
+    attempts = run_virtual(main, seed=1)
+    assert 1 <= attempts <= 12, f"{attempts} failed commits in 10 s: the loop spins"

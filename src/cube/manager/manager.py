@@ -221,6 +221,9 @@ class Manager:
             scheduler=scheduler,
         )
         self._wakes: list[tuple[float, uuid.UUID]] = []  # (monotonic time, task)
+        # A failed write: the loop waits until then before its next pass, or a pass
+        # that fails at once (etcd refusing) would retry at once, forever.
+        self._retry_at = 0.0
         self._loops: list[asyncio.Task[None]] = []
         self._deposed_by: int | None = None  # the newest term a worker named, if any
         self.step_down: Callable[[], None] = step_down or (lambda: None)
@@ -390,6 +393,8 @@ class Manager:
             except Exception:
                 log.exception("reconcile failed")
                 await self.clock.sleep(RETRY_AFTER)
+            if self._retry_at > self.clock.monotonic():
+                await self.clock.sleep(self._retry_at - self.clock.monotonic())
 
     def _until_next(self) -> float:
         """Seconds until something falls due without anyone saying so."""
@@ -448,7 +453,7 @@ class Manager:
         except Exception:
             log.exception("storing %d placements failed; trying again shortly", len(placed))
             undo(placements, self.state)
-            retry = self.clock.monotonic() + RETRY_AFTER
+            retry = self._retry_at = self.clock.monotonic() + RETRY_AFTER
             for action in actions:
                 self._wake(action.task.ID, retry)
             return

@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     parser.add_argument("--first", type=int, default=1, help="the first seed")
+    parser.add_argument(
+        "--managers",
+        type=int,
+        default=1,
+        help="managers electing a leader on a simulated etcd (1: one manager on SQLite)",
+    )
     parser.add_argument("--seed", type=int, help="replay this one seed (prints its trace)")
     parser.add_argument("--scenario", type=Path, help="replay a (shrunk) scenario file")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes")
@@ -28,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3600.0, help="how long --soak runs")
     parser.add_argument("--trace", type=Path, help="write the trace of --seed/--scenario here")
     args = parser.parse_args(argv)
+    if args.managers < 1:
+        parser.error("--managers: at least 1")
     if os.environ.get("PYTHONHASHSEED") != "0":
         # String hashing must be the same in every run, and only a new process can fix it.
         env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -35,10 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak:
         return soak(args.soak, args.seconds)
     if args.seed is not None or args.scenario is not None:
-        return replay(args.seed, args.scenario, args.trace)
+        return replay(args.seed, args.scenario, args.trace, args.managers)
     shrink = not args.no_shrink
     return explore(
-        args.first, args.seeds, args.jobs, shrink=shrink, until_failure=args.until_failure
+        args.first,
+        args.seeds,
+        args.jobs,
+        shrink=shrink,
+        until_failure=args.until_failure,
+        managers=args.managers,
     )
 
 

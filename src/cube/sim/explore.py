@@ -7,6 +7,7 @@ import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from cube.sim.run import Outcome, simulate
@@ -22,38 +23,51 @@ def run_scenario(scenario: Scenario) -> Outcome:
         return simulate(scenario, Path(root))
 
 
-def _summary(seed: int) -> tuple[int, str | None, float, float]:
-    outcome = run_scenario(generate(seed))
+def _summary(managers: int, seed: int) -> tuple[int, str | None, float, float]:
+    outcome = run_scenario(generate(seed, managers))
     return seed, outcome.violation, outcome.virtual_seconds, outcome.wall_seconds
 
 
+def replay_command(managers: int) -> str:
+    return REPLAY if managers == 1 else f"{REPLAY} --managers {managers}"
+
+
 def explore(
-    first: int, count: int, jobs: int, *, shrink: bool = True, until_failure: bool = False
+    first: int,
+    count: int,
+    jobs: int,
+    *,
+    shrink: bool = True,
+    until_failure: bool = False,
+    managers: int = 1,
 ) -> int:
+    """``managers``: more than one, and the seeds run them electing a leader."""
     began = time.perf_counter()
     seeds = range(first, first + count)
     failures: list[tuple[int, str]] = []
     virtual = 0.0
     with multiprocessing.get_context("fork").Pool(max(jobs, 1)) as pool:
         done = 0
-        for seed, violation, simulated, _ in pool.imap_unordered(_summary, seeds):
+        summary = partial(_summary, managers)
+        for seed, violation, simulated, _ in pool.imap_unordered(summary, seeds):
             done += 1
             virtual += simulated
             if violation:
                 failures.append((seed, violation))
                 print(f"seed {seed}: {violation}", flush=True)
-                print(f"  replay: {REPLAY} --seed {seed}", flush=True)
+                print(f"  replay: {replay_command(managers)} --seed {seed}", flush=True)
                 if until_failure:
                     break
     wall = time.perf_counter() - began
+    led = "" if managers == 1 else f" ({managers} managers)"
     print(
-        f"{done} seeds from {first}: {len(failures)} failed; {virtual:,.0f} simulated "
+        f"{done} seeds from {first}{led}: {len(failures)} failed; {virtual:,.0f} simulated "
         f"seconds in {wall:.1f} s ({virtual / wall:,.0f} simulated seconds per second, "
         f"{jobs} processes)"
     )
     if failures and shrink:
         seed, violation = min(failures)
-        scenario = generate(seed)
+        scenario = generate(seed, managers)
         print(f"shrinking seed {seed} ({len(scenario.steps)} steps)...", flush=True)
         small = shrink_scenario(scenario, violation.split(":")[0], run_scenario)
         FAILURES.mkdir(exist_ok=True)
@@ -108,12 +122,14 @@ def soak(workers: int, seconds: float) -> int:
     return 0 if outcome.ok else 1
 
 
-def replay(seed: int | None, scenario_file: Path | None, trace_file: Path | None) -> int:
+def replay(
+    seed: int | None, scenario_file: Path | None, trace_file: Path | None, managers: int = 1
+) -> int:
     if scenario_file is not None:
         scenario = Scenario.from_json(scenario_file.read_text())
     else:
         assert seed is not None
-        scenario = generate(seed)
+        scenario = generate(seed, managers)
     outcome = run_scenario(scenario)
     text = "\n".join(outcome.trace) + "\n"
     if trace_file is not None:

@@ -19,6 +19,7 @@ from cube.feasible import Demand
 from cube.job import Job
 from cube.manager.manager import Manager
 from cube.manager.plan import plan_job
+from cube.sim import terms
 from cube.sim.world import World
 from cube.task import State, Task
 
@@ -69,6 +70,11 @@ def completed_only_if_done(m: Manager, user: UserView, _: World) -> str | None:
 
 
 def reservations_add_up(m: Manager, _: UserView, __: World) -> str | None:
+    writing = m.state.events.writing
+    if writing.locked() or writing._waiters:  # queued: woken, not yet run
+        # A commit is in flight (on etcd it takes a while): the placements it carries
+        # are held ahead of it by design (ClusterState.hold), given back if it fails.
+        return None
     held: dict[str, list[Task]] = {name: [] for name in m.state.nodes}
     for task in m.state.tasks.values():
         holds = task.State in _HOLDING or (
@@ -357,6 +363,11 @@ WHEN_QUIET: list[Check] = [
 def check(
     world: World, user: UserView, restarts: dict[uuid.UUID, int], *, final: bool
 ) -> str | None:
+    if world.leaders is not None:
+        violation = terms.check(world.leaders)
+        if violation:
+            return violation
+    world.follow_leader()  # several managers: the one that leads now, if any
     m = world.manager
     if m is None or world.manager_dead:
         return None  # nothing to ask; checked again once it is back
@@ -370,6 +381,7 @@ def check(
 
 def picture(world: World) -> str:
     """Everything that should stop changing once the cluster is quiet."""
+    world.follow_leader()
     m = world.manager
     parts = []
     if m is not None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import random
 import selectors
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -93,15 +95,65 @@ def _describe(loop: VirtualLoop) -> list[str]:
     return list(seen)[:5]
 
 
+# Which simulated process (a manager) a coroutine belongs to: set where its process
+# starts, inherited by every task it makes (a task copies its maker's context).
+OWNER: contextvars.ContextVar[str | None] = contextvars.ContextVar("sim_owner", default=None)
+
+
 class VirtualLoop(asyncio.SelectorEventLoop):
+    """Also: each process's tasks, so that it can be killed (all of them cancelled)
+    or frozen (none of them runs, as under SIGSTOP or a long pause, until thawed)."""
+
     def __init__(self) -> None:
         selector = _VirtualSelector()
         super().__init__(selector)
         selector.loop = self
         self.now = 0.0
+        self.owned: dict[str, weakref.WeakSet[asyncio.Task[Any]]] = {}
+        self.frozen: dict[str, list[asyncio.Handle]] = {}
+
+    def track_owners(self) -> None:
+        """Note each new task's owner from now on (only runs with several managers pay
+        for it)."""
+        if self.get_task_factory() is None:
+            self.set_task_factory(self._owned_task)
+            self.call_soon = self._held_call_soon  # type: ignore[method-assign,assignment]
 
     def time(self) -> float:
         return self.now
+
+    def _owned_task(self, loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        owner = kwargs["context"].get(OWNER) if kwargs.get("context") else OWNER.get()
+        if owner is not None:
+            self.owned.setdefault(owner, weakref.WeakSet()).add(task)
+        return task
+
+    def tasks_of(self, owner: str) -> list[asyncio.Task[Any]]:
+        return [t for t in self.owned.get(owner, ()) if not t.done()]
+
+    def _held_call_soon(
+        self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        """``call_soon``, once owners are tracked: a frozen process's callbacks (its
+        tasks' steps, the wake-ups of what they await) are held, not run, until it is
+        thawed."""
+        if not self.frozen:
+            return super().call_soon(callback, *args, context=context)
+        owner = (context or contextvars.copy_context()).get(OWNER)
+        if owner is not None and owner in self.frozen:
+            handle = asyncio.Handle(callback, args, self, context)
+            self.frozen[owner].append(handle)
+            return handle
+        return super().call_soon(callback, *args, context=context)
+
+    def freeze(self, owner: str) -> None:
+        self.frozen.setdefault(owner, [])
+
+    def thaw(self, owner: str) -> None:
+        for handle in self.frozen.pop(owner, []):
+            if not handle.cancelled():
+                self._ready.append(handle)  # type: ignore[attr-defined]
 
 
 class LoopClock:

@@ -27,8 +27,6 @@ from typing import Literal
 
 import httpx
 
-from cube.transport import InProcessTransport
-
 Partition = Literal["refuse", "blackhole"]
 _WRITES = frozenset({"POST", "DELETE", "PUT"})
 
@@ -43,7 +41,7 @@ class Link(httpx.AsyncBaseTransport):
     def __init__(self, name: str, rng: random.Random) -> None:
         self.name = name
         self.rng = rng
-        self.app: InProcessTransport | None = None  # None: the worker process is down
+        self.app: httpx.AsyncBaseTransport | None = None  # None: the process is down
         self.partition: Partition | None = None
         self.loss = 0.0
         self.delay = 0.0
@@ -67,7 +65,7 @@ class Link(httpx.AsyncBaseTransport):
         self.partition = None
         self.clear.set()
 
-    def attach(self, app: InProcessTransport | None) -> None:
+    def attach(self, app: httpx.AsyncBaseTransport | None) -> None:
         """The worker process started (an app) or died (None: its connections reset)."""
         self.app = app
         if app is None:
@@ -122,7 +120,7 @@ class Link(httpx.AsyncBaseTransport):
         await asyncio.sleep(timeout if timeout is not None else 3600.0)
         raise httpx.ReadTimeout(f"{self.name}: no answer (lost)", request=request)
 
-    async def _deliver_copy(self, app: InProcessTransport, request: httpx.Request) -> None:
+    async def _deliver_copy(self, app: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
         """The same request once more, a little later; its answer goes nowhere."""
         await asyncio.sleep(self.rng.uniform(0.0, max(self.delay, 0.05)))
         with contextlib.suppress(Exception):

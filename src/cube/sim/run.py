@@ -34,6 +34,7 @@ from cube.task import State, Task, TaskEvent
 QUIET_STEP = 5.0  # virtual seconds between looks while waiting for quiet
 QUIET_LOOKS = 8  # the same picture this many looks in a row: quiet
 QUIET_LIMIT = 900.0  # no quiet after this long: a liveness failure
+LEADER_STEPS = ("leader_crash", "manager_crash", "freeze", "etcd_down")
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Run:
             w = self.worker(a["worker"])
             await self.world.crash_worker(w)
             self.later(a["for"], lambda: self.world.start_worker(w, keep_store=a["keep_store"]))
+        elif self.world.leaders is not None and kind in LEADER_STEPS:
+            self.log(await self.world.leaders.step(kind, a, self.later))
         elif kind == "manager_crash":
             await self.world.crash_manager()
             self.later(a["for"], self.world.start_manager)
@@ -313,10 +316,12 @@ class Run:
         if self.world.health is not None:
             self.world.health.failing.clear()
             self.world.health.slow.clear()
+        if self.world.leaders is not None:
+            self.world.leaders.store.recover()
         await self.world.start_manager()
         loop = asyncio.get_running_loop()
         start, last, same = loop.time(), None, 0
-        while same < QUIET_LOOKS:
+        while same < QUIET_LOOKS or self.world.manager is None:  # quiet, and led
             await asyncio.sleep(QUIET_STEP)
             violation = self.check(final=False)
             if violation:
@@ -363,9 +368,9 @@ def simulate(scenario: Scenario, root: Path) -> Outcome:
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        world = World.build(root, scenario.workers, link, scenario.joining)
+        world = World.build(root, scenario.workers, link, scenario.joining, scenario.managers)
         run = Run(scenario, world)
-        box["run"] = run
+        box["run"], box["leaders"] = run, world.leaders
         try:
             box["violation"] = await run.main()
         finally:
@@ -383,7 +388,10 @@ def simulate(scenario: Scenario, root: Path) -> Outcome:
     run = box["run"]
     if isinstance(box.get("violation"), str) and box["violation"].startswith("liveness: the"):
         run.trace.append(f"VIOLATION {box['violation']}")
-    trace = run.trace + _event_log(root / "manager.db")
+    leaders = box.get("leaders")
+    trace = run.trace + (
+        _event_log(root / "manager.db") if leaders is None else leaders.event_log()
+    )
     return Outcome(
         scenario, box.get("violation"), trace, box["virtual"], time.perf_counter() - began
     )

@@ -36,6 +36,12 @@ KINDS: dict[str, int] = {
     "ineligible": 2,
     "intrude": 3,  # someone but the manager sends a worker a task
 }
+# With several managers (on a simulated etcd), instead of crashing the one at a commit:
+LEADER_KINDS: dict[str, int] = {
+    "leader_crash": 5,  # SIGKILL the leader; it comes back ``for`` seconds later
+    "freeze": 6,  # a manager (mostly the leader) stops running, past its lease or not
+    "etcd_down": 4,  # etcd refuses or hangs every call for a while
+}
 JOBS = ["web", "api"]
 POLICIES = ["", "no", "on-failure", "always"]
 ACTIVE = 60.0  # virtual seconds during which steps happen
@@ -58,10 +64,11 @@ class Scenario:
     workers: int
     steps: tuple[Step, ...]
     joining: int = 0  # how many of the workers join (and heartbeat) rather than -w
+    managers: int = 1  # more than one: they elect a leader on a simulated etcd
 
     def without(self, drop: set[int]) -> Scenario:
         kept = tuple(s for i, s in enumerate(self.steps) if i not in drop)
-        return Scenario(self.seed, self.workers, kept, self.joining)
+        return Scenario(self.seed, self.workers, kept, self.joining, self.managers)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -69,6 +76,7 @@ class Scenario:
                 "seed": self.seed,
                 "workers": self.workers,
                 "joining": self.joining,
+                "managers": self.managers,
                 "steps": [asdict(s) for s in self.steps],
             },
             indent=1,
@@ -78,14 +86,19 @@ class Scenario:
     def from_json(cls, text: str) -> Scenario:
         data = json.loads(text)
         steps = tuple(Step(s["at"], s["kind"], s["args"]) for s in data["steps"])
-        return cls(int(data["seed"]), int(data["workers"]), steps, int(data.get("joining", 0)))
+        joining, managers = int(data.get("joining", 0)), int(data.get("managers", 1))
+        return cls(int(data["seed"]), int(data["workers"]), steps, joining, managers)
 
 
-def generate(seed: int) -> Scenario:
+def generate(seed: int, managers: int = 1) -> Scenario:
+    """``managers``: 1 gives the scenarios seeds always gave; more, leaders' faults too."""
     rng = random.Random(seed)
     workers = rng.randint(2, 4)
     joining = rng.randint(0, workers)
-    kinds, weights = list(KINDS), list(KINDS.values())
+    table = KINDS
+    if managers > 1:
+        table = {k: w for k, w in KINDS.items() if k != "manager_crash_commit"} | LEADER_KINDS
+    kinds, weights = list(table), list(table.values())
     steps: list[Step] = [Step(0.5, "submit", _submit_args(rng))]
     at = 0.5
     while True:
@@ -93,8 +106,11 @@ def generate(seed: int) -> Scenario:
         if at >= ACTIVE:
             break
         kind = rng.choices(kinds, weights)[0]
-        steps.append(Step(round(at, 3), kind, _args(kind, rng, workers)))
-    return Scenario(seed, workers, tuple(steps), joining)
+        args = _args(kind, rng, workers)
+        if kind == "manager_crash" and managers > 1:
+            args["manager"] = rng.randrange(managers)
+        steps.append(Step(round(at, 3), kind, args))
+    return Scenario(seed, workers, tuple(steps), joining, managers)
 
 
 def _submit_args(rng: random.Random) -> dict[str, Any]:
@@ -134,6 +150,13 @@ def _args(kind: str, rng: random.Random, workers: int) -> dict[str, Any]:
             "after": rng.random() < 0.5,
             "for": round(rng.uniform(0.0, 15.0), 3),
         }
+    if kind == "leader_crash":
+        return {"for": round(rng.uniform(0.0, 15.0), 3)}
+    if kind == "freeze":  # a lease is 5 s: some pauses outlast it, some do not
+        who = "leader" if rng.random() < 0.8 else rng.randrange(3)
+        return {"who": who, "for": round(rng.uniform(1.0, 20.0), 3)}
+    if kind == "etcd_down":
+        return {"mode": rng.choice(["refuse", "hang"]), "for": round(rng.uniform(1.0, 20.0), 3)}
     if kind == "docker_down":
         return {"worker": worker, "for": lasting}
     if kind == "job":

@@ -8,7 +8,9 @@ Its store is SQLite on disk, kept or wiped when it comes back.
 
 The manager is the real :class:`~cube.manager.manager.Manager` on SQLite in the run's
 directory: a crash cancels every coroutine it runs at once (what is on disk is what a
-SIGKILL leaves) and a restart loads the file through the real recovery code.
+SIGKILL leaves) and a restart loads the file through the real recovery code. With
+``managers`` above one, they are replicas electing a leader on a simulated etcd
+instead (:mod:`cube.sim.leaders`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cube.manager.manager import Manager, Settings
 from cube.node import Node, NodeRecord
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm, Placement, Scheduler
+from cube.sim.leaders import Leaders, Recorder, RecordingFence
 from cube.sim.loop import LoopClock
 from cube.sim.net import Link
 from cube.stats import Stats, StatsSampler
@@ -152,11 +155,20 @@ class World:
     health: HealthEndpoints | None = None
     restart_after: float = 0.0  # how long an armed crash keeps the manager down
     scheduler: Watched = field(default_factory=lambda: Watched(Epvm()))
+    leaders: Leaders | None = None  # several managers, electing one (None: one manager)
     _restart: asyncio.Task[None] | None = None
 
     @classmethod
-    def build(cls, root: Path, count: int, links: Callable[[str], Link], joining: int = 0) -> World:
-        """``joining``: how many of the ``count`` workers (the last ones) join."""
+    def build(
+        cls,
+        root: Path,
+        count: int,
+        links: Callable[[str], Link],
+        joining: int = 0,
+        managers: int = 1,
+    ) -> World:
+        """``joining``: how many of the ``count`` workers (the last ones) join;
+        ``managers``: more than one, and they elect a leader on a simulated etcd."""
         clock = LoopClock()
         workers = []
         for index in range(count):
@@ -168,6 +180,8 @@ class World:
             workers.append(w)
         world = cls(root, workers, clock)
         world.health = HealthEndpoints(world)
+        if managers > 1:
+            world.leaders = Leaders(world, managers)
         return world
 
     # --- workers ----------------------------------------------------------------------
@@ -175,8 +189,10 @@ class World:
     async def start_worker(self, w: SimWorker, *, keep_store: bool = True) -> None:
         if w.worker is not None:
             return
+        term = w.db.with_suffix(".term")  # the newest term it took, kept as cube worker does
         if not keep_store:
             w.db.unlink(missing_ok=True)
+            term.unlink(missing_ok=True)
         store = Database(w.db).store("tasks", Task)
         # Its metrics time engine calls and requests on virtual time, as the manager's do.
         metrics = WorkerMetrics(self.clock)
@@ -187,17 +203,25 @@ class World:
         capacity = Capacity(cores=CORES, memory=MEMORY, disk=1 << 40)
         # As in real life: only the manager's credential for this worker commands it.
         credentials = Credentials(self.secret(w) if w.joins else WORKER_TOKEN)
-        app = create_app(worker, sampler, capacity, credentials=credentials)
+        fence = RecordingFence(term) if self.leaders is not None else None
+        app = create_app(worker, sampler, capacity, credentials=credentials, fence=fence)
         await worker.start()
         w.worker = worker
-        w.link.attach(InProcessTransport(app))
+        if self.leaders is not None and fence is not None:
+            w.link.attach(InProcessTransport(Recorder(app, w.name, fence, self.leaders)))
+        else:
+            w.link.attach(InProcessTransport(app))
         if w.joins:
             self._join(w)
 
     def _join(self, w: SimWorker) -> None:
         assert w.uplink is not None
         registration = {"Name": w.name, "Api": f"http://{w.name}", "Secret": self.secret(w)}
-        joiner = Joiner("http://manager", TOKEN, registration, clock=self.clock, transport=w.uplink)
+        managers = "http://manager"
+        if self.leaders is not None:  # it knows them all, and tries the next when one fails
+            managers = ",".join(m.address for m in self.leaders.managers)
+            w.uplink.attach(self.leaders.router)
+        joiner = Joiner(managers, TOKEN, registration, clock=self.clock, transport=w.uplink)
         w.heartbeats = asyncio.create_task(wait_and_run(joiner))
 
     async def crash_worker(self, w: SimWorker) -> None:
@@ -229,7 +253,18 @@ class World:
         w = next(w for w in self.workers if url.endswith(w.name))
         return WorkerClient(url, httpx.AsyncClient(transport=w.link, timeout=5.0), token)
 
+    def follow_leader(self) -> None:
+        """Several managers: the one the user and the invariants talk to is the one
+        etcd says leads, if it is up and awake."""
+        if self.leaders is not None:
+            self.manager = self.leaders.leader()
+
     async def start_manager(self) -> None:
+        if self.leaders is not None:
+            for m in self.leaders.managers:
+                self.leaders.thaw(m)
+                await self.leaders.start(m)
+            return
         if self.manager is not None:
             return
         self.backend = CrashingBackend(self.root / "manager.db", self._crash_now)
@@ -263,6 +298,7 @@ class World:
 
     async def bury_manager(self) -> None:
         """After an armed crash went off: clear up, and start again ``restart_after`` on."""
+        self.follow_leader()
         if not self.manager_dead:
             return
         await self.crash_manager()
@@ -289,6 +325,8 @@ class World:
     async def close(self) -> None:
         if self._restart is not None:
             self._restart.cancel()
+        if self.leaders is not None:
+            await self.leaders.close()
         await self.crash_manager()
         for w in self.workers:
             await self.crash_worker(w)
