@@ -124,6 +124,12 @@ class State:
             else:
                 self._storing = False
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a write is on its way to the store or waiting for one (the
+        placements it carries hold their room already: see :meth:`hold`)."""
+        return self._storing or bool(self._queued) or self.events.writing.locked()
+
     async def _drain(self) -> None:
         try:
             while self._queued:

@@ -247,6 +247,14 @@ class _Watch:
             queues.remove(self.queue)
 
 
+class _Range(list[KV]):
+    """A range's answer, as aetcd's: the key-values, and the revision it was read at."""
+
+    def __init__(self, kvs: list[KV], header: SimpleNamespace) -> None:
+        super().__init__(kvs)
+        self.header = header
+
+
 class SimClient:
     """One manager process's client: the calls of ``aetcd.Client`` that Cube makes."""
 
@@ -264,10 +272,10 @@ class SimClient:
         await self.store.gate(self)
         return self.store.keys.get(key)
 
-    async def get_prefix(self, prefix: bytes, sort_order: str = "ascend") -> list[KV]:
+    async def get_prefix(self, prefix: bytes, sort_order: str = "ascend") -> _Range:
         await self.store.gate(self)
         end = prefix[:-1] + bytes([prefix[-1] + 1])
-        return self.store.select(prefix, end)
+        return _Range(self.store.select(prefix, end), SimpleNamespace(revision=self.store.revision))
 
     async def watch(self, key: bytes) -> _Watch:
         await self.store.gate(self)
