@@ -78,6 +78,7 @@ def test_manager_takes_a_batch_and_learns_of_it_running(
         "WorkersReady": 2,
         "Tasks": 6,
         "Tokens": False,
+        "Leading": True,  # a single manager leads itself
     }
 
     mixed = [task_event(), task_event(Image="")]
@@ -122,6 +123,7 @@ def test_manager_health_answers_with_no_worker_ready(tmp_path: Path) -> None:
             "WorkersReady": 0,
             "Tasks": 0,
             "Tokens": False,
+            "Leading": True,
         }
     finally:
         manager.stop()
