@@ -255,6 +255,23 @@ def test_a_log_stream_resumes_at_the_next_manager_without_repeating_lines() -> N
     assert since == [None, "2026-01-01T00:00:02Z"]
 
 
+def test_a_log_streams_lines_out_of_time_order_are_all_shown() -> None:
+    """Docker merges stdout and stderr from two pipes: a stderr line may come after a
+    later stdout line. Nothing is skipped but what a resumed stream replays (CI once
+    lost `echo to stderr >&2` between two stdout lines)."""
+
+    def line(stream: str, second: int, text: str) -> dict[str, object]:
+        return {"Stream": stream, "Line": text, "Time": f"2026-01-01T00:00:0{second}Z"}
+
+    lines = [line("stdout", 1, "hello"), line("stdout", 3, "three"), line("stderr", 2, "err")]
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+
+    with Managers(p1=answer).client("127.0.0.1:1") as client:
+        assert [ln.text for ln in client.logs("t1", {"tail": 5})] == ["hello", "three", "err"]
+
+
 # --- workers -------------------------------------------------------------------------
 
 

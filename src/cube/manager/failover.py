@@ -364,28 +364,32 @@ class LogResume:
         self._last: datetime | None = None
         self._at_last = 0  # lines shown with that time
         self._replay = 0  # of those, still to skip in this stream
+        self._resumed = False  # a stream after a lost one: it replays from ``since``
 
     def query(self) -> dict[str, Any]:
         """The query for the next (re)connection."""
         if not self._seen:
             return dict(self._query)
         self._replay = self._at_last
+        self._resumed = True
         again = {k: v for k, v in self._query.items() if k not in ("tail", "since")}
         if self._last is None:
             return {**again, "tail": 0}
         return {**again, "since": self._last.astimezone(UTC).isoformat().replace("+00:00", "Z")}
 
     def fresh(self, line: LogLine) -> bool:
-        """Whether ``line`` is new (to show), and note it."""
-        if self._seen and line.time is not None and self._last is not None:
+        """Whether ``line`` is new (to show), and note it. Only a resumed stream skips
+        anything: in the first, stdout and stderr interleave out of time order (Docker
+        merges two pipes), and every line is new."""
+        if self._resumed and line.time is not None and self._last is not None:
             if line.time < self._last:
                 return False
             if line.time == self._last and self._replay > 0:
                 self._replay -= 1
                 return False
         self._seen = True
-        if line.time is not None and line.time == self._last:
+        if line.time is not None and (self._last is None or line.time > self._last):
+            self._last, self._at_last = line.time, 1  # the newest: a resume goes on from it
+        elif line.time is not None and line.time == self._last:
             self._at_last += 1
-        elif line.time is not None:
-            self._last, self._at_last = line.time, 1
         return True
