@@ -22,6 +22,13 @@ def elector(etcd: EtcdProcess, prefix: str, me: str) -> Elector:
     return Elector(EtcdLeases(_Connection([("127.0.0.1", etcd.port)])), prefix, me, ttl=2)
 
 
+async def closed(*electors: Elector) -> None:
+    """Close their connections before the test's loop closes: a gRPC channel left open
+    calls into the closed loop and fails the test."""
+    for e in electors:
+        await e.aclose()
+
+
 async def test_one_leads_the_next_waits_and_leads_when_it_resigns(etcd: EtcdProcess) -> None:
     prefix = f"/el-{uuid.uuid4().hex[:8]}/"
     a, b = elector(etcd, prefix, "http://a"), elector(etcd, prefix, "http://b")
@@ -33,6 +40,7 @@ async def test_one_leads_the_next_waits_and_leads_when_it_resigns(etcd: EtcdProc
     await a.resign(first)
     second = await asyncio.wait_for(waiting, 10)
     assert second.term > first.term and b.leader == "http://b"
+    await closed(a, b)
 
 
 async def test_a_lease_not_refreshed_ends_the_term(etcd: EtcdProcess) -> None:
@@ -48,15 +56,18 @@ async def test_a_lease_not_refreshed_ends_the_term(etcd: EtcdProcess) -> None:
     assert second.term > first.term
     # a, refreshing again, learns its lease is gone: keep() returns (it steps down).
     await asyncio.wait_for(a.keep(first), 5)
+    await closed(a, b)
 
 
 async def test_a_manager_restarted_at_its_own_address_takes_its_term_over(
     etcd: EtcdProcess,
 ) -> None:
     prefix = f"/el-{uuid.uuid4().hex[:8]}/"
-    before = await elector(etcd, prefix, "http://a").campaign()  # then "killed"
-    again = await asyncio.wait_for(elector(etcd, prefix, "http://a").campaign(), 1.5)
+    killed, restarted = elector(etcd, prefix, "http://a"), elector(etcd, prefix, "http://a")
+    before = await killed.campaign()
+    again = await asyncio.wait_for(restarted.campaign(), 1.5)
     assert again.term > before.term  # at once, not a lease (2 s) later
+    await closed(killed, restarted)
 
 
 async def test_a_deposed_leader_stores_nothing(etcd: EtcdProcess) -> None:
@@ -81,3 +92,4 @@ async def test_a_deposed_leader_stores_nothing(etcd: EtcdProcess) -> None:
     assert [t.Node for t in reader.load()] == [""]  # the deposed write is not there
     for backend in (fenced, reader):
         await backend.aclose()
+    await closed(a, b)

@@ -83,6 +83,10 @@ class Leases(Protocol):
 
     async def revoke(self, lease: int) -> None: ...
 
+    async def aclose(self) -> None:
+        """Let go of the connection (gRPC's channels outlive nothing: not their loop)."""
+        ...
+
 
 class EtcdLeases:
     """:class:`Leases` on etcd, through the backend's connection."""
@@ -128,6 +132,9 @@ class EtcdLeases:
 
     async def revoke(self, lease: int) -> None:
         await self.conn.call(lambda c: c.revoke_lease(lease))
+
+    async def aclose(self) -> None:
+        await self.conn.aclose()
 
 
 def _holder(kv: Any) -> Holder:
@@ -256,3 +263,7 @@ class Elector:
             await self.leases.revoke(lead.lease)
         if self.leader == self.me:
             self.leader = None
+
+    async def aclose(self) -> None:
+        """Close the store connection: a stopping manager's last step."""
+        await self.leases.aclose()

@@ -131,6 +131,7 @@ class Replica:
         with contextlib.suppress(asyncio.CancelledError):
             await self._run
         await self._client.aclose()
+        await self.elector.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 
     def _on_exit(self) -> None:
