@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -18,20 +19,27 @@ from tests.support import EtcdProcess
 pytestmark = pytest.mark.anyio
 
 
-def elector(etcd: EtcdProcess, prefix: str, me: str) -> Elector:
-    return Elector(EtcdLeases(_Connection([("127.0.0.1", etcd.port)])), prefix, me, ttl=2)
+MakeElector = Callable[[str, str], Elector]
 
 
-async def closed(*electors: Elector) -> None:
-    """Close their connections before the test's loop closes: a gRPC channel left open
-    calls into the closed loop and fails the test."""
-    for e in electors:
+@pytest.fixture
+async def elector(etcd: EtcdProcess) -> AsyncIterator[MakeElector]:
+    """Makes electors, and closes them before the test's loop closes, whatever the test
+    did: a gRPC channel left open calls into the closed loop and fails the test."""
+    made: list[Elector] = []
+
+    def make(prefix: str, me: str) -> Elector:
+        made.append(Elector(EtcdLeases(_Connection([("127.0.0.1", etcd.port)])), prefix, me, ttl=2))
+        return made[-1]
+
+    yield make
+    for e in made:
         await e.aclose()
 
 
-async def test_one_leads_the_next_waits_and_leads_when_it_resigns(etcd: EtcdProcess) -> None:
+async def test_one_leads_the_next_waits_and_leads_when_it_resigns(elector: MakeElector) -> None:
     prefix = f"/el-{uuid.uuid4().hex[:8]}/"
-    a, b = elector(etcd, prefix, "http://a"), elector(etcd, prefix, "http://b")
+    a, b = elector(prefix, "http://a"), elector(prefix, "http://b")
     first = await a.campaign()
     waiting = asyncio.ensure_future(b.campaign())
     done, _ = await asyncio.wait({waiting}, timeout=0.5)  # b must not lead while a does
@@ -40,12 +48,11 @@ async def test_one_leads_the_next_waits_and_leads_when_it_resigns(etcd: EtcdProc
     await a.resign(first)
     second = await asyncio.wait_for(waiting, 10)
     assert second.term > first.term and b.leader == "http://b"
-    await closed(a, b)
 
 
-async def test_a_lease_not_refreshed_ends_the_term(etcd: EtcdProcess) -> None:
+async def test_a_lease_not_refreshed_ends_the_term(elector: MakeElector) -> None:
     prefix = f"/el-{uuid.uuid4().hex[:8]}/"
-    a, b = elector(etcd, prefix, "http://a"), elector(etcd, prefix, "http://b")
+    a, b = elector(prefix, "http://a"), elector(prefix, "http://b")
     first = await a.campaign()
     keeping = asyncio.ensure_future(a.keep(first))
     waiting = asyncio.ensure_future(b.campaign())
@@ -56,23 +63,20 @@ async def test_a_lease_not_refreshed_ends_the_term(etcd: EtcdProcess) -> None:
     assert second.term > first.term
     # a, refreshing again, learns its lease is gone: keep() returns (it steps down).
     await asyncio.wait_for(a.keep(first), 5)
-    await closed(a, b)
 
 
 async def test_a_manager_restarted_at_its_own_address_takes_its_term_over(
-    etcd: EtcdProcess,
+    elector: MakeElector,
 ) -> None:
     prefix = f"/el-{uuid.uuid4().hex[:8]}/"
-    killed, restarted = elector(etcd, prefix, "http://a"), elector(etcd, prefix, "http://a")
-    before = await killed.campaign()
-    again = await asyncio.wait_for(restarted.campaign(), 1.5)
+    before = await elector(prefix, "http://a").campaign()  # then "killed"
+    again = await asyncio.wait_for(elector(prefix, "http://a").campaign(), 1.5)
     assert again.term > before.term  # at once, not a lease (2 s) later
-    await closed(killed, restarted)
 
 
-async def test_a_deposed_leader_stores_nothing(etcd: EtcdProcess) -> None:
+async def test_a_deposed_leader_stores_nothing(etcd: EtcdProcess, elector: MakeElector) -> None:
     prefix = f"el-{uuid.uuid4().hex[:8]}"
-    a, b = elector(etcd, f"/{prefix}/", "http://a"), elector(etcd, f"/{prefix}/", "http://b")
+    a, b = elector(f"/{prefix}/", "http://a"), elector(f"/{prefix}/", "http://b")
     lead = await a.campaign()
     told: list[bool] = []
     fenced = await EtcdBackend.open(
@@ -92,4 +96,3 @@ async def test_a_deposed_leader_stores_nothing(etcd: EtcdProcess) -> None:
     assert [t.Node for t in reader.load()] == [""]  # the deposed write is not there
     for backend in (fenced, reader):
         await backend.aclose()
-    await closed(a, b)

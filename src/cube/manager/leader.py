@@ -84,7 +84,7 @@ class Leases(Protocol):
     async def revoke(self, lease: int) -> None: ...
 
     async def aclose(self) -> None:
-        """Let go of the connection (gRPC's channels outlive nothing: not their loop)."""
+        """Close the connection (a gRPC channel must close on the loop that opened it)."""
         ...
 
 
