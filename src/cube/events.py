@@ -76,15 +76,23 @@ class Event(BaseModel):
             "Key": draft.Key,
             "Payload": draft.Payload,
         }
-        return _made(cls, fields, draft._source)
+        return _made(cls, fields, _source(draft))
 
     def ready(self) -> Event:
         """With its Payload made (see :meth:`Draft.of`): call before it is read."""
-        source = self._source
+        source = _source(self)
         if source is not None:
             self.Payload = source.to_wire()
             self._source = None
         return self
+
+
+def _source(model: Draft | Event) -> Wired | None:
+    """``model._source``, read where pydantic keeps it: the attribute itself goes
+    through ``BaseModel.__getattr__`` and an AttributeError raised and caught inside
+    it (1.8 µs against 0.06 µs; every change of a task reads it)."""
+    private = model.__pydantic_private__
+    return None if private is None else private.get("_source")
 
 
 def _made(cls: type[_M], fields: dict[str, Any], source: Wired | None) -> _M:

@@ -107,6 +107,19 @@ async def test_a_stop_is_stored_on_the_task_with_its_event_in_one_commit(
     assert [e.State for e in await manager.history(task.ID)][-1] is State.COMPLETED
 
 
+async def test_a_placement_is_not_reconciled_again_but_its_node_lost_is(
+    manager: Manager,
+) -> None:
+    """The pass that placed and sent a task does not queue it for another look (which
+    could only decide the same Send again); what happens to it afterwards does."""
+    tasks = [await manager.submit(event(Name=f"t{i}")) for i in range(3)]
+    await manager.reconcile_once()
+    assert all(manager.get(t.ID).State is State.SCHEDULED for t in tasks)
+    assert manager.state.take_dirty() == []
+    manager.state.node_lost(NODE)
+    assert set(manager.state.take_dirty()) == {t.ID for t in tasks}
+
+
 async def test_a_task_too_big_waits_with_its_reason_then_fits(manager: Manager) -> None:
     big = await manager.submit(event(Name="big", Cpu=8))
     await manager.reconcile_once()

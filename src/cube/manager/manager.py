@@ -449,7 +449,11 @@ class Manager:
         records = [TaskEvent(State=State.SCHEDULED, Task=task) for task in placed]
         counted = self.metrics.placing(placed, self.state.tasks, self.state.since)
         try:
-            await self.state.commit(finished + placements.updated + placed, records)
+            # The placements are sent below: no need to reconcile them again.
+            settled = {task.ID for task in placed}
+            await self.state.commit(
+                finished + placements.updated + placed, records, settled=settled
+            )
         except Exception:
             log.exception("storing %d placements failed; trying again shortly", len(placed))
             undo(placements, self.state)
