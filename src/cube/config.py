@@ -7,6 +7,7 @@ import logging
 import ssl
 import sys
 import time
+from collections.abc import Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,22 @@ if TYPE_CHECKING:
     from cube.manager.replica import Replica
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LINES = "cube_lines"  # a record made by log_lines: each line of its message a log line
+
+
+def log_lines(logger: logging.Logger, level: int, lines: Iterable[str]) -> None:
+    """Log each of ``lines`` as a line of its own, all in one record.
+
+    A busy manager logs a line per task placed and per task that starts: ten thousand
+    records cost ~0.1 s of its CPU (a record, its handler's lock, a write and a flush
+    each), about a tenth of what it spends placing them. One record per batch writes
+    the very same lines (each with the batch's time stamp) through one write.
+    ``lines`` is only read when the level is enabled.
+    """
+    if logger.isEnabledFor(level):
+        text = "\n".join(lines)
+        if text:
+            logger.log(level, text, extra={_LINES: True})
 
 
 class LineFormatter(logging.Formatter):
@@ -41,7 +58,10 @@ class LineFormatter(logging.Formatter):
             self._stamp = time.strftime(self.default_time_format, self.converter(second))
             self._second = second
         record.message = message
-        return f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}: {message}"
+        prefix = f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}: "
+        if getattr(record, _LINES, False):
+            return prefix + message.replace("\n", "\n" + prefix)
+        return prefix + message
 
 
 def setup_logging(level: str = "info") -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from cube.clock import Clock, SystemClock
+from cube.config import log_lines
 from cube.manager.auth import Tokens
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
@@ -354,10 +355,16 @@ class Manager:
         """A worker reported its tasks: fold them in, and act on what that shows."""
         held = self.state.held_on(node) if complete else ()
         found = observe(self.state.tasks, node, tasks, complete=complete, held=held)
-        for task in found.changes:
-            before = self.state.tasks[task.ID]
-            if task.State is not before.State:
-                log.info("task %s: %s on %s", task.ID, task.State.label, node)
+        ours = self.state.tasks
+        log_lines(
+            log,
+            logging.INFO,
+            (
+                f"task {task.ID}: {task.State.label} on {node}"
+                for task in found.changes
+                if task.State is not ours[task.ID].State
+            ),
+        )
         await self.state.commit(found.changes)
         self._carry_out(found.actions)
 
@@ -464,9 +471,9 @@ class Manager:
         self.metrics.placed(counted)
         for task_id in placements.waiting:
             self.state.wait_for_room(task_id)
+        log_lines(log, logging.INFO, (f"task {task.ID}: placed on {task.Node}" for task in placed))
         for task, record in zip(placed, records, strict=True):
             self.state.stop_waiting(task.ID)
-            log.info("task %s: placed on %s", task.ID, task.Node)
             self.dispatch.send(task, event=record)  # the worker gets the stored event
         for action in wanted:
             old = action.task
