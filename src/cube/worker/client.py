@@ -89,6 +89,16 @@ class _Change(BaseModel):
     Docker: bool | None = None
 
 
+# The manager's record of why it chose the node (Task.Placement) stays with the manager:
+# a worker has no use for it, yet it was a quarter of each task's bytes, which the
+# worker parsed, stored and sent back in every report of the task.
+_NOT_FOR_WORKERS = {"Task": {"Placement"}}
+
+
+def _body(event: TaskEvent) -> bytes:
+    return event.model_dump_json(exclude=_NOT_FOR_WORKERS).encode()
+
+
 # --- the client -------------------------------------------------------------------------
 
 
@@ -188,7 +198,7 @@ class WorkerClient:
             raise WorkerUnreachable(f"{self.base_url}: answer is not a list of tasks") from None
 
     async def submit(self, event: TaskEvent) -> Task:
-        answer = await self._request("POST", "/tasks", event.model_dump_json().encode())
+        answer = await self._request("POST", "/tasks", _body(event))
         try:
             return Task.model_validate_json(answer.body)
         except ValidationError:
@@ -200,7 +210,7 @@ class WorkerClient:
         A 4xx names the first event refused; the ones before it were taken (sending
         them again is harmless: a worker ignores a repeated event).
         """
-        body = b"[" + b",".join(e.model_dump_json().encode() for e in events) + b"]"
+        body = b"[" + b",".join(_body(e) for e in events) + b"]"
         # The answer (the tasks as stored) is not read: the watch stream reports them.
         await self._request("POST", "/tasks", body)
 
