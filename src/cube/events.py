@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from cube.fieldsets import shared
+
 Topic = Literal["Task", "Job", "Node", "Deployment"]
 TOPICS: tuple[Topic, ...] = ("Task", "Job", "Node", "Deployment")
 _Topic = Topic  # inside the models, "Topic" names the field
@@ -101,7 +103,7 @@ def _made(cls: type[_M], fields: dict[str, Any], source: Wired | None) -> _M:
     of every task."""
     made = _new(cls)
     _set(made, "__dict__", fields)
-    _set(made, "__pydantic_fields_set__", set(fields))
+    _set(made, "__pydantic_fields_set__", shared(fields.keys()))
     _set(made, "__pydantic_extra__", None)
     _set(made, "__pydantic_private__", {"_source": source})
     return made

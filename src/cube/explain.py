@@ -20,6 +20,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cube.fieldsets import share
+
 TOP_SCORES = 3  # as Nomad's `alloc status -verbose` shows the top few
 
 
@@ -63,14 +65,15 @@ def decide(
         best = [(chosen, scores[chosen]), *best[: TOP_SCORES - 1]]
     # The validating constructors: for these small models pydantic-core's are about
     # twice as fast as ``model_construct``, which runs in Python (one per placement).
-    return Decision(
+    decision = Decision(
         Scheduler=scheduler,
         NodesEvaluated=evaluated,
         NodesFiltered=filtered,
         NodesFeasible=len(scores),
-        TopScores=[NodeScore(Node=n, Score=_finite(s)) for n, s in best],
+        TopScores=[share(NodeScore(Node=n, Score=_finite(s))) for n, s in best],
         Node=chosen,
     )
+    return share(decision)
 
 
 def _score(item: tuple[str, float]) -> float:

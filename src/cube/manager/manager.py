@@ -34,6 +34,7 @@ import httpx
 
 from cube.clock import Clock, SystemClock
 from cube.config import log_lines
+from cube.fieldsets import share
 from cube.manager.auth import Tokens
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
@@ -453,7 +454,7 @@ class Manager:
         wanted = [a for a in actions if isinstance(a, Place | Move | Restart)]
         placements = place(wanted, self.state, self.scheduler)
         placed = placements.placed
-        records = [TaskEvent(State=State.SCHEDULED, Task=task) for task in placed]
+        records = [share(TaskEvent(State=State.SCHEDULED, Task=task)) for task in placed]
         counted = self.metrics.placing(placed, self.state.tasks, self.state.since)
         try:
             # The placements are sent below: no need to reconcile them again.

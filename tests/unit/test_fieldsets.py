@@ -1,0 +1,51 @@
+"""Task versions, events and placement records share their sets of given fields."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cube.events import Draft, Event
+from cube.explain import decide
+from cube.fieldsets import shared
+from cube.task import State, Task, TaskEvent, transition
+
+
+def test_versions_of_tasks_share_one_set_per_combination_of_fields() -> None:
+    a, b = Task(Image="a"), Task(Image="b")
+    a2, b2 = transition(a, State.SCHEDULED), transition(b, State.SCHEDULED)
+    assert a2.__pydantic_fields_set__ is b2.__pydantic_fields_set__
+    assert a2.model_fields_set == a.model_fields_set | {"State", "Reason"}
+    a3 = a2.model_copy(update={"Node": "w"})
+    assert a3.model_fields_set == a2.model_fields_set | {"Node"}
+    assert transition(b2, State.RUNNING, also={"Node": "w"}).__pydantic_fields_set__ is (
+        transition(a2, State.RUNNING, also={"Node": "w"}).__pydantic_fields_set__
+    )
+    assert a.__pydantic_fields_set__ is not a2.__pydantic_fields_set__  # a's own, as made
+    assert a == Task(Image="a", ID=a.ID)  # equality is by values still
+
+
+def test_events_and_decisions_share_theirs() -> None:
+    task = Task(Image="i")
+    now = datetime.now(UTC)
+    first, second = (Event.of(i, now, Draft.of("Task", "TaskPlaced", "k", task)) for i in (1, 2))
+    assert first.__pydantic_fields_set__ is second.__pydantic_fields_set__
+    one, two = (
+        decide("epvm", 2, {}, {"a": 1.0, "b": 2.0}, "a"),
+        decide("epvm", 1, {}, {"b": 3.0}, "b"),
+    )
+    assert one.__pydantic_fields_set__ is two.__pydantic_fields_set__
+    assert one.TopScores[0].__pydantic_fields_set__ is two.TopScores[0].__pydantic_fields_set__
+    assert one.model_dump()["TopScores"] == [
+        {"Node": "a", "Score": 1.0},
+        {"Node": "b", "Score": 2.0},
+    ]
+
+
+def test_a_shared_set_is_found_again_and_extended_into_another() -> None:
+    base = shared({"A", "B"})
+    assert shared(frozenset({"B", "A"})) is base
+    assert shared(base) is base and shared(base, ["A"]) is base
+    wider = shared(base, ["C"])
+    assert wider == {"A", "B", "C"} and base == {"A", "B"}
+    event = TaskEvent(State=State.SCHEDULED, Task=Task(Image="i"))
+    assert event.model_copy(update={"State": State.RUNNING}).model_fields_set == {"State", "Task"}
