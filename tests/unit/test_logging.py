@@ -1,7 +1,9 @@
-"""The fast log formatter writes exactly the lines the generic one would."""
+"""Set-up shared by every process: the fast log formatter (exactly the generic one's
+lines), lines logged together, and the garbage collector's settings."""
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import sys
@@ -10,7 +12,7 @@ from unittest.mock import patch
 
 import pytest
 
-from cube.config import LOG_FORMAT, LineFormatter, log_lines
+from cube.config import LOG_FORMAT, LineFormatter, log_lines, tune_gc
 
 
 @pytest.mark.parametrize("created", [1.0, 1_700_000_000.9995, 1_700_000_001.0004, 1_732_000_000.5])
@@ -67,3 +69,14 @@ def test_lines_are_not_made_below_the_level() -> None:
         yield ""
 
     log_lines(logger, logging.INFO, lines())
+
+
+def test_tune_gc_freezes_start_up_and_collects_the_middle_generation_every_other_time() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (50_000, 1, 50)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
