@@ -103,14 +103,23 @@ def _made(cls: type[_M], fields: dict[str, Any], source: Wired | None) -> _M:
     of every task."""
     made = _new(cls)
     _set(made, "__dict__", fields)
-    _set(made, "__pydantic_fields_set__", shared(fields.keys()))
+    _set(made, "__pydantic_fields_set__", _all_fields(cls))
     _set(made, "__pydantic_extra__", None)
     _set(made, "__pydantic_private__", {"_source": source})
     return made
 
 
+def _all_fields(cls: type[BaseModel]) -> set[str]:
+    """The shared set of every field of ``cls`` (found once per class, not per event)."""
+    names = _ALL_FIELDS.get(cls)
+    if names is None:
+        names = _ALL_FIELDS[cls] = shared(cls.model_fields.keys())
+    return names
+
+
 _new = object.__new__
 _set = object.__setattr__
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
 def ready(events: Iterable[Event]) -> list[Event]:
