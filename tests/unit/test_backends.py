@@ -6,11 +6,13 @@ retention allows."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aetcd
 import pytest
 
 from cube.clock import ManualClock
@@ -25,7 +27,7 @@ from cube.manager.backend import (
     SqliteBackend,
     StoreUnavailable,
 )
-from cube.manager.etcd_backend import DEFAULT_PREFIX, EtcdBackend, parse_url
+from cube.manager.etcd_backend import DEFAULT_PREFIX, EtcdBackend, _Connection, parse_url
 from cube.manager.events import EventLog, Retention, task_draft
 from cube.node import NodeRecord
 from cube.task import State, Task, TaskEvent
@@ -265,6 +267,37 @@ async def test_etcd_a_write_whose_answer_was_lost_is_known_to_be_done(etcd: Etcd
     assert len(await again.history(task.ID)) == 1
     for opened in (backend, again):
         await opened.aclose()
+
+
+async def test_etcd_giving_up_on_a_request_is_unavailable_and_a_refusal_is_not() -> None:
+    """Without a quorum etcd ends a request at its own deadline and answers Go's
+    "context deadline exceeded" as a plain error: that is etcd not answering (503, try
+    again), not a fault in Cube (500). A refusal stays what it is."""
+
+    class Client:
+        closed = 0
+
+        async def close(self) -> None:
+            Client.closed += 1
+
+    conn = _Connection([("127.0.0.1", 1)])
+
+    async def fails_with(exc: Exception) -> None:
+        conn._client, conn._loop = Client(), asyncio.get_running_loop()
+
+        async def fn(_: object) -> None:
+            raise exc
+
+        await conn.call(fn)
+
+    for gave_up in ("context deadline exceeded", "context canceled"):
+        with pytest.raises(StoreUnavailable, match=gave_up):
+            await fails_with(aetcd.ClientError(gave_up))
+    assert Client.closed == 2  # the next call tries another endpoint
+    for refused in (aetcd.InvalidArgumentError("too many operations"), aetcd.ClientError("x")):
+        with pytest.raises(type(refused)):
+            await fails_with(refused)
+    assert Client.closed == 2
 
 
 async def test_a_tasks_event_is_stored_with_its_payload(reopen: Opener) -> None:

@@ -54,6 +54,10 @@ TIMEOUT = 5
 # own --max-request-bytes bounds what a write may carry.
 _CHANNEL = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
 _UNREACHABLE = (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)
+# What etcd says when its own deadline for a request ended first (no quorum to commit
+# it, say): Go's context error, which gRPC carries as UNKNOWN or CANCELLED, so aetcd
+# raises it as a plain ClientError. The request may or may not have been applied.
+_SERVER_GAVE_UP = ("context deadline exceeded", "context canceled")
 
 
 __all__ = ["EtcdBackend", "Fence", "StoreUnavailable", "parse_url"]
@@ -125,7 +129,9 @@ class _Connection:
         client = await self.client()
         try:
             return await fn(client)
-        except _UNREACHABLE as exc:
+        except aetcd.ClientError as exc:
+            if not unanswered(exc):
+                raise
             self._at = (self._at + 1) % len(self.endpoints)
             await self.aclose()
             raise StoreUnavailable(f"etcd did not answer: {exc or type(exc).__name__}") from exc
@@ -134,6 +140,14 @@ class _Connection:
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.close()
+
+
+def unanswered(exc: aetcd.ClientError) -> bool:
+    """Whether ``exc`` says etcd did not answer the request (unreachable, or gave up on
+    it), rather than refusing it; only then is it worth another endpoint, or later."""
+    return isinstance(exc, _UNREACHABLE) or (
+        type(exc) is aetcd.ClientError and str(exc) in _SERVER_GAVE_UP
+    )
 
 
 def _json(value: Any) -> bytes:
