@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Locator, Page
 
-from tests.support import ROOT, ManagerProcess, WorkerProcess
+from tests.support import ROOT, ManagerProcess, WorkerProcess, wait_for
 
 SCREENSHOTS_ENV = "CUBE_UI_SCREENSHOTS"
 DEFAULT_SCREENSHOTS = ROOT / "tests" / "ui" / "screenshots"
@@ -25,6 +25,7 @@ DEFAULT_SCREENSHOTS = ROOT / "tests" / "ui" / "screenshots"
 SAVED: list[Path] = []
 # Console errors a test expects (patterns), which then do not fail it.
 ALLOWED_ERRORS = pytest.StashKey[list[str]]()
+PENDING, SCHEDULED, RUNNING = 0, 1, 2  # cube.task.State, as the API sends it
 
 
 @dataclass
@@ -44,6 +45,18 @@ class Cluster:
 
     def node_names(self) -> list[str]:
         return [str(node["Name"]) for node in self.nodes()]
+
+    def settled(self) -> bool:
+        """No container starting or stopping: every job that runs has its Count of
+        tasks Running, and no task is on its way to or from Running. Chromium aborts
+        the loads it is waiting on (net::ERR_NETWORK_CHANGED) when an interface comes
+        or goes, and Docker adds or removes one for every container it starts or stops."""
+        tasks = self.client.get("/tasks").json()
+        for job in self.client.get("/jobs").json():
+            running = [t for t in tasks if t["Job"] == job["Name"] and _runs(t)]
+            if not job["Stopped"] and len(running) < job["Count"]:
+                return False
+        return not any(_in_transit(t) for t in tasks)
 
     def read_token(self, name: str = "ui") -> str:
         """A new read token's secret (``POST /tokens``, docs/api.md)."""
@@ -69,9 +82,28 @@ def shot(page: Page, name: str) -> Path:
     return path
 
 
-def open_ui(page: Page, base_url: str, path: str = "/ui/") -> None:
-    """Load a page of the UI; fail at once, saying so, when the manager does not serve it."""
-    url = f"{base_url}{path}"
+def _runs(task: dict[str, Any]) -> bool:
+    return bool(task["State"] == RUNNING and task["DesiredState"] == RUNNING)
+
+
+def _in_transit(task: dict[str, Any]) -> bool:
+    """Placed and not yet Running, or Running and being stopped (a Pending task with a
+    Reason waits for room: nothing starts for it)."""
+    state, desired = task["State"], task["DesiredState"]
+    return (
+        state == SCHEDULED
+        or (state == PENDING and not task["Reason"])
+        or (state == RUNNING and desired != RUNNING)
+    )
+
+
+def open_ui(page: Page, cluster: Cluster, path: str = "/ui/") -> None:
+    """Load a page of the UI once no container is starting or stopping (see
+    :meth:`Cluster.settled`: the page's modules load in parallel, and a change of the
+    host's interfaces mid-load fails them); fail at once, saying so, when the manager
+    does not serve it."""
+    wait_for(cluster.settled, 60, what="no container starting or stopping")
+    url = f"{cluster.url}{path}"
     response = page.goto(url)
     assert response is not None, f"no response for {url}"
     assert response.ok, f"GET {url} answered {response.status}: {response.text()[:300]}"

@@ -24,7 +24,7 @@ def test_a_wrong_token_is_refused(
     cluster: Cluster, page: Page, request: pytest.FixtureRequest
 ) -> None:
     allow_console_errors(request, "status of 401")  # the refusal itself, and only it
-    open_ui(page, cluster.url)
+    open_ui(page, cluster)
     login(page, "not-a-token")
     expect(page.get_by_test_id("login-error")).to_contain_text("unknown token")
     expect(node_rows(page)).to_have_count(0)
@@ -44,7 +44,7 @@ def test_a_read_token_sees_no_write_controls(cluster: Cluster, page: Page) -> No
         "/tasks", json=task_event("cube/busybox:latest", Name="ro-task", Cmd=["sleep", "600"])
     )
     task_id = task.json()["ID"]
-    open_ui(page, cluster.url)
+    open_ui(page, cluster)
     login(page, cluster.read_token("ui-read"))
     expect(node_rows(page)).to_have_count(len(cluster.workers))
     expect(page.get_by_test_id("who")).to_contain_text("read-only")

@@ -38,7 +38,7 @@ def running_tasks(cluster: Cluster, job: str) -> list[dict[str, Any]]:
 
 
 def test_a_job_from_the_editor_runs_and_scales_live(cluster: Cluster, page: Page) -> None:
-    open_ui(page, cluster.url, "/ui/#/jobs/new")
+    open_ui(page, cluster, "/ui/#/jobs/new")
     login(page, cluster.token)
     page.get_by_test_id("job-editor").fill(SPEC)
     apply = page.get_by_test_id("job-apply")
@@ -79,7 +79,7 @@ def test_a_new_version_shows_its_changes_and_reverts(cluster: Cluster, page: Pag
         "Update": {"MinHealthyTime": 1},
     }
     assert cluster.client.post("/jobs", json=job).status_code == 201
-    open_ui(page, cluster.url, "/ui/#/jobs/greet")
+    open_ui(page, cluster, "/ui/#/jobs/greet")
     login(page, cluster.token)
     expect(page.get_by_test_id("version-row")).to_have_count(1)
     # A new version from the editor, prefilled with the job as it is.

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.docker
 def test_overview_lists_every_node(cluster: Cluster, page: Page) -> None:
     names = cluster.node_names()
     assert sorted(names) == sorted(w.name for w in cluster.workers)
-    open_ui(page, cluster.url)
+    open_ui(page, cluster)
     login(page, cluster.token)  # tokens are on: the UI asks for one first
     expect(node_rows(page)).to_have_count(len(names))
     for name in names:
@@ -23,7 +23,7 @@ def test_overview_lists_every_node(cluster: Cluster, page: Page) -> None:
 
 
 def test_the_overview_follows_the_cluster_live(cluster: Cluster, page: Page) -> None:
-    open_ui(page, cluster.url)
+    open_ui(page, cluster)
     login(page, cluster.token)
     expect(node_rows(page)).to_have_count(len(cluster.workers))
     running = page.locator('[data-testid="task-count"][data-state="Running"] .tile-value')

@@ -18,7 +18,7 @@ def test_the_page_follows_a_manager_that_restarted(
     cluster: Cluster, page: Page, request: pytest.FixtureRequest
 ) -> None:
     allow_console_errors(request, "ERR_CONNECTION_REFUSED")  # its tries while it is away
-    open_ui(page, cluster.url, "/ui/#/tasks")
+    open_ui(page, cluster, "/ui/#/tasks")
     login(page, cluster.token)
     live = page.locator("#live")
     expect(live).to_have_text("live")

@@ -29,7 +29,7 @@ def test_a_tasks_page_follows_its_output(cluster: Cluster, page: Page) -> None:
         30,
         what="the task Running",
     )
-    open_ui(page, cluster.url, f"/ui/#/tasks/{task_id}")
+    open_ui(page, cluster, f"/ui/#/tasks/{task_id}")
     login(page, cluster.token)
     logs = page.get_by_test_id("task-logs")
     expect(logs).to_contain_text("first line")
@@ -47,7 +47,7 @@ def test_the_task_list_filters_and_pages_a_crowd(cluster: Cluster, page: Page) -
     # A thousand: the list shows a page of them, and stays quick (no timing asserted).
     crowd = [task_event("cube/busybox:latest", Name="crowd", Memory=TOO_BIG) for _ in range(1000)]
     assert cluster.client.post("/tasks", json=crowd).status_code == 201
-    open_ui(page, cluster.url, "/ui/#/tasks")
+    open_ui(page, cluster, "/ui/#/tasks")
     login(page, cluster.token)
     page.get_by_test_id("filter-state").select_option("Pending")
     page.get_by_test_id("filter-text").fill("crowd")
