@@ -67,8 +67,8 @@ def _place_all(
             continue
         node = choice.node.Name
         if task.State is State.PENDING:
-            placed = transition(task, State.SCHEDULED, also={"Node": node})
-            _hold(placed.model_copy(update={"Placement": choice.decision}), state, result)
+            also = {"Node": node, "Placement": choice.decision}
+            _hold(transition(task, State.SCHEDULED, also=also), state, result)
             continue
         reason = task.Reason.split(WAITS)[0] if task.Reason.startswith("restarting") else ""
         update = {"Node": node, "Reason": reason, "Placement": choice.decision}
