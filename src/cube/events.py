@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from cube.fieldsets import shared
+from cube.fieldsets import construct
 
 Topic = Literal["Task", "Job", "Node", "Deployment"]
 TOPICS: tuple[Topic, ...] = ("Task", "Job", "Node", "Deployment")
@@ -98,28 +98,8 @@ def _source(model: Draft | Event) -> Wired | None:
 
 
 def _made(cls: type[_M], fields: dict[str, Any], source: Wired | None) -> _M:
-    """A model of values already checked, as ``model_construct`` makes it (every field
-    given, so every field set) in a third of its time: these are made for every change
-    of every task."""
-    made = _new(cls)
-    _set(made, "__dict__", fields)
-    _set(made, "__pydantic_fields_set__", _all_fields(cls))
-    _set(made, "__pydantic_extra__", None)
-    _set(made, "__pydantic_private__", {"_source": source})
-    return made
-
-
-def _all_fields(cls: type[BaseModel]) -> set[str]:
-    """The shared set of every field of ``cls`` (found once per class, not per event)."""
-    names = _ALL_FIELDS.get(cls)
-    if names is None:
-        names = _ALL_FIELDS[cls] = shared(cls.model_fields.keys())
-    return names
-
-
-_new = object.__new__
-_set = object.__setattr__
-_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
+    """Made for every change of every task: see :func:`cube.fieldsets.construct`."""
+    return construct(cls, fields, {"_source": source})
 
 
 def ready(events: Iterable[Event]) -> list[Event]:

@@ -13,7 +13,7 @@ version, never an assignment to a field) and Cube never asks which fields were g
 from __future__ import annotations
 
 from collections.abc import Iterable, Set
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -41,3 +41,29 @@ def share(model: _M) -> _M:
     """``model``, its set of given fields replaced by the shared one."""
     object.__setattr__(model, "__pydantic_fields_set__", shared(model.__pydantic_fields_set__))
     return model
+
+
+def construct(cls: type[_M], fields: dict[str, Any], private: dict[str, Any] | None = None) -> _M:
+    """A model of values already checked, every field given (``fields`` has them all),
+    as ``model_construct`` makes it in a third of its time, and in less than a
+    validation's: for the records made for every change of every task (cluster
+    events, placement decisions). ``private``: its private attributes, if it has any."""
+    made = _new(cls)
+    _set(made, "__dict__", fields)
+    _set(made, "__pydantic_fields_set__", _all_fields(cls))
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_private__", private)
+    return made
+
+
+def _all_fields(cls: type[BaseModel]) -> set[str]:
+    """The shared set of every field of ``cls`` (found once per class, not per model)."""
+    names = _ALL_FIELDS.get(cls)
+    if names is None:
+        names = _ALL_FIELDS[cls] = shared(cls.model_fields.keys())
+    return names
+
+
+_new = object.__new__
+_set = object.__setattr__
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}

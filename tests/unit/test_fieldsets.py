@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cube.events import Draft, Event
-from cube.explain import decide
+from cube.explain import Decision, NodeScore, decide
 from cube.fieldsets import shared
 from cube.task import State, Task, TaskEvent, transition
 
@@ -39,6 +39,20 @@ def test_events_and_decisions_share_theirs() -> None:
         {"Node": "a", "Score": 1.0},
         {"Node": "b", "Score": 2.0},
     ]
+
+
+def test_a_record_constructed_is_the_record_validated() -> None:
+    """Decisions are constructed, not validated (once per placement): the same value,
+    the same JSON, every field set, and no alias of the scheduler's own counts."""
+    filtered = {"memory": 2}
+    made = decide("epvm", 3, filtered, {"a": 1.0, "b": float("inf")}, "b")
+    checked = Decision.model_validate(made.model_dump())
+    assert made == checked and made.model_dump_json() == checked.model_dump_json()
+    assert Decision.model_validate_json(made.model_dump_json()) == made
+    assert made.model_fields_set == set(Decision.model_fields)
+    assert made.TopScores[0].model_fields_set == set(NodeScore.model_fields)
+    filtered["memory"] = 5
+    assert made.NodesFiltered == {"memory": 2}
 
 
 def test_a_shared_set_is_found_again_and_extended_into_another() -> None:
