@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Locator, Page
 
+from cube.task import State
 from tests.support import ROOT, ManagerProcess, WorkerProcess, wait_for
 
 SCREENSHOTS_ENV = "CUBE_UI_SCREENSHOTS"
@@ -25,7 +26,6 @@ DEFAULT_SCREENSHOTS = ROOT / "tests" / "ui" / "screenshots"
 SAVED: list[Path] = []
 # Console errors a test expects (patterns), which then do not fail it.
 ALLOWED_ERRORS = pytest.StashKey[list[str]]()
-PENDING, SCHEDULED, RUNNING = 0, 1, 2  # cube.task.State, as the API sends it
 
 
 @dataclass
@@ -83,7 +83,7 @@ def shot(page: Page, name: str) -> Path:
 
 
 def _runs(task: dict[str, Any]) -> bool:
-    return bool(task["State"] == RUNNING and task["DesiredState"] == RUNNING)
+    return bool(task["State"] == State.RUNNING and task["DesiredState"] == State.RUNNING)
 
 
 def _in_transit(task: dict[str, Any]) -> bool:
@@ -91,9 +91,9 @@ def _in_transit(task: dict[str, Any]) -> bool:
     Reason waits for room: nothing starts for it)."""
     state, desired = task["State"], task["DesiredState"]
     return (
-        state == SCHEDULED
-        or (state == PENDING and not task["Reason"])
-        or (state == RUNNING and desired != RUNNING)
+        state == State.SCHEDULED
+        or (state == State.PENDING and not task["Reason"])
+        or (state == State.RUNNING and desired != State.RUNNING)
     )
 
 
