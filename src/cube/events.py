@@ -10,18 +10,17 @@ stream, ``/v1/event/stream``, with indexes that outlive the leader).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, overload
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr
 
 from cube.fieldsets import construct
 
 Topic = Literal["Task", "Job", "Node", "Deployment"]
 TOPICS: tuple[Topic, ...] = ("Task", "Job", "Node", "Deployment")
 _Topic = Topic  # inside the models, "Topic" names the field
-_M = TypeVar("_M", bound=BaseModel)
 
 
 class Wired(Protocol):
@@ -30,17 +29,15 @@ class Wired(Protocol):
     def to_wire(self) -> dict[str, Any]: ...
 
 
-class Draft(BaseModel):
-    """An event before the log numbers it."""
-
-    model_config = ConfigDict(frozen=True)
+class Draft(NamedTuple):
+    """An event before the log numbers it: a plain tuple, as every change of every task
+    makes one (a validated model cost the scale benchmark's manager ~2 µs a change)."""
 
     Topic: Topic
     Type: str
     Key: str
-    Payload: dict[str, Any] = Field(default_factory=dict)
-    # Or, for an immutable object, that object: its Payload is made when first read.
-    _source: Wired | None = PrivateAttr(default=None)
+    Payload: dict[str, Any] | None = None  # None: made from ``source`` when first read
+    source: Wired | None = None
 
     @classmethod
     def of(cls, topic: _Topic, kind: str, key: str, source: Wired) -> Draft:
@@ -52,7 +49,7 @@ class Draft(BaseModel):
         alive (and walked by every collection). A task version never changes, so its
         Payload is the same whenever it is made.
         """
-        return _made(cls, {"Topic": topic, "Type": kind, "Key": key, "Payload": {}}, source)
+        return cls(topic, kind, key, None, source)
 
 
 class Event(BaseModel):
@@ -76,9 +73,9 @@ class Event(BaseModel):
             "Topic": draft.Topic,
             "Type": draft.Type,
             "Key": draft.Key,
-            "Payload": draft.Payload,
+            "Payload": {} if draft.Payload is None else draft.Payload,
         }
-        return _made(cls, fields, _source(draft))
+        return construct(cls, fields, {"_source": draft.source})
 
     def ready(self) -> Event:
         """With its Payload made (see :meth:`Draft.of`): call before it is read."""
@@ -89,7 +86,7 @@ class Event(BaseModel):
         return self
 
 
-def _source(model: Draft | Event) -> Wired | None:
+def _source(model: Event) -> Wired | None:
     """``model._source``, read where pydantic keeps it: the attribute itself goes
     through ``BaseModel.__getattr__`` and an AttributeError raised and caught inside
     it (1.8 µs against 0.06 µs; every change of a task reads it)."""
@@ -97,9 +94,63 @@ def _source(model: Draft | Event) -> Wired | None:
     return None if private is None else private.get("_source")
 
 
-def _made(cls: type[_M], fields: dict[str, Any], source: Wired | None) -> _M:
-    """Made for every change of every task: see :func:`cube.fieldsets.construct`."""
-    return construct(cls, fields, {"_source": source})
+class Numbered(Sequence[Event]):
+    """Events numbered together (one write): ``first`` on, at one ``time``, each made
+    from its draft only when read.
+
+    A commit of a scheduling pass describes hundreds of task changes, and most of
+    their events are never read; made as they are numbered, they cost the scale
+    benchmark's manager a fifth of its time taking tasks in and placing them. Here a
+    write costs one object, and an event is made (and kept) the first time anyone
+    reads it: a follower of the stream, the UI, a store that writes it out.
+    """
+
+    __slots__ = ("_items", "first", "time")
+
+    def __init__(self, first: int, time: datetime, items: Iterable[Draft | Event]) -> None:
+        self.first = first
+        self.time = time
+        self._items: list[Draft | Event] = list(items)
+
+    @classmethod
+    def made(cls, event: Event) -> Numbered:
+        """One event already made (read back from a store, or from a leader's write)."""
+        return cls(event.Index, event.Time, [event])
+
+    @property
+    def last(self) -> int:
+        """The last index (``first - 1`` when empty)."""
+        return self.first + len(self._items) - 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, position: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, position: slice) -> list[Event]: ...
+
+    def __getitem__(self, position: int | slice) -> Event | list[Event]:
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self._items)))]
+        item = self._items[position]
+        if isinstance(item, Event):
+            return item
+        if position < 0:
+            position += len(self._items)
+        event = self._items[position] = Event.of(self.first + position, self.time, item)
+        return event
+
+    def __iter__(self) -> Iterator[Event]:
+        return (self[i] for i in range(len(self._items)))
+
+    def kinds(self) -> Iterator[tuple[str, str]]:
+        """(Topic, Type) of each, without making any."""
+        return ((item.Topic, item.Type) for item in self._items)
+
+    def topic(self, position: int) -> str:
+        return self._items[position].Topic
 
 
 def ready(events: Iterable[Event]) -> list[Event]:

@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from cube.clock import ManualClock
-from cube.events import Draft
+from cube.events import Draft, Event, Numbered
 from cube.manager.api import create_app
 from cube.manager.backend import MemoryBackend, SqliteBackend
 from cube.manager.events import EventLog, Retention, job_drafts
+from cube.manager.eventstore import Kept
 from cube.manager.manager import Manager
 from cube.manager.state import State as ClusterState
 from cube.node import Node
@@ -86,6 +87,57 @@ async def test_a_failed_commit_gives_its_indexes_back() -> None:
     backend.fail = False
     await state.commit([Task(Image="y")])
     assert [(e.Index, e.Payload["Image"]) for e in log.after(0)] == [(1, "y")]
+
+
+def test_numbered_events_are_made_when_first_read_and_then_kept() -> None:
+    clock = ManualClock()
+    task = Task(Image="x")
+    drafts = [Draft.of("Task", "TaskSubmitted", str(task.ID), task), node("w1")]
+    block = Numbered(7, clock.now(), drafts)
+    assert (len(block), block.first, block.last) == (2, 7, 8)
+    assert list(block.kinds()) == [("Task", "TaskSubmitted"), ("Node", "NodeReady")]
+    assert not any(isinstance(item, Event) for item in block._items)  # nothing made yet
+    made = block[-1]
+    assert made == Event.of(8, clock.now(), drafts[1])
+    assert block[1] is made  # made once
+    assert isinstance(block._items[1], Event) and not isinstance(block._items[0], Event)
+    first = block[0].ready()
+    assert (first.Index, first.Key, first.Payload["Image"]) == (7, str(task.ID), "x")
+    assert [e.Index for e in block] == [7, 8] and block[0:1] == [first]
+
+
+def test_kept_blocks_serve_readers_and_let_go_by_count_time_and_bound() -> None:
+    clock = ManualClock()
+    kept = Kept()
+    assert (kept.oldest, kept.last, len(kept)) == (None, 0, 0)
+    first = clock.now()
+    kept.add(Numbered(1, first, [node(f"a{i}") for i in range(4)]))  # 1-4
+    kept.add(Numbered(5, first, []))  # an empty write keeps nothing
+    clock._wall += timedelta(seconds=10)
+    job = Draft(Topic="Job", Type="JobRegistered", Key="web")
+    kept.add(Numbered(5, clock.now(), [job, node("b1"), job]))  # 5-7
+    kept.add(Numbered.made(Event.of(8, clock.now(), node("c1"))))  # 8
+    assert (kept.oldest, kept.last, len(kept), len(kept.blocks)) == (1, 8, 8, 3)
+    assert [e.Index for e in kept.after(0, 100)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [e.Index for e in kept.after(3, 3)] == [4, 5, 6]
+    assert [e.Index for e in kept.after(2, 100, {"Job"})] == [5, 7]
+    assert [e.Index for e in kept.after(8, 100)] == []
+    assert [e.Index for e in kept.recent(3)] == [6, 7, 8]
+    assert [e.Index for e in kept.recent(100)] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    # By count: a floor inside the oldest block hides what is at or below it.
+    assert kept.drop(2, first) == 2
+    assert (kept.oldest, len(kept)) == (3, 6)
+    assert [e.Index for e in kept.after(0, 100)] == [3, 4, 5, 6, 7, 8]
+    assert [e.Index for e in kept.recent(100)] == [3, 4, 5, 6, 7, 8]
+    # The bound lets whole blocks go while as many as it keeps remain without them.
+    kept.bound(5)
+    assert (kept.oldest, len(kept)) == (3, 6)  # without 3-4, only 4 would remain
+    kept.bound(4)
+    assert (kept.oldest, len(kept), len(kept.blocks)) == (5, 4, 2)
+    # By time: whole blocks recorded before the cut.
+    assert kept.drop(0, clock.now() + timedelta(seconds=1)) == 4
+    assert (kept.oldest, kept.last, len(kept)) == (None, 0, 0)
 
 
 async def test_retention_keeps_the_newest_and_the_young(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
@@ -27,9 +26,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cube.clock import Clock
-from cube.events import Draft, Event, ready
+from cube.events import Draft, Event, Numbered, ready
 from cube.job import JobRecord
-from cube.manager.eventstore import EventStore
+from cube.manager.eventstore import EventStore, Kept, blocks
 from cube.node import Node
 from cube.task import Task
 
@@ -65,9 +64,9 @@ class EventLog:
         self.retention = retention or Retention()
         self.last = store.last_index()
         self._next = self.last + 1
-        self._recent: deque[Event] = deque(
-            store.recent(self.retention.memory), maxlen=self.retention.memory
-        )
+        self._recent = Kept()  # the newest events (retention.memory of them), for readers
+        for block in blocks(store.recent(self.retention.memory)):
+            self._recent.add(block)
         self._queue: deque[Draft] = deque()
         self._queued = asyncio.Event()
         self._grew = asyncio.Event()  # set, then replaced, whenever events are stored
@@ -78,21 +77,22 @@ class EventLog:
 
     # --- writing ---------------------------------------------------------------------
 
-    def number(self, drafts: Sequence[Draft]) -> list[Event]:
-        """Index and stamp events about to be stored (by the caller, or by :meth:`run`)."""
-        now = self.clock.now()
-        events = [Event.of(self._next + i, now, d) for i, d in enumerate(drafts)]
+    def number(self, drafts: Sequence[Draft]) -> Numbered:
+        """Index and stamp events about to be stored (by the caller, or by :meth:`run`);
+        each is made when first read (:class:`~cube.events.Numbered`)."""
+        events = Numbered(self._next, self.clock.now(), drafts)
         self._next += len(events)
         return events
 
-    def stored(self, events: Sequence[Event]) -> None:
+    def stored(self, events: Numbered) -> None:
         """They are on disk: readers may see them."""
         if not events:
             return
-        self._recent.extend(events)
-        self.last = events[-1].Index
+        self._recent.add(events)
+        self._recent.bound(self.retention.memory)
+        self.last = events.last
         if self.metrics is not None:
-            self.metrics.stored(events)
+            self.metrics.stored(events.kinds())
         self.wake()
 
     def wake(self) -> None:
@@ -100,11 +100,11 @@ class EventLog:
         grew, self._grew = self._grew, asyncio.Event()
         grew.set()
 
-    def abandon(self, events: Sequence[Event]) -> None:
+    def abandon(self, events: Numbered) -> None:
         """Their write failed: give their indexes back (nothing was numbered since,
         as writes do not interleave with numbering), so the log has no gap."""
-        if events and events[-1].Index == self._next - 1:
-            self._next = events[0].Index
+        if events and events.last == self._next - 1:
+            self._next = events.first
 
     def emit(self, *drafts: Draft) -> None:
         """Queue events for the next write (:meth:`run` makes it)."""
@@ -163,10 +163,7 @@ class EventLog:
             if dropped:
                 log.debug("event retention dropped %d events", dropped)
         # What readers get from memory goes by the same rule.
-        oldest = self.last - self.retention.count
-        recent = self._recent
-        while recent and (recent[0].Index <= oldest or recent[0].Time < before):
-            recent.popleft()
+        self._recent.drop(self.last - self.retention.count, before)
         if self.dropped:
             log.warning("%d events were dropped: their writes could not keep up", self.dropped)
             self.dropped = 0
@@ -176,14 +173,10 @@ class EventLog:
     def after(self, index: int, topics: Collection[str] = (), limit: int = 500) -> list[Event]:
         """Up to ``limit`` events after ``index``, oldest first (of ``topics``; all when
         empty). An index older than what is kept starts at the oldest kept."""
-        recent = self._recent
-        if not recent or index + 1 < recent[0].Index:
+        oldest = self._recent.oldest
+        if oldest is None or index + 1 < oldest:
             return ready(self.store.after(index, limit, topics))
-        start = max(index + 1 - recent[0].Index, 0)
-        wanted = (
-            e for e in itertools.islice(recent, start, None) if not topics or e.Topic in topics
-        )
-        return ready(itertools.islice(wanted, limit))
+        return ready(self._recent.after(index, limit, topics))
 
     async def wait(self, index: int, timeout: float) -> bool:
         """Until there is an event after ``index`` (True) or ``timeout`` passes."""

@@ -7,13 +7,13 @@ from memory or a local file."""
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
-from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from cube.events import Event, ready
+from cube.events import Event, Numbered, ready
 from cube.store import Database
 
 
@@ -31,40 +31,113 @@ class EventStore(Protocol):
     async def trim(self, before: datetime, keep: int) -> int: ...
 
 
-def _wanted(event: Event, topics: Collection[str]) -> bool:
-    return not topics or event.Topic in topics
+class Kept:
+    """Events kept in memory, oldest first, as the blocks they were numbered in
+    (:class:`~cube.events.Numbered`): keeping a write's events costs one entry, and
+    only those read are ever made. Letting go is by whole blocks, except that
+    ``floor`` hides the oldest block's events at or below it (retention by count)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Numbered] = []
+        self.floor = 0  # events at or below this index are let go
+        self._total = 0  # events in the blocks, hidden ones included
+
+    def add(self, block: Numbered) -> None:
+        if block:
+            self.blocks.append(block)
+            self._total += len(block)
+
+    @property
+    def last(self) -> int:
+        return self.blocks[-1].last if self.blocks else 0
+
+    @property
+    def oldest(self) -> int | None:
+        """The oldest index kept; None when none is."""
+        return max(self.blocks[0].first, self.floor + 1) if self.blocks else None
+
+    def __len__(self) -> int:
+        hidden = max(self.floor - self.blocks[0].first + 1, 0) if self.blocks else 0
+        return self._total - hidden
+
+    def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
+        start = max(index, self.floor) + 1
+        found: list[Event] = []
+        first = bisect.bisect_left(self.blocks, start, key=lambda block: block.last)
+        for block in self.blocks[first:]:
+            for position in range(max(start - block.first, 0), len(block)):
+                if not topics or block.topic(position) in topics:
+                    found.append(block[position])
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    def recent(self, count: int) -> list[Event]:
+        """The newest ``count``, oldest first."""
+        found: list[Event] = []
+        for block in reversed(self.blocks):
+            for position in range(len(block) - 1, max(self.floor - block.first, -1), -1):
+                if len(found) >= count:
+                    return found[::-1]
+                found.append(block[position])
+        return found[::-1]
+
+    def drop(self, oldest: int, before: datetime) -> int:
+        """Let go of the events at or below index ``oldest``, and of those recorded
+        before ``before``; say how many went."""
+        had = len(self)
+        self.floor = max(self.floor, oldest)
+        while self.blocks and (self.blocks[0].last <= self.floor or self.blocks[0].time < before):
+            self._total -= len(self.blocks.pop(0))
+        return had - len(self)
+
+    def bound(self, keep: int) -> None:
+        """Keep the newest ``keep`` at least: whole blocks go, oldest first, while as
+        many remain without them."""
+        drop = 0
+        remaining = len(self)
+        while drop < len(self.blocks) - 1:
+            block = self.blocks[drop]
+            hidden = max(self.floor - block.first + 1, 0) if drop == 0 else 0
+            if remaining - (len(block) - hidden) < keep:
+                break
+            remaining -= len(block) - hidden
+            drop += 1
+        if drop:
+            self._total -= sum(len(block) for block in self.blocks[:drop])
+            del self.blocks[:drop]
+
+
+def blocks(events: Sequence[Event]) -> Iterable[Numbered]:
+    """``events`` as blocks: as they are when numbered together, else one block each."""
+    if isinstance(events, Numbered):
+        return [events]
+    return [Numbered.made(event) for event in events]
 
 
 class MemoryEvents:
-    """``--dbtype memory``: the last ``keep`` events, gone with the process."""
+    """``--dbtype memory``: the last ``keep`` events (at least), gone with the process."""
 
     def __init__(self, keep: int = 50_000) -> None:
-        self._events: deque[Event] = deque(maxlen=keep)
+        self._kept = Kept()
+        self._keep = keep
 
     def last_index(self) -> int:
-        return self._events[-1].Index if self._events else 0
+        return self._kept.last
 
     async def append(self, events: Sequence[Event]) -> None:
-        self._events.extend(events)
+        for block in blocks(events):
+            self._kept.add(block)
+        self._kept.bound(self._keep)
 
     def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
-        found: list[Event] = []
-        for event in self._events:
-            if event.Index > index and _wanted(event, topics):
-                found.append(event)
-                if len(found) >= limit:
-                    break
-        return ready(found)
+        return ready(self._kept.after(index, limit, topics))
 
     def recent(self, count: int) -> list[Event]:
-        return ready(list(self._events)[-count:]) if count else []
+        return ready(self._kept.recent(count)) if count else []
 
     async def trim(self, before: datetime, keep: int) -> int:
-        dropped = 0
-        while self._events and (len(self._events) > keep or self._events[0].Time < before):
-            self._events.popleft()
-            dropped += 1
-        return dropped
+        return self._kept.drop(self._kept.last - keep, before)
 
 
 class SqliteEvents:

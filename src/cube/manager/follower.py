@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from cube.clock import Clock, SystemClock
-from cube.events import Event
+from cube.events import Event, Numbered
 from cube.manager.auth import TokenRecord
 from cube.manager.backend import StoreUnavailable
 from cube.manager.etcd_backend import EtcdBackend
@@ -123,4 +123,4 @@ class View:
         if event.Index <= manager.events.last:
             return  # read by the load already
         held.append(event)
-        manager.events.stored([event])
+        manager.events.stored(Numbered.made(event))

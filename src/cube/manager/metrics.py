@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cube.clock import Clock
-from cube.events import Event
 from cube.job import DeploymentStatus
 from cube.metrics import HttpMetrics, gauge, new_registry
 from cube.node import DOWN, READY
@@ -137,9 +136,9 @@ class ManagerMetrics:
         for seconds in placing.waits:
             self.placement_latency.observe(seconds)
 
-    def stored(self, events: Sequence[Event]) -> None:
-        """The event log stored these."""
-        for kind, count in Tally((e.Topic, e.Type) for e in events).items():
+    def stored(self, kinds: Iterable[tuple[str, str]]) -> None:
+        """The event log stored events of these kinds (Topic, Type)."""
+        for kind, count in Tally(kinds).items():
             self.events.labels(*kind).inc(count)
 
 
