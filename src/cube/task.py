@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal, Self
@@ -26,7 +26,7 @@ from pydantic import (
 
 from cube.constraints import Constraint
 from cube.explain import Decision
-from cube.fieldsets import shared
+from cube.fieldsets import construct, shared
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -312,6 +312,16 @@ class TaskEvent(_Wire):
     State: StateField = State.SCHEDULED
     Timestamp: Time = Field(default_factory=_stamp)
     Task: Task
+
+
+def recorded(state: State, tasks: Iterable[Task]) -> list[TaskEvent]:
+    """TaskEvents the manager makes itself (a placement's, one per task placed), at one
+    time, of values valid already: constructed rather than validated (cube.fieldsets)."""
+    at = now()
+    return [
+        construct(TaskEvent, {"ID": uuid.uuid4(), "State": state, "Timestamp": at, "Task": task})
+        for task in tasks
+    ]
 
 
 def transition(

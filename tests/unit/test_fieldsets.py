@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from cube.events import Draft, Event
 from cube.explain import Decision, NodeScore, decide
 from cube.fieldsets import shared
-from cube.task import State, Task, TaskEvent, transition
+from cube.task import State, Task, TaskEvent, recorded, transition
 
 
 def test_versions_of_tasks_share_one_set_per_combination_of_fields() -> None:
@@ -53,6 +53,19 @@ def test_a_record_constructed_is_the_record_validated() -> None:
     assert made.TopScores[0].model_fields_set == set(NodeScore.model_fields)
     filtered["memory"] = 5
     assert made.NodesFiltered == {"memory": 2}
+
+
+def test_a_recorded_task_event_is_the_event_validated() -> None:
+    """A placement's TaskEvent is constructed (once per placement): the same value and
+    JSON as validated, a fresh ID each, one time for the batch, the very task kept."""
+    tasks = [Task(Image="i", State=State.SCHEDULED, Node="w1"), Task(Image="j")]
+    made = recorded(State.SCHEDULED, tasks)
+    for event, task in zip(made, tasks, strict=True):
+        checked = TaskEvent.model_validate(event.model_dump())
+        assert event == checked and event.model_dump_json() == checked.model_dump_json()
+        assert event.Task is task and event.model_fields_set == set(TaskEvent.model_fields)
+    assert made[0].ID != made[1].ID and made[0].Timestamp == made[1].Timestamp
+    assert made[0].Timestamp.tzinfo is not None
 
 
 def test_a_shared_set_is_found_again_and_extended_into_another() -> None:

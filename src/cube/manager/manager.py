@@ -34,7 +34,6 @@ import httpx
 
 from cube.clock import Clock, SystemClock
 from cube.config import log_lines
-from cube.fieldsets import share
 from cube.manager.auth import Tokens
 from cube.manager.backend import Backend
 from cube.manager.dispatch import Dispatcher
@@ -64,7 +63,15 @@ from cube.manager.state import State as ClusterState
 from cube.manager.tracking import Tracker, TrackingSettings
 from cube.node import Node
 from cube.scheduler import Scheduler
-from cube.task import InvalidTransition, State, Task, TaskEvent, can_transition, transition
+from cube.task import (
+    InvalidTransition,
+    State,
+    Task,
+    TaskEvent,
+    can_transition,
+    recorded,
+    transition,
+)
 from cube.tls import https
 from cube.worker.client import Deposed, WorkerClient
 
@@ -454,7 +461,7 @@ class Manager:
         wanted = [a for a in actions if isinstance(a, Place | Move | Restart)]
         placements = place(wanted, self.state, self.scheduler)
         placed = placements.placed
-        records = [share(TaskEvent(State=State.SCHEDULED, Task=task)) for task in placed]
+        records = recorded(State.SCHEDULED, placed)
         counted = self.metrics.placing(placed, self.state.tasks, self.state.since)
         try:
             # The placements are sent below: no need to reconcile them again.
