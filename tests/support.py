@@ -136,7 +136,17 @@ class WorkerProcess(Process):
             r = httpx.get(f"{self.url}/health", timeout=2)
             return r.status_code == 200 and bool(r.json().get("Docker"))
 
-        wait_for(ready, timeout, what=f"worker {self.name} ready")
+        def why() -> str:
+            """The usual cause named: a worker answers, but its Docker engine does not."""
+            try:
+                health = httpx.get(f"{self.url}/health", timeout=2).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return f"/health: {exc!r}"
+            if health.get("Docker") is False:
+                return f"the worker cannot reach Docker (is dockerd running?): {health}"
+            return f"/health: {health}"
+
+        wait_for(ready, timeout, what=f"worker {self.name} ready", detail=why)
         return self
 
 

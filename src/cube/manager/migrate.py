@@ -43,9 +43,6 @@ from cube.store import MIGRATIONS
 
 DB_NAME = "manager.db"  # in a manager's --data-dir (cube.cli.manager)
 PAGE = 1000  # events read from the source at a time
-# What may fail when etcd stops answering: the connection raises StoreUnavailable, or
-# lets aetcd's own errors through.
-_UNREACHABLE = (StoreUnavailable, aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)
 
 
 class MigrateError(Exception):
@@ -121,7 +118,7 @@ class Writer:
         puts = [tx.put(key, value) for key, value in items]
         try:
             ok, _ = await self.conn.call(lambda c: c.transaction(compares, puts, []))
-        except _UNREACHABLE:
+        except StoreUnavailable:  # etcd did not answer (the connection says so): not a refusal
             raise
         except aetcd.ClientError as exc:
             first = items[0][0].decode()
@@ -285,7 +282,7 @@ def migrate(
                 return await copy(
                     backend, conn, where.prefix, force=force, limits=limits, target=target
                 )
-            except (*_UNREACHABLE, aetcd.ClientError) as exc:  # unreachable, or refusing
+            except (StoreUnavailable, aetcd.ClientError) as exc:  # unreachable, or refusing
                 raise MigrateError(f"{target}: {exc or type(exc).__name__}") from None
             finally:
                 await conn.aclose()
