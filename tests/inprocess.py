@@ -24,7 +24,8 @@ import httpx
 from cube.clock import ManualClock
 from cube.events import Event
 from cube.manager.backend import Backend, Change, SqliteBackend
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
+from cube.manager.settings import Settings
 from cube.runtime.base import ContainerInfo
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm

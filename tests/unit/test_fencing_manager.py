@@ -17,7 +17,8 @@ from cube.errors import ApiError
 from cube.manager.backend import MemoryBackend
 from cube.manager.dispatch import Dispatcher
 from cube.manager.logs import open_logs
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
+from cube.manager.settings import Settings
 from cube.manager.state import State as ClusterState
 from cube.manager.tracking import Tracker, TrackingSettings
 from cube.node import Node

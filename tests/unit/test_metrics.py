@@ -16,8 +16,9 @@ from cube.job import Job, TaskTemplate, UpdatePolicy
 from cube.manager.api import create_app as manager_app
 from cube.manager.backend import MemoryBackend
 from cube.manager.health import HealthChecker, HealthSettings
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
 from cube.manager.metrics import ManagerMetrics
+from cube.manager.settings import Settings
 from cube.metrics import CONTENT_TYPE
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm

@@ -17,7 +17,8 @@ from fastapi.security import HTTPBearer
 from cube.clock import ManualClock
 from cube.manager.api import create_app as manager_app
 from cube.manager.backend import MemoryBackend
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
+from cube.manager.settings import Settings
 from cube.openapi import install
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm

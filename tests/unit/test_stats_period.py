@@ -6,7 +6,8 @@ import pytest
 
 from cube.clock import ManualClock
 from cube.manager.backend import MemoryBackend
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
+from cube.manager.settings import Settings
 from cube.scheduler import Epvm
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,8 @@ from cube.clock import ManualClock
 from cube.manager.api import create_app
 from cube.manager.auth import Tokens
 from cube.manager.backend import MemoryBackend, SqliteBackend
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
+from cube.manager.settings import Settings
 from cube.scheduler import Epvm
 from cube.transport import InProcessTransport, lifespan
 

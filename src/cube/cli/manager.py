@@ -284,7 +284,8 @@ def manager(
     from cube.cli.errors import CliError
     from cube.config import serve, setup_logging  # FastAPI and uvicorn: servers only
     from cube.manager.api import create_app
-    from cube.manager.manager import Manager, Settings
+    from cube.manager.manager import Manager
+    from cube.manager.settings import Settings
     from cube.node import worker_addresses
     from cube.scheduler import make_scheduler
     from cube.tls import https

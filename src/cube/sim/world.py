@@ -29,7 +29,8 @@ from cube.feasible import Candidates, TaskRequest
 from cube.job import JobRecord
 from cube.manager.api import create_app as create_manager_app
 from cube.manager.backend import Change, SqliteBackend
-from cube.manager.manager import Manager, Settings
+from cube.manager.manager import Manager
+from cube.manager.settings import Settings
 from cube.node import Node, NodeRecord
 from cube.runtime.simulated import SimulatedRuntime
 from cube.scheduler import Epvm, Placement, Scheduler
