@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from cube.clock import Clock
 from cube.events import Draft, Event, Numbered, ready
 from cube.job import JobRecord
-from cube.manager.eventstore import EventStore, Kept, blocks
+from cube.manager.eventstore import EventStore, Kept
 from cube.node import Node
 from cube.task import Task
 
@@ -65,8 +65,7 @@ class EventLog:
         self.last = store.last_index()
         self._next = self.last + 1
         self._recent = Kept()  # the newest events (retention.memory of them), for readers
-        for block in blocks(store.recent(self.retention.memory)):
-            self._recent.add(block)
+        self._recent.add(store.recent(self.retention.memory))
         self._queue: deque[Draft] = deque()
         self._queued = asyncio.Event()
         self._grew = asyncio.Event()  # set, then replaced, whenever events are stored

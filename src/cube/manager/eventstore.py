@@ -42,10 +42,13 @@ class Kept:
         self.floor = 0  # events at or below this index are let go
         self._total = 0  # events in the blocks, hidden ones included
 
-    def add(self, block: Numbered) -> None:
-        if block:
-            self.blocks.append(block)
-            self._total += len(block)
+    def add(self, events: Sequence[Event]) -> None:
+        """Keep ``events``: as the block they are, when numbered together (a write's),
+        else one block each (read back from a store, or a leader's)."""
+        for block in [events] if isinstance(events, Numbered) else map(Numbered.made, events):
+            if block:
+                self.blocks.append(block)
+                self._total += len(block)
 
     @property
     def last(self) -> int:
@@ -57,8 +60,11 @@ class Kept:
         return max(self.blocks[0].first, self.floor + 1) if self.blocks else None
 
     def __len__(self) -> int:
-        hidden = max(self.floor - self.blocks[0].first + 1, 0) if self.blocks else 0
-        return self._total - hidden
+        return self._total - self._hidden()
+
+    def _hidden(self) -> int:
+        """The oldest block's events at or below the floor (let go, still in it)."""
+        return max(self.floor - self.blocks[0].first + 1, 0) if self.blocks else 0
 
     def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
         start = max(index, self.floor) + 1
@@ -94,25 +100,8 @@ class Kept:
     def bound(self, keep: int) -> None:
         """Keep the newest ``keep`` at least: whole blocks go, oldest first, while as
         many remain without them."""
-        drop = 0
-        remaining = len(self)
-        while drop < len(self.blocks) - 1:
-            block = self.blocks[drop]
-            hidden = max(self.floor - block.first + 1, 0) if drop == 0 else 0
-            if remaining - (len(block) - hidden) < keep:
-                break
-            remaining -= len(block) - hidden
-            drop += 1
-        if drop:
-            self._total -= sum(len(block) for block in self.blocks[:drop])
-            del self.blocks[:drop]
-
-
-def blocks(events: Sequence[Event]) -> Iterable[Numbered]:
-    """``events`` as blocks: as they are when numbered together, else one block each."""
-    if isinstance(events, Numbered):
-        return [events]
-    return [Numbered.made(event) for event in events]
+        while len(self.blocks) > 1 and len(self) - (len(self.blocks[0]) - self._hidden()) >= keep:
+            self._total -= len(self.blocks.pop(0))
 
 
 class MemoryEvents:
@@ -126,8 +115,7 @@ class MemoryEvents:
         return self._kept.last
 
     async def append(self, events: Sequence[Event]) -> None:
-        for block in blocks(events):
-            self._kept.add(block)
+        self._kept.add(events)
         self._kept.bound(self._keep)
 
     def after(self, index: int, limit: int, topics: Collection[str] = ()) -> list[Event]:
