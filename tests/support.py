@@ -228,16 +228,23 @@ class ManagerProcess(Process):
     def wait_ready(self, workers: int = 0, timeout: float = 30.0) -> ManagerProcess:
         """Wait until the API answers and ``workers`` nodes are ready."""
 
+        seen: list[str] = []
+
         def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"manager exited early:\n{self.output()}")
             answer = httpx.get(f"{self.url}/nodes", timeout=2, headers=self.headers)
+            seen[:] = [f"GET /nodes: {answer.status_code} {answer.text[:500]}"]
             if answer.status_code == 503:  # on etcd: not leading yet (an election)
                 return False
             nodes = answer.json()
             return sum(n["Status"] == "ready" for n in nodes) >= workers
 
-        wait_for(ready, timeout, what="manager ready")
+        def detail() -> str:
+            tail = "\n".join(self.output().splitlines()[-40:])
+            return f"{''.join(seen)}\nthe manager's log, last lines:\n{tail}"
+
+        wait_for(ready, timeout, what="manager ready", detail=detail)
         return self
 
     def tasks(self) -> list[dict[str, Any]]:

@@ -154,7 +154,8 @@ class _Body(httpx.AsyncByteStream):
         self._exchange.disconnected.set()
         if not self._task.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), _DISCONNECT_GRACE)
+                async with asyncio.timeout(_DISCONNECT_GRACE):  # not wait_for (gh-86296)
+                    await asyncio.shield(self._task)
         await _cancel(self._task)
 
 

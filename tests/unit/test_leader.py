@@ -5,6 +5,7 @@ its own term over, and a deposed leader's writes refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -96,3 +97,39 @@ async def test_a_deposed_leader_stores_nothing(etcd: EtcdProcess, elector: MakeE
     assert [t.Node for t in reader.load()] == [""]  # the deposed write is not there
     for backend in (fenced, reader):
         await backend.aclose()
+
+
+async def test_a_stop_asked_for_while_a_watch_is_made_is_not_lost(etcd: EtcdProcess) -> None:
+    """Python 3.11's asyncio.wait_for, which aetcd awaits a watch's creation with, can
+    swallow a cancellation that arrives with the answer; the follower view then watched
+    for ever, and the manager, elected, waited on it and never served."""
+    conn = _Connection([("127.0.0.1", etcd.port)])
+    cancelled: list[bool] = []
+    reached = asyncio.Event()
+
+    class Watch:
+        async def cancel(self) -> None:
+            cancelled.append(True)
+
+    async def made_as_311_may(client: object) -> Watch:
+        reached.set()
+        # The stop arrives here, with the answer, and is swallowed, as wait_for does
+        # when the call it awaits has just ended.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return Watch()
+
+    try:
+        watching = asyncio.ensure_future(conn.watch(made_as_311_may))
+        await reached.wait()
+        watching.cancel()
+        await asyncio.wait({watching})
+        assert watching.cancelled() and cancelled == [True]
+
+        async def answered(client: object) -> Watch:
+            return Watch()
+
+        assert isinstance(await conn.watch(answered), Watch)  # no stop asked: kept
+        assert cancelled == [True]
+    finally:
+        await conn.aclose()

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -46,6 +47,13 @@ from cube.node import NodeRecord
 from cube.task import Task, TaskEvent
 
 T = TypeVar("T")
+
+
+class _Watch(Protocol):
+    async def cancel(self) -> None: ...
+
+
+W = TypeVar("W", bound=_Watch)
 
 DEFAULT_PREFIX = "/cube/"
 # Seconds one etcd call may take: a gRPC deadline that etcd's answer ends, not a timer.
@@ -136,10 +144,31 @@ class _Connection:
             await self.aclose()
             raise StoreUnavailable(f"etcd did not answer: {exc or type(exc).__name__}") from exc
 
+    async def watch(self, fn: Callable[[Any], Awaitable[W]]) -> W:
+        """``fn(client)`` that makes a watch, honouring a cancellation that came while
+        it was made. aetcd awaits a watch's creation with ``asyncio.wait_for``, which on
+        Python 3.11 swallows a cancellation that arrives as the awaited answer does
+        (CPython gh-86296, fixed in 3.12): the caller would then follow the watch for
+        ever. A manager elected while its follower view was starting up waited on that
+        view, served 503 and ignored SIGTERM (1 start in ~20)."""
+        watch = await self.call(fn)
+        return await honour_cancel(watch)
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.close()
+
+
+async def honour_cancel(watch: W) -> W:
+    """``watch``, unless the current task was asked to stop while it was being made and
+    the request was swallowed: then the watch is cancelled and the stop goes on."""
+    task = asyncio.current_task()
+    if task is None or not task.cancelling():
+        return watch
+    with contextlib.suppress(Exception):
+        await watch.cancel()
+    raise asyncio.CancelledError
 
 
 def unanswered(exc: aetcd.ClientError) -> bool:

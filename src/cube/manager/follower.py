@@ -84,7 +84,7 @@ class View:
     async def _follow(self, backend: EtcdBackend, manager: Manager) -> None:
         prefix = backend.prefix.encode()
         start = backend.loaded_at + 1
-        watch = await backend.conn.call(lambda c: c.watch_prefix(prefix, start_revision=start))
+        watch = await backend.conn.watch(lambda c: c.watch_prefix(prefix, start_revision=start))
         try:
             async for event in watch:
                 self.apply(backend, manager, event.kind, bytes(event.kv.key), event.kv.value)

@@ -115,7 +115,7 @@ class EtcdLeases:
         return None if held is None else _holder(held)
 
     async def until_gone(self, key: bytes, seen: Callable[[Holder], None]) -> None:
-        watch = await self.conn.call(lambda c: c.watch(key))
+        watch = await self.conn.watch(lambda c: c.watch(key))
         try:
             async for event in watch:
                 if event.kind == "DELETE":
@@ -246,9 +246,11 @@ class Elector:
                 log.warning("term %d: the lease ran out unrefreshed; stepping down", lead.term)
                 return
             try:
-                remaining = await asyncio.wait_for(self.leases.refresh(lead.lease), timeout=left)
+                async with asyncio.timeout(left):  # not wait_for: see _Connection.watch
+                    remaining = await self.leases.refresh(lead.lease)
             except (TimeoutError, aetcd.ClientError, StoreUnavailable) as exc:
-                log.warning("term %d: refreshing the lease failed (%s)", lead.term, exc or exc)
+                reason = exc or type(exc).__name__
+                log.warning("term %d: refreshing the lease failed (%s)", lead.term, reason)
                 await self.clock.sleep(min(RETRY_AFTER, max(left, 0.0)))
                 continue
             if remaining <= 0:

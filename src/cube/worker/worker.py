@@ -480,8 +480,11 @@ class Worker:
         """Return once something changed after ``since`` (at once if it already has)."""
         if epoch != self.epoch or since != self.version or timeout <= 0:
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation (CPython gh-86296), and a stream that should end would go on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     # --- noticing dead containers -----------------------------------------------------
 
