@@ -4,15 +4,17 @@ drained, made eligible and removed (the real manager and worker apps, virtual ti
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cube.job import Job, TaskTemplate, UpdatePolicy
-from cube.manager.backend import MemoryBackend, SqliteBackend
+from cube.manager.backend import MemoryBackend, SqliteBackend, StoreUnavailable
 from cube.manager.manager import Manager
 from cube.manager.membership import JoinRefused, NodeBusy, Registration, UnknownNode
+from cube.node import NodeRecord
 from cube.task import State
 from tests.inprocess import SETTINGS, cluster, sleeper
 
@@ -200,3 +202,41 @@ async def test_remove_refuses_a_ready_node_and_forgets_a_down_one() -> None:
         await m.members.remove("w2:5556")
         assert [n.Name for n in m.nodes()] == ["w1:5556"]
         await c.until(lambda: on(m, "w1:5556") == 4, what="all 4 on w1")
+
+
+class Unwritable(MemoryBackend):
+    """A store that stops answering node writes when told to (etcd without quorum)."""
+
+    down = False
+
+    async def save_nodes(self, records: Sequence[NodeRecord]) -> None:
+        if self.down:
+            raise StoreUnavailable("etcd did not answer")
+        await super().save_nodes(records)
+
+
+async def test_a_drain_the_store_did_not_keep_changes_nothing() -> None:
+    """The API answers 503 for it, so nothing may act on it: no task moves, the node
+    stays eligible, and a later drain or eligibility change works as usual."""
+    async with cluster(2) as c:
+        store = Unwritable()
+        m = await c.start_manager(store)
+        await m.submit_many([sleeper() for _ in range(4)])
+        await c.until(lambda: on(m, "w1:5556") + on(m, "w2:5556") == 4, what="4 running")
+        placed = {t.ID: t.Node for t in m.list_tasks()}
+        store.down = True
+        for ask in (
+            m.members.drain("w1:5556", deadline=0.5),
+            m.members.set_eligible("w2:5556", False),
+        ):
+            with pytest.raises(StoreUnavailable):
+                await ask
+        await c.settle(2.0)  # past the deadline it did not get
+        node = m.members.get("w1:5556")
+        assert (node.Eligible, node.Draining, node.DrainDeadline) == (True, False, "")
+        assert m.members.get("w2:5556").Eligible
+        assert {t.ID: t.Node for t in m.list_tasks()} == placed
+        assert all(r.Eligible and not r.Draining for r in store.load_nodes())
+        store.down = False
+        await m.members.drain("w1:5556")
+        await c.until(lambda: on(m, "w2:5556") == 4, what="all 4 moved by the drain kept")

@@ -234,13 +234,14 @@ class Membership:
     async def drain(self, name: str, deadline: float | None = None) -> Node:
         """Start (or re-time) a drain; ``deadline`` in seconds from now."""
         node = self.get(name)
-        node.Eligible, node.Draining = False, True
-        node.DrainDeadline = ""
-        self._deadlines.pop(name, None)
+        due, wall = None, ""
         if deadline is not None:
-            self._deadlines[name] = self.clock.monotonic() + deadline
-            node.DrainDeadline = _rfc3339(task_module.now() + timedelta(seconds=deadline))
-        await self.backend.save_nodes([node.record()])
+            due = self.clock.monotonic() + deadline
+            wall = _rfc3339(task_module.now() + timedelta(seconds=deadline))
+        await self._decide(node, Eligible=False, Draining=True, DrainDeadline=wall)
+        self._deadlines.pop(name, None)
+        if due is not None:
+            self._deadlines[name] = due
         self.state.events.emit(node_draft("NodeDrain", node))
         log.info("node %s: draining%s", name, f" (deadline {deadline:g}s)" if deadline else "")
         self.state.changed.set()
@@ -250,17 +251,25 @@ class Membership:
         """Eligible again (which ends a drain), or not (``cube node ineligible``:
         its tasks stay, new ones go elsewhere)."""
         node = self.get(name)
-        node.Eligible = eligible
-        if eligible:
-            node.Draining, node.DrainDeadline = False, ""
+        if eligible:  # which ends a drain
+            await self._decide(node, Eligible=True, Draining=False, DrainDeadline="")
             self._deadlines.pop(name, None)
-        await self.backend.save_nodes([node.record()])
+        else:
+            await self._decide(node, Eligible=False)
         self.state.events.emit(node_draft("NodeEligibility", node))
         log.info("node %s: %s", name, "eligible" if eligible else "ineligible")
         if eligible:
             self.state.room()  # tasks waiting for room may fit there now
         self.state.changed.set()
         return node
+
+    async def _decide(self, node: Node, **decided: bool | str) -> None:
+        """Store a decision about a node, then make it: a write that fails changes
+        nothing, and the loop, which may run while the write is awaited, never acts on a
+        decision the store has not kept."""
+        await self.backend.save_nodes([node.record().model_copy(update=decided)])
+        for field, value in decided.items():
+            setattr(node, field, value)
 
     async def remove(self, name: str) -> None:
         node = self.get(name)
@@ -327,9 +336,8 @@ class Membership:
 
     async def _finish(self, name: str) -> None:
         node = self.state.nodes[name]
-        node.Draining, node.DrainDeadline = False, ""
+        await self._decide(node, Draining=False, DrainDeadline="")
         self._deadlines.pop(name, None)
-        await self.backend.save_nodes([node.record()])
         self.state.events.emit(node_draft("NodeDrainComplete", node))
         log.info("node %s: drain complete; it takes no new work until made eligible", name)
 
