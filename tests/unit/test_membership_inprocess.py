@@ -217,7 +217,7 @@ class Unwritable(MemoryBackend):
 
 async def test_a_drain_the_store_did_not_keep_changes_nothing() -> None:
     """The API answers 503 for it, so nothing may act on it: no task moves, the node
-    stays eligible, and a later drain or eligibility change works as usual."""
+    stays eligible, and a later drain, once the store answers, works as usual."""
     async with cluster(2) as c:
         store = Unwritable()
         m = await c.start_manager(store)

@@ -152,23 +152,17 @@ class _Connection:
         ever. A manager elected while its follower view was starting up waited on that
         view, served 503 and ignored SIGTERM (1 start in ~20)."""
         watch = await self.call(fn)
-        return await honour_cancel(watch)
+        task = asyncio.current_task()
+        if task is None or not task.cancelling():
+            return watch
+        with contextlib.suppress(Exception):  # a stop was asked for: it goes on
+            await watch.cancel()
+        raise asyncio.CancelledError
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.close()
-
-
-async def honour_cancel(watch: W) -> W:
-    """``watch``, unless the current task was asked to stop while it was being made and
-    the request was swallowed: then the watch is cancelled and the stop goes on."""
-    task = asyncio.current_task()
-    if task is None or not task.cancelling():
-        return watch
-    with contextlib.suppress(Exception):
-        await watch.cancel()
-    raise asyncio.CancelledError
 
 
 def unanswered(exc: aetcd.ClientError) -> bool:
