@@ -173,10 +173,16 @@ class LogFollower:
 
 
 async def submit_all(
-    url: str, bodies: list[dict[str, Any]], clients: int, batch: int
+    url: str,
+    bodies: list[dict[str, Any]],
+    clients: int,
+    batch: int,
+    on_start: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     """POST every task, ``clients`` requests at a time, ``batch`` TaskEvents per request.
 
+    ``on_start`` is called when the client is made, just before the first request (the
+    floor's clock starts once its clients are made, too: see bench.floor.deliver).
     Returns when each task was acknowledged.
     """
     accepted: dict[str, float] = {}
@@ -185,6 +191,7 @@ async def submit_all(
         queue.put_nowait(bodies[start : start + batch])
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        on_start()
 
         async def client() -> None:
             while not queue.empty():
@@ -262,10 +269,16 @@ def measure_cube(
             manager = cluster.manager
             cluster.wait_manager(workers, timeout=120)
             idle_rss = manager.rss_mb()
-            cpu_before = manager.cpu_seconds(), fleet_proc.cpu_seconds()
-            first = time.time()
+            cpu_before = 0.0, 0.0
+            first = 0.0
+
+            def on_start() -> None:
+                nonlocal cpu_before, first
+                cpu_before = manager.cpu_seconds(), fleet_proc.cpu_seconds()
+                first = time.time()
+
             accepted = asyncio.run(
-                submit_all(cluster.manager_url, bodies, args.clients, args.batch)
+                submit_all(cluster.manager_url, bodies, args.clients, args.batch, on_start)
             )
             submitted = time.time()
 

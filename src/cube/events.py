@@ -10,6 +10,7 @@ stream, ``/v1/event/stream``, with indexes that outlive the leader).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol, overload
@@ -35,12 +36,12 @@ class Draft(NamedTuple):
 
     Topic: Topic
     Type: str
-    Key: str
+    Key: str | uuid.UUID  # a task's ID turned into text only when the event is made
     Payload: dict[str, Any] | None = None  # None: made from ``source`` when first read
     source: Wired | None = None
 
     @classmethod
-    def of(cls, topic: _Topic, kind: str, key: str, source: Wired) -> Draft:
+    def of(cls, topic: _Topic, kind: str, key: str | uuid.UUID, source: Wired) -> Draft:
         """A draft whose Payload is ``source.to_wire()``, made only if someone reads it.
 
         Every change of a task is an event, and most are never read (no reader is
@@ -72,7 +73,7 @@ class Event(BaseModel):
             "Time": time,
             "Topic": draft.Topic,
             "Type": draft.Type,
-            "Key": draft.Key,
+            "Key": str(draft.Key),
             "Payload": {} if draft.Payload is None else draft.Payload,
         }
         return construct(cls, fields, {"_source": draft.source})

@@ -59,12 +59,13 @@ def decide(
 ) -> Decision:
     """The record of a decision, with the few best scores (best first, the chosen node
     always among them)."""
-    # Sorting a few dozen scores whole is faster than heapq.nsmallest's bookkeeping.
-    best = sorted(scores.items(), key=_score)[:TOP_SCORES]
-    if chosen and chosen not in (name for name, _ in best):
-        best = [(chosen, scores[chosen]), *best[: TOP_SCORES - 1]]
-    # The values are the scheduler's own, already checked; this runs once per placement.
-    top = [construct(NodeScore, {"Node": n, "Score": _finite(s)}) for n, s in best]
+    # Sorting a few dozen names whole by their score (a key in C, no Python call per
+    # name) is faster than heapq.nsmallest's bookkeeping. It runs once per placement.
+    best = sorted(scores, key=scores.__getitem__)[:TOP_SCORES]
+    if chosen and chosen not in best:
+        best = [chosen, *best[: TOP_SCORES - 1]]
+    # The values are the scheduler's own, already checked.
+    top = [construct(NodeScore, {"Node": n, "Score": _finite(scores[n])}) for n in best]
     fields = {
         "Scheduler": scheduler,
         "NodesEvaluated": evaluated,
@@ -74,10 +75,6 @@ def decide(
         "Node": chosen,
     }
     return construct(Decision, fields)
-
-
-def _score(item: tuple[str, float]) -> float:
-    return item[1]
 
 
 def _finite(score: float) -> float:

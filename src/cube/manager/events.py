@@ -201,7 +201,7 @@ def task_draft(before: Task | None, after: Task) -> Draft:
         kind = "TaskStopRequested"
     else:
         kind = "TaskUpdated"
-    return Draft.of("Task", kind, str(after.ID), after)  # its Payload made when read
+    return Draft.of("Task", kind, after.ID, after)  # its Key and Payload made when read
 
 
 def job_drafts(before: JobRecord | None, after: JobRecord) -> list[Draft]:
