@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import signal
@@ -409,6 +410,23 @@ class Cluster:
             return bool(sum(n["Status"] == "ready" for n in nodes) >= ready_workers)
 
         wait_for(ready, timeout, "manager and its workers ready", interval=0.1)
+        wait_for(lambda: self._followed(ready_workers), timeout, "every worker followed", 0.05)
+
+    def _followed(self, workers: int) -> bool:
+        """Whether the manager follows every ready worker's watch stream: it polls a
+        worker first, and opens its stream once it is ready, so a thousand streams are
+        still opening for a moment after every worker is ready (bench.floor's clock,
+        too, starts once every stream is open). A manager older than the
+        ``cube_nodes_streaming`` gauge is taken to follow them once it is quiet: less
+        than a twentieth of a core in a tenth of a second."""
+        assert self.manager is not None
+        text = httpx.get(f"{self.manager_url}/metrics", timeout=10).text
+        found = re.search(r"^cube_nodes_streaming (\S+)$", text, re.MULTILINE)
+        if found is not None:
+            return float(found.group(1)) >= workers
+        before = self.manager.cpu_seconds()
+        time.sleep(0.1)
+        return self.manager.cpu_seconds() - before < 0.005
 
     def stop(self) -> None:
         if self.manager is not None:

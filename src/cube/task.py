@@ -344,6 +344,13 @@ _V4_MASK = ~((0xF000 << 64) | (0xC000 << 48))
 _V4_BITS = (4 << 76) | (0x8000 << 48)
 
 
+# Read once here: an IntEnum member read through its class costs 0.1 µs, and every
+# placement and every report the manager takes in goes through transition.
+_SCHEDULED, _RUNNING = State.SCHEDULED, State.RUNNING
+_FINAL = (State.COMPLETED, State.FAILED)
+_RAN = (State.RUNNING, State.FAILED)
+
+
 def transition(
     task: Task,
     dst: State,
@@ -360,15 +367,15 @@ def transition(
     the same copy (a placement's Node, say).
     """
     src = task.State
-    if not can_transition(src, dst):
+    if dst not in TRANSITIONS[src]:
         raise InvalidTransition(src, dst)
     changes: dict[str, Any] = {"State": dst, "Reason": reason}
-    if dst is State.RUNNING and src is not State.RUNNING:
+    if dst is _RUNNING and src is not _RUNNING:
         changes["StartTime"] = task.StartTime or at or now()
         changes["FinishTime"] = None
-    elif dst in (State.COMPLETED, State.FAILED):
+    elif dst in _FINAL:
         changes["FinishTime"] = task.FinishTime or at or now()
-    elif dst is State.SCHEDULED and src in (State.RUNNING, State.FAILED):
+    elif dst is _SCHEDULED and src in _RAN:
         changes.update(ContainerID="", HostPorts=None, StartTime=None, FinishTime=None)
     if also:
         changes.update(also)

@@ -238,6 +238,9 @@ def test_a_running_task_shows_in_prometheus(scraped: Scraped) -> None:
         "cube_placements_total": {"cube-manager": 1.0},
         "cube_placement_latency_seconds_count": {"cube-manager": 1.0},
         'cube_nodes{status="ready"}': {"cube-manager": 1.0},
+        "cube_nodes_streaming": {"cube-manager": 1.0},
+        # docs/operations.md's query: ready workers polled rather than followed.
+        'cube_nodes{status="ready"} - ignoring(status) cube_nodes_streaming': {"cube-manager": 0.0},
         'cube_worker_tasks{state="Running"}': {"cube-workers": 1.0},
         "cube_worker_container_starts_total": {"cube-workers": 1.0},
         # Ours to the manager; the manager's to the worker.

@@ -138,6 +138,26 @@ async def test_the_manager_counts_deployments_by_status_and_ineligible_nodes() -
         assert value(await scrape(app), "cube_nodes_ineligible") == 1
 
 
+async def test_the_manager_counts_the_worker_streams_it_follows() -> None:
+    """Ready is not yet followed: a worker is polled first, then its watch stream
+    opens; a cut link ends the stream, and the count says so."""
+    async with cluster(2) as c:
+        m = await c.start_manager(MemoryBackend())
+        app = manager_app(m)  # its lifespan unused: the manager runs already
+
+        async def streaming() -> float:
+            return value(await scrape(app), "cube_nodes_streaming")
+
+        await c.until(lambda: len(m.tracker.streaming) == 2, virtual=5, what="both followed")
+        assert await streaming() == 2
+        c.nodes[0].link.cut()
+        await c.until(lambda: len(m.tracker.streaming) == 1, virtual=5, what="one stream lost")
+        assert await streaming() == 1
+        c.nodes[0].link.heal()
+        await c.until(lambda: len(m.tracker.streaming) == 2, virtual=30, what="followed again")
+        assert await streaming() == 2
+
+
 async def test_the_manager_serves_metrics_to_a_token_holder_only() -> None:
     manager = Manager([], Epvm(), MemoryBackend(), Settings(token="t0k"), clock=ManualClock())
     app = manager_app(manager)

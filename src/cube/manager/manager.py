@@ -177,7 +177,7 @@ class Manager:
         )
         self.tokens = Tokens(backend, s.token)
         self.jobs = Jobs(self.state, backend, self.clock, self._will_restart, self.health.checks_ok)
-        self.metrics.watch(self.state, self.jobs)
+        self.metrics.watch(self.state, self.jobs, self.tracker.streaming)
         self.members = Membership(
             self.state,
             self.tracker,
@@ -445,11 +445,12 @@ class Manager:
             self.dispatch.send(task, event=record)  # the worker gets the stored event
         for action in wanted:
             old = action.task
-            new = self.state.tasks[old.ID]
             unhealthy = isinstance(action, Restart) and old.Reason.startswith(UNHEALTHY)
             drained = isinstance(action, Move) and action.stop_old
-            moved = new.RestartCount != old.RestartCount and new.Node != old.Node
-            if (unhealthy or drained) and moved:
+            if not (unhealthy or drained):
+                continue
+            new = self.state.tasks[old.ID]
+            if new.RestartCount != old.RestartCount and new.Node != old.Node:
                 # A new incarnation (elsewhere, or waiting for room): the old container
                 # still runs where it was, and nothing replaces it there, so stop it.
                 self.dispatch.stop_copy(old.Node, old)
@@ -457,6 +458,8 @@ class Manager:
 
     def _carry_out(self, actions: Sequence[Action]) -> None:
         for action in actions:
+            if isinstance(action, Place):
+                continue  # placed above (a burst's actions are nearly all placements)
             if isinstance(action, Send):
                 self.dispatch.send(action.task, again=action.again)
             elif isinstance(action, Stop):

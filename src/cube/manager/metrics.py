@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -103,9 +103,10 @@ class ManagerMetrics:
             registry=self.registry,
         )
 
-    def watch(self, state: ClusterState, jobs: Jobs) -> None:
-        """Serve the gauges of what ``state`` and ``jobs`` hold, computed at each scrape."""
-        self.registry.register(_Holdings(state, jobs))
+    def watch(self, state: ClusterState, jobs: Jobs, streaming: Collection[str] = ()) -> None:
+        """Serve the gauges of what ``state`` and ``jobs`` hold, and how many workers'
+        streams are followed (``streaming``, the tracker's), computed at each scrape."""
+        self.registry.register(_Holdings(state, jobs, streaming))
 
     # --- what happens --------------------------------------------------------------
 
@@ -146,9 +147,10 @@ class _Holdings:
     """The gauges of what the manager holds, counted afresh at every scrape (a pass
     over the tasks: a few milliseconds for ten thousand)."""
 
-    def __init__(self, state: ClusterState, jobs: Jobs) -> None:
+    def __init__(self, state: ClusterState, jobs: Jobs, streaming: Collection[str]) -> None:
         self.state = state
         self.jobs = jobs
+        self.streaming = streaming
 
     def collect(self) -> Iterator[Any]:
         tasks = Tally(task.State for task in self.state.tasks.values())
@@ -171,6 +173,12 @@ class _Holdings:
             "cube_nodes_ineligible",
             "Workers that take no new tasks: drained, draining, or made ineligible",
             value=sum(not node.Eligible for node in nodes),
+        )
+        yield gauge(
+            "cube_nodes_streaming",
+            "Workers whose watch stream the manager follows (a ready worker not among "
+            "them is being polled, or its stream is opening)",
+            value=len(self.streaming),
         )
         records = self.jobs.all()
         deployments: Tally[str] = Tally(

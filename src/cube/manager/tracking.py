@@ -92,6 +92,8 @@ class Tracker:
         self._follows: dict[str, asyncio.Task[None]] = {}
         self._following = False
         self._poking: set[str] = set()
+        # Workers whose stream has answered and is being followed (cube_nodes_streaming).
+        self.streaming: set[str] = set()
 
     def deadlines(self) -> dict[str, float]:
         """When each worker is down if not heard from before (see silent_nodes)."""
@@ -220,6 +222,8 @@ class Tracker:
                     # Only now: a report that failed to fold in is asked for again.
                     worker.epoch, worker.version = answer.epoch, answer.version
                     streams = answer.epoch is not None
+                    if streams:
+                        self.streaming.add(worker.name)
                     if answer.stats is not None:
                         worker.stats_at = worker.last_seen
                         self._took_stats(worker, answer.stats)
@@ -235,6 +239,8 @@ class Tracker:
             _still_wanted()
             log.debug("tracking %s failed: %s", worker.name, exc)
             return False
+        finally:
+            self.streaming.discard(worker.name)
         return streams
 
     # --- stats and liveness -----------------------------------------------------------
