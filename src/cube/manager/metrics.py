@@ -120,14 +120,15 @@ class ManagerMetrics:
         state's, still as before them): what :meth:`placed` counts once they are."""
         now = self.clock.monotonic()
         restarts, waits = 0, []
+        pending = State.PENDING  # read once: it is asked of every task placed
         for task in placed:
             old = tasks.get(task.ID)
             if old is None:
                 continue
             if task.RestartCount > old.RestartCount:
                 restarts += 1
-            elif old.State is State.PENDING and task.ID in since:
-                waits.append(max(now - since[task.ID], 0.0))
+            elif old.State is pending and (stored := since.get(task.ID)) is not None:
+                waits.append(now - stored if now > stored else 0.0)
         return Placing(len(placed), restarts, waits)
 
     def placed(self, placing: Placing) -> None:
