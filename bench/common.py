@@ -413,17 +413,20 @@ class Cluster:
         wait_for(lambda: self._followed(ready_workers), timeout, "every worker followed", 0.05)
 
     def _followed(self, workers: int) -> bool:
-        """Whether the manager follows every ready worker's watch stream: it polls a
-        worker first, and opens its stream once it is ready, so a thousand streams are
-        still opening for a moment after every worker is ready (bench.floor's clock,
-        too, starts once every stream is open). A manager older than the
-        ``cube_nodes_streaming`` gauge is taken to follow them once it is quiet: less
-        than a twentieth of a core in a tenth of a second."""
+        """Whether the manager follows every ready worker's watch stream, and is quiet.
+
+        It polls a worker first and opens its stream once the worker is ready, so a
+        thousand streams are still opening for a moment after every worker is ready
+        (bench.floor's clock, too, starts once every stream is open). The gauge
+        ``cube_nodes_streaming`` counts them, on a manager that has it; then, for
+        every manager alike, it must be quiet: less than a twentieth of a core in a
+        tenth of a second, so that no run starts with work left from the start-up.
+        """
         assert self.manager is not None
         text = httpx.get(f"{self.manager_url}/metrics", timeout=10).text
         found = re.search(r"^cube_nodes_streaming (\S+)$", text, re.MULTILINE)
-        if found is not None:
-            return float(found.group(1)) >= workers
+        if found is not None and float(found.group(1)) < workers:
+            return False
         before = self.manager.cpu_seconds()
         time.sleep(0.1)
         return self.manager.cpu_seconds() - before < 0.005
