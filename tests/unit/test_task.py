@@ -21,6 +21,7 @@ from cube.task import (
     can_transition,
     is_terminal,
     parse_size,
+    random_ids,
     transition,
 )
 
@@ -221,3 +222,15 @@ def test_model_copy_is_pydantics_shallow_copy() -> None:
     event = TaskEvent(Task=task)
     moved = event.model_copy(update={"Task": ours})
     assert moved.Task is ours and event.Task is task and moved.ID == event.ID
+
+
+def test_random_ids_are_the_uuids_uuid4_makes() -> None:
+    """Made without ``UUID.__init__``: each must still be a version 4 UUID of RFC 4122's
+    variant, equal to and hashed as the same UUID parsed from its text."""
+    ids = random_ids(500)
+    assert len(set(ids)) == 500 and random_ids(0) == []
+    for made in ids:
+        parsed = uuid.UUID(str(made))
+        assert made.version == 4 and made.variant == uuid.RFC_4122
+        assert parsed == made and hash(parsed) == hash(made) and parsed.int == made.int
+        assert made.is_safe is uuid.SafeUUID.unknown
