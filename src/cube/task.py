@@ -367,7 +367,7 @@ def transition(
     the same copy (a placement's Node, say).
     """
     src = task.State
-    if dst not in TRANSITIONS[src]:
+    if not can_transition(src, dst):
         raise InvalidTransition(src, dst)
     changes: dict[str, Any] = {"State": dst, "Reason": reason}
     if dst is _RUNNING and src is not _RUNNING:

@@ -103,7 +103,7 @@ class ManagerMetrics:
             registry=self.registry,
         )
 
-    def watch(self, state: ClusterState, jobs: Jobs, streaming: Collection[str] = ()) -> None:
+    def watch(self, state: ClusterState, jobs: Jobs, streaming: Collection[str]) -> None:
         """Serve the gauges of what ``state`` and ``jobs`` hold, and how many workers'
         streams are followed (``streaming``, the tracker's), computed at each scrape."""
         self.registry.register(_Holdings(state, jobs, streaming))
