@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 
 from cube.constraints import Constraint
+from cube.feasible import TaskRequest
 from cube.job import Job, TaskTemplate
 from cube.manager.backend import MemoryBackend
 from cube.manager.manager import Manager
+from cube.node import Node
+from cube.scheduler import Epvm, Placement
 from cube.task import State
 from tests.inprocess import Cluster, cluster, sleeper
 
@@ -122,3 +126,34 @@ async def test_a_jobs_constraints_apply_to_every_task_it_makes() -> None:
         )
         assert where == {"w2:5556": 4}
         assert all(t.Constraints == [ZONE_A] for t in m.jobs.tasks_of("api"))
+
+
+class Recording(Epvm):
+    """E-PVM, noting the passes it is told of and the nodes it picks, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[int] = []
+        self.picked: list[str] = []
+
+    def begin_pass(self, count: int) -> None:
+        self.passes.append(count)
+        super().begin_pass(count)
+
+    def place(self, task: TaskRequest, nodes: Sequence[Node]) -> Placement:
+        choice = super().place(task, nodes)
+        self.picked.append(choice.node.Name if choice.node is not None else "")
+        return choice
+
+
+async def test_a_burst_is_placed_a_window_of_nodes_at_a_time_and_as_evenly() -> None:
+    async with cluster(20) as c:
+        m = await c.start_manager(MemoryBackend())
+        m.scheduler = recording = Recording()
+        tasks = await m.submit_many([sleeper() for _ in range(200)])
+        where = await c.until(lambda: running_on(c, [t.ID for t in tasks]), what="running")
+        assert recording.passes[0] == 200  # the manager said how many wait to be placed
+        # A window of 16 of the 20 nodes takes its share (160) before the next window
+        # starts: each node's tasks are decided together, and go out together.
+        assert len(set(recording.picked[:160])) == 16
+        assert set(where.values()) == {10}

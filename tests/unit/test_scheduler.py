@@ -517,6 +517,62 @@ def test_epvm_sampling_gives_every_node_a_turn() -> None:
     assert set(picked.values()) == {3}
 
 
+def _burst(scheduler: Epvm, cluster: list[Node], tasks: list[FakeTask]) -> list[str]:
+    """Place and reserve each task in turn; the nodes, in the order they were picked."""
+    picked = []
+    for task in tasks:
+        placement = scheduler.place(task, cluster)
+        assert placement.node is not None
+        reserve(placement.node, task)
+        picked.append(placement.node.Name)
+    return picked
+
+
+def test_a_pass_gives_each_window_its_share_in_a_row_and_spreads_as_evenly() -> None:
+    cluster = nodes(100)
+    scheduler = Epvm(max_candidates=10)
+    scheduler.begin_pass(1000)
+    picked = _burst(scheduler, cluster, [FakeTask() for _ in range(1000)])
+    # 10 of 100 nodes: a window takes a tenth of the pass before the next one starts,
+    # so each node's 10 tasks are decided within 100 decisions of each other.
+    assert set(picked[:100]) == {f"w{i}:5556" for i in range(10)}
+    assert set(picked[100:200]) == {f"w{i}:5556" for i in range(10, 20)}
+    for name in set(picked):
+        where = [i for i, n in enumerate(picked) if n == name]
+        assert where[-1] - where[0] < 100
+    assert {n.TaskCount for n in cluster} == {10}
+
+
+def test_without_a_pass_each_decision_moves_the_window_on() -> None:
+    cluster = nodes(100)
+    scheduler = Epvm(max_candidates=10)
+    picked = _burst(scheduler, cluster, [FakeTask() for _ in range(20)])
+    assert len(set(picked)) == 20  # a window per decision: twenty windows, twenty nodes
+    scheduler.begin_pass(0)
+    assert len(set(_burst(scheduler, cluster, [FakeTask() for _ in range(20)]))) == 20
+
+
+def test_a_jobs_tasks_in_a_pass_spread_over_as_many_nodes_as_before() -> None:
+    cluster = nodes(100)
+    scheduler = Epvm(max_candidates=10)
+    scheduler.begin_pass(1000)
+    plain = _burst(scheduler, cluster, [FakeTask() for _ in range(5)])
+    job = _burst(scheduler, cluster, [FakeTask(Job="web") for _ in range(30)])
+    assert len(set(plain)) == 5  # the first window, staying
+    assert len(set(job)) == 30  # a window each: no node holds two of the job's tasks
+
+
+def test_a_new_pass_does_not_finish_the_last_ones_window() -> None:
+    cluster = nodes(100)
+    scheduler = Epvm(max_candidates=10)
+    scheduler.begin_pass(1000)
+    first = _burst(scheduler, cluster, [FakeTask() for _ in range(5)])
+    scheduler.begin_pass(1)
+    second = _burst(scheduler, cluster, [FakeTask()])
+    assert set(first) <= {f"w{i}:5556" for i in range(10)}
+    assert second == ["w10:5556"]  # the next window, not the rest of the last one
+
+
 # --- construction and bookkeeping ---------------------------------------------------------
 
 

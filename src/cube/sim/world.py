@@ -355,6 +355,9 @@ class Watched:
     def pick(self, scores: Mapping[str, float], candidates: Sequence[Node]) -> Node:
         return self.inner.pick(scores, candidates)
 
+    def begin_pass(self, count: int) -> None:
+        self.inner.begin_pass(count)
+
     def place(self, task: TaskRequest, nodes: Sequence[Node]) -> Placement:
         choice = self.inner.place(task, nodes)
         if choice.node is not None and not choice.node.Eligible:
